@@ -1,0 +1,146 @@
+//! Inputs for unit-testing a rule natively, without the host:
+//!
+//! ```
+//! let input = tally_sdk::testing::input("repair", serde_json::json!({"isFreeRepair": true}))
+//!     .customer_points(120, 900)
+//!     .tier("silver")
+//!     .build();
+//! assert_eq!(input.customer.points.balance, 120);
+//! ```
+
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::{Customer, Event, Input, PluginInfo, Timestamp};
+
+/// The timestamp test events get unless one is set: 2026-11-23T10:00:00Z.
+pub const DEFAULT_TIMESTAMP: i64 = 1_795_428_000;
+
+/// Starts an input for an event of `action` with `data` (a JSON object).
+pub fn input(action: &str, data: Value) -> InputBuilder {
+    InputBuilder {
+        tenant: "test".to_owned(),
+        plugin: "test".to_owned(),
+        action: action.to_owned(),
+        event_id: "event-1".to_owned(),
+        timestamp: Timestamp::from_unix_seconds(DEFAULT_TIMESTAMP),
+        data,
+        customer: Customer {
+            id: "customer-1".to_owned(),
+            ..Customer::default()
+        },
+        config: Value::Null,
+        state: Value::Null,
+        seed: 0,
+    }
+}
+
+/// Builds an [`Input`] for a test; every setter has a sensible default.
+#[derive(Debug, Clone)]
+pub struct InputBuilder {
+    tenant: String,
+    plugin: String,
+    action: String,
+    event_id: String,
+    timestamp: Timestamp,
+    data: Value,
+    customer: Customer,
+    config: Value,
+    state: Value,
+    seed: u64,
+}
+
+impl InputBuilder {
+    /// The event's id.
+    pub fn event_id(mut self, id: &str) -> Self {
+        self.event_id = id.to_owned();
+        self
+    }
+
+    /// The event's time, RFC 3339.
+    ///
+    /// # Panics
+    /// When `timestamp` is not RFC 3339: this is for tests.
+    #[allow(
+        clippy::expect_used,
+        reason = "a test helper: a bad literal should fail the test loudly"
+    )]
+    pub fn timestamp(mut self, timestamp: &str) -> Self {
+        self.timestamp = timestamp.parse().expect("an RFC 3339 timestamp");
+        self
+    }
+
+    /// The whole customer.
+    pub fn customer(mut self, customer: Customer) -> Self {
+        self.customer = customer;
+        self
+    }
+
+    /// The customer's balance and lifetime points.
+    pub fn customer_points(mut self, balance: i64, lifetime: i64) -> Self {
+        self.customer.points.balance = balance;
+        self.customer.points.lifetime = lifetime;
+        self
+    }
+
+    /// The customer's tier.
+    pub fn tier(mut self, tier: &str) -> Self {
+        self.customer.tier = Some(tier.to_owned());
+        self
+    }
+
+    /// The plugin's configuration.
+    pub fn config(mut self, config: Value) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The plugin's state for the customer, as a previous evaluation left it.
+    pub fn state<T: Serialize>(mut self, state: &T) -> Self {
+        self.state = serde_json::to_value(state).unwrap_or(Value::Null);
+        self
+    }
+
+    /// The seed for [`Input::rng`].
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The input.
+    ///
+    /// # Panics
+    /// When `data` is not serializable, which a `serde_json::Value` always is.
+    #[allow(
+        clippy::expect_used,
+        reason = "a test helper; a Value always serializes"
+    )]
+    pub fn build(self) -> Input {
+        let raw = |value: &Value| -> Option<Box<RawValue>> {
+            (!value.is_null())
+                .then(|| serde_json::value::to_raw_value(value).expect("a JSON value"))
+        };
+        let event = Event::new(
+            self.event_id,
+            self.action,
+            self.customer.id.clone(),
+            self.timestamp,
+            &self.data,
+        )
+        .expect("event data is a JSON value");
+        Input {
+            abi: crate::ABI_VERSION,
+            tenant: self.tenant,
+            plugin: PluginInfo {
+                name: self.plugin,
+                version: 1,
+                config: raw(&self.config),
+            },
+            event,
+            customer: self.customer,
+            state: raw(&self.state),
+            seed: format!("{:016x}", self.seed),
+        }
+    }
+}
