@@ -1,0 +1,1 @@
+//! The wasmtime sandbox that runs one plugin evaluation.

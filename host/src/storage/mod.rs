@@ -1,0 +1,1 @@
+//! The redb event store, behind a domain-level trait.
