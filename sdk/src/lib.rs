@@ -257,7 +257,7 @@ pub mod __private {
         /// why the plugin panicked instead of a bare `unreachable`.
         fn install_panic_hook() {
             std::panic::set_hook(Box::new(|info| {
-                crate::log::log(crate::log::Level::Error, &format!("panic: {info}"));
+                crate::log::log(crate::log::Level::Fatal, &info.to_string());
             }));
         }
     }

@@ -13,6 +13,9 @@ pub enum Level {
     Warn = 2,
     /// Something failed.
     Error = 3,
+    /// The plugin is about to trap; the message says why. The SDK's panic hook sends the
+    /// panic message at this level so the host can report it instead of a bare trap.
+    Fatal = 4,
 }
 
 /// Sends one log line to the host.

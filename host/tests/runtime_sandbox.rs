@@ -1,0 +1,544 @@
+//! The plugin sandbox, tested with real wasm: the `hostile` fixture and the reference
+//! plugins built from `plugins/` by `tally-plugin-wasm`, and hand-written WAT modules for
+//! breakage the SDK never produces. Every misbehaviour must end in its own precise error,
+//! and the runtime must go on serving the next evaluation.
+//!
+//! Run: `cargo test -p tally-host --test runtime_sandbox`
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tally_host::runtime::{EvalError, Evaluation, Limits, LoadError, Plugin, Runtime};
+use tally_plugin_wasm::HOSTILE;
+use tally_sdk::Input;
+
+fn runtime_with(limits: Limits) -> Runtime {
+    Runtime::new(limits).expect("the engine starts")
+}
+
+fn runtime() -> Runtime {
+    runtime_with(Limits::default())
+}
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).expect("valid WAT")
+}
+
+fn hostile(runtime: &Runtime) -> Plugin {
+    runtime
+        .load(HOSTILE.wasm)
+        .expect("the hostile fixture loads: it misbehaves only when run")
+}
+
+fn input_for(mode: Value) -> Input {
+    tally_sdk::testing::input("checkout", json!({"total": "200"}))
+        .config(mode)
+        .seed(42)
+        .build()
+}
+
+fn run_mode(plugin: &Plugin, mode: &str) -> Evaluation {
+    plugin.evaluate(&input_for(json!({"mode": mode})))
+}
+
+fn error_of(evaluation: Evaluation) -> EvalError {
+    evaluation.result.expect_err("the evaluation should fail")
+}
+
+/// A module that implements the ABI in WAT and answers `output` from a data segment.
+fn wat_answering(output: &str) -> Vec<u8> {
+    let escaped = output.replace('\\', "\\\\").replace('"', "\\\"");
+    wat(&format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (data (i32.const 0) "{escaped}")
+            (func (export "tally_abi_version") (result i32) (i32.const 1))
+            (func (export "tally_alloc") (param i32) (result i32) (i32.const 4096))
+            (func (export "tally_evaluate") (param i32 i32) (result i64) (i64.const {len})))"#,
+        len = output.len()
+    ))
+}
+
+#[test]
+fn handwritten_wat_plugin_follows_the_abi_without_the_sdk() {
+    let runtime = runtime();
+    let plugin = runtime
+        .load(&wat(include_str!("fixtures/handwritten.wat")))
+        .expect("a valid ABI v1 module");
+    let evaluation = plugin.evaluate(&input_for(Value::Null));
+    let decision = evaluation.result.expect("a decision");
+    assert_eq!(decision.points_total(), 7);
+    assert_eq!(decision.points[0].reason, "handwritten");
+    assert_eq!(evaluation.logs.len(), 1);
+    assert_eq!(evaluation.logs[0].message, "hello from WAT");
+    assert_eq!(evaluation.logs[0].level, 1);
+}
+
+#[test]
+fn each_evaluation_gets_a_fresh_instance() {
+    let runtime = runtime();
+    // The WAT plugin answers "stale instance" if its global counter survived a call.
+    let plugin = runtime
+        .load(&wat(include_str!("fixtures/handwritten.wat")))
+        .expect("valid");
+    for _ in 0..3 {
+        let decision = plugin
+            .evaluate(&input_for(Value::Null))
+            .result
+            .expect("a decision");
+        assert_eq!(decision.points[0].reason, "handwritten");
+    }
+    // The same through the SDK: a static counter is 1 on every evaluation.
+    let hostile = hostile(&runtime);
+    for _ in 0..3 {
+        let decision = run_mode(&hostile, "global").result.expect("a decision");
+        assert_eq!(decision.triggers[0].name, "Counter");
+        assert_eq!(decision.triggers[0].data["value"], 1);
+    }
+}
+
+#[test]
+fn the_same_input_gives_the_same_output() {
+    let runtime = runtime();
+    let plugin = hostile(&runtime);
+    let first = run_mode(&plugin, "echo").result.expect("a decision");
+    let second = run_mode(&plugin, "echo").result.expect("a decision");
+    assert_eq!(first, second);
+}
+
+#[test]
+fn a_plugin_error_is_the_plugins_own_message() {
+    let runtime = runtime();
+    let error = error_of(run_mode(&hostile(&runtime), "error"));
+    assert_eq!(
+        error,
+        EvalError::Refused {
+            message: "refused on purpose".into()
+        }
+    );
+    assert_eq!(error.code(), "plugin_error");
+}
+
+#[test]
+fn a_panic_is_reported_with_its_message() {
+    let runtime = runtime();
+    match error_of(run_mode(&hostile(&runtime), "panic")) {
+        EvalError::Panic { message } => assert!(message.contains("boom on purpose"), "{message}"),
+        other => panic!("expected a panic, got {other:?}"),
+    }
+}
+
+#[test]
+fn fuel_limit_obeyed() {
+    let runtime = runtime();
+    let evaluation = run_mode(&hostile(&runtime), "ok");
+    let used = evaluation.fuel_used.expect("fuel is metered by default");
+    assert!(
+        used > 0 && used < Limits::default().fuel.expect("default fuel"),
+        "used {used}"
+    );
+    assert_eq!(evaluation.result.expect("a decision").points_total(), 1);
+}
+
+#[test]
+fn fuel_limit_violated() {
+    let runtime = runtime_with(Limits {
+        fuel: Some(5_000_000),
+        ..Limits::default()
+    });
+    let error = error_of(run_mode(&hostile(&runtime), "loop"));
+    assert_eq!(error, EvalError::OutOfFuel { budget: 5_000_000 });
+    assert_eq!(error.code(), "out_of_fuel");
+}
+
+#[test]
+fn deadline_obeyed() {
+    let runtime = runtime_with(Limits {
+        fuel: None,
+        deadline: Duration::from_millis(50),
+        ..Limits::default()
+    });
+    let evaluation = run_mode(&hostile(&runtime), "ok");
+    assert!(evaluation.result.is_ok());
+    assert_eq!(evaluation.fuel_used, None, "fuel is off on this runtime");
+}
+
+#[test]
+fn deadline_violated() {
+    // Without fuel, only the epoch deadline can stop the loop.
+    let runtime = runtime_with(Limits {
+        fuel: None,
+        deadline: Duration::from_millis(50),
+        ..Limits::default()
+    });
+    let evaluation = run_mode(&hostile(&runtime), "loop");
+    assert!(
+        evaluation.elapsed >= Duration::from_millis(50),
+        "stopped after {:?}",
+        evaluation.elapsed
+    );
+    assert_eq!(error_of(evaluation), EvalError::Deadline { limit_ms: 50 });
+}
+
+#[test]
+fn memory_limit_obeyed() {
+    let runtime = runtime_with(Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    });
+    assert!(
+        run_mode(&hostile(&runtime), "ok").result.is_ok(),
+        "a normal rule fits in 4 MiB"
+    );
+}
+
+#[test]
+fn memory_limit_violated() {
+    let runtime = runtime_with(Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    });
+    match error_of(run_mode(&hostile(&runtime), "grow")) {
+        EvalError::MemoryLimit { requested, limit } => {
+            assert_eq!(limit, 4 << 20);
+            assert!(requested > limit);
+        }
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
+    // A raw memory.grow loop in WAT hits the same cap.
+    let bomb = wat(r#"(module
+        (memory (export "memory") 1)
+        (func (export "tally_abi_version") (result i32) (i32.const 1))
+        (func (export "tally_alloc") (param i32) (result i32) (i32.const 0))
+        (func (export "tally_evaluate") (param i32 i32) (result i64)
+          (loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+          unreachable))"#);
+    let error = error_of(
+        runtime
+            .load(&bomb)
+            .expect("valid")
+            .evaluate(&input_for(Value::Null)),
+    );
+    assert_eq!(error.code(), "memory_limit", "{error}");
+}
+
+#[test]
+fn deep_recursion_is_a_stack_overflow() {
+    let runtime = runtime();
+    assert_eq!(
+        error_of(run_mode(&hostile(&runtime), "recurse")),
+        EvalError::StackOverflow
+    );
+}
+
+#[test]
+fn output_limit_obeyed() {
+    let runtime = runtime();
+    let decision = run_mode(&hostile(&runtime), "echo")
+        .result
+        .expect("a small output");
+    assert_eq!(decision.triggers[0].name, "Echo");
+}
+
+#[test]
+fn output_limit_violated() {
+    let runtime = runtime();
+    match error_of(run_mode(&hostile(&runtime), "huge_output")) {
+        EvalError::OutputTooLarge { size, limit } => {
+            assert!(size > 8 << 20);
+            assert_eq!(limit, Limits::default().max_output_bytes);
+        }
+        other => panic!("expected an oversized output, got {other:?}"),
+    }
+}
+
+#[test]
+fn input_limit_violated() {
+    let runtime = runtime_with(Limits {
+        max_input_bytes: 64,
+        ..Limits::default()
+    });
+    let error = error_of(run_mode(&hostile(&runtime), "ok"));
+    assert_eq!(error.code(), "input_too_large", "{error}");
+}
+
+#[test]
+fn state_limit_obeyed() {
+    let runtime = runtime();
+    let decision = run_mode(&hostile(&runtime), "echo")
+        .result
+        .expect("a small state fits");
+    assert!(decision.state.is_some());
+}
+
+#[test]
+fn state_limit_violated() {
+    let runtime = runtime_with(Limits {
+        max_state_bytes: 4,
+        ..Limits::default()
+    });
+    match error_of(run_mode(&hostile(&runtime), "echo")) {
+        EvalError::StateTooLarge { size, limit } => assert!(size > limit && limit == 4),
+        other => panic!("expected an oversized state, got {other:?}"),
+    }
+}
+
+#[test]
+fn log_limit_keeps_the_first_lines_and_says_it_dropped_the_rest() {
+    let runtime = runtime();
+    let evaluation = run_mode(&hostile(&runtime), "log");
+    assert!(evaluation.logs_truncated);
+    let kept: usize = evaluation.logs.iter().map(|line| line.message.len()).sum();
+    assert!(
+        kept <= Limits::default().max_log_bytes && kept > 0,
+        "kept {kept} bytes"
+    );
+    assert!(evaluation.result.is_ok(), "a chatty plugin still decides");
+}
+
+#[test]
+fn output_that_is_not_json_is_bad_output() {
+    let runtime = runtime();
+    let plugin = runtime.load(&wat_answering("not json")).expect("valid");
+    let error = error_of(plugin.evaluate(&input_for(Value::Null)));
+    assert_eq!(error.code(), "bad_output", "{error}");
+}
+
+#[test]
+fn output_with_a_fractional_point_amount_names_the_field() {
+    let runtime = runtime();
+    let plugin = runtime
+        .load(&wat_answering(
+            r#"{"points":[{"amount":20.5,"reason":"x"}]}"#,
+        ))
+        .expect("valid");
+    match error_of(plugin.evaluate(&input_for(Value::Null))) {
+        EvalError::BadOutput { reason } => {
+            assert!(reason.starts_with("points[0].amount: "), "{reason}")
+        }
+        other => panic!("expected bad output, got {other:?}"),
+    }
+}
+
+#[test]
+fn output_outside_memory_is_bad_output() {
+    let runtime = runtime();
+    let plugin = runtime
+        .load(&wat(r#"(module
+            (memory (export "memory") 1)
+            (func (export "tally_abi_version") (result i32) (i32.const 1))
+            (func (export "tally_alloc") (param i32) (result i32) (i32.const 0))
+            ;; 100 bytes at 0xFFFFFF00: far past the single 64 KiB page
+            (func (export "tally_evaluate") (param i32 i32) (result i64) (i64.const 0xFFFFFF00_00000064)))"#))
+        .expect("valid");
+    let error = error_of(plugin.evaluate(&input_for(Value::Null)));
+    assert!(
+        matches!(&error, EvalError::BadOutput { reason } if reason.contains("outside the plugin's memory")),
+        "{error}"
+    );
+}
+
+#[test]
+fn decision_rules_violated() {
+    let runtime = runtime();
+    match error_of(run_mode(&hostile(&runtime), "bad_decision")) {
+        EvalError::DecisionRule { reason } => {
+            assert!(reason.contains("points[0].amount is 0"), "{reason}")
+        }
+        other => panic!("expected a broken decision rule, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_runtime_keeps_serving_after_every_failure() {
+    let runtime = runtime_with(Limits {
+        fuel: Some(5_000_000),
+        memory_bytes: 8 << 20,
+        ..Limits::default()
+    });
+    let plugin = hostile(&runtime);
+    for mode in [
+        "loop",
+        "grow",
+        "recurse",
+        "panic",
+        "huge_output",
+        "bad_decision",
+        "error",
+    ] {
+        assert!(
+            run_mode(&plugin, mode).result.is_err(),
+            "{mode} should fail"
+        );
+        let after = run_mode(&plugin, "ok")
+            .result
+            .unwrap_or_else(|error| panic!("after {mode}: {error}"));
+        assert_eq!(after.points_total(), 1, "after {mode}");
+    }
+}
+
+#[test]
+fn a_wasi_import_is_refused_at_load() {
+    let module = wat(r#"(module
+        (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "tally_abi_version") (result i32) (i32.const 1))
+        (func (export "tally_alloc") (param i32) (result i32) (i32.const 0))
+        (func (export "tally_evaluate") (param i32 i32) (result i64) (i64.const 0)))"#);
+    let error = runtime().load(&module).expect_err("WASI is refused");
+    assert_eq!(error.code(), "invalid_plugin");
+    let message = error.to_string();
+    assert!(
+        message.contains("import wasi_snapshot_preview1.fd_write is WASI"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unknown_host_function_is_refused_at_load() {
+    let module = wat(r#"(module
+        (import "tally" "clock" (func (result i64)))
+        (memory (export "memory") 1)
+        (func (export "tally_abi_version") (result i32) (i32.const 1))
+        (func (export "tally_alloc") (param i32) (result i32) (i32.const 0))
+        (func (export "tally_evaluate") (param i32 i32) (result i64) (i64.const 0)))"#);
+    let message = runtime().load(&module).expect_err("refused").to_string();
+    assert!(
+        message.contains("import tally.clock is not a host function"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_exports_are_each_named() {
+    let module = wat(
+        r#"(module (memory (export "memory") 1) (func (export "tally_abi_version") (result i32) (i32.const 1)))"#,
+    );
+    match runtime().load(&module).expect_err("refused") {
+        LoadError::Refused { problems } => {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("missing export tally_alloc")),
+                "{problems:?}"
+            );
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("missing export tally_evaluate")),
+                "{problems:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_export_with_the_wrong_type_is_refused() {
+    let module = wat(r#"(module
+        (memory (export "memory") 1)
+        (func (export "tally_abi_version") (result i32) (i32.const 1))
+        (func (export "tally_alloc") (param i32) (result i32) (i32.const 0))
+        (func (export "tally_evaluate") (param i32 i32) (result i32) (i32.const 0)))"#);
+    let message = runtime().load(&module).expect_err("refused").to_string();
+    assert!(message.contains("export tally_evaluate has type func(i32, i32) -> i32, but ABI v1 needs func(i32, i32) -> i64"), "{message}");
+}
+
+#[test]
+fn an_unknown_abi_version_is_refused() {
+    let module = wat(r#"(module
+        (memory (export "memory") 1)
+        (func (export "tally_abi_version") (result i32) (i32.const 2))
+        (func (export "tally_alloc") (param i32) (result i32) (i32.const 0))
+        (func (export "tally_evaluate") (param i32 i32) (result i64) (i64.const 0)))"#);
+    let message = runtime().load(&module).expect_err("refused").to_string();
+    assert!(
+        message.contains("tally_abi_version returned 2, but this host speaks ABI version 1"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_start_function_that_loops_is_refused_in_bounded_time() {
+    let module = wat(r#"(module
+        (memory (export "memory") 1)
+        (func $spin (loop $forever (br $forever)))
+        (start $spin)
+        (func (export "tally_abi_version") (result i32) (i32.const 1))
+        (func (export "tally_alloc") (param i32) (result i32) (i32.const 0))
+        (func (export "tally_evaluate") (param i32 i32) (result i64) (i64.const 0)))"#);
+    let message = runtime().load(&module).expect_err("refused").to_string();
+    assert!(
+        message.contains("calling tally_abi_version failed"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bytes_that_are_not_wasm_are_invalid() {
+    let error = runtime()
+        .load(b"\0asm but not really")
+        .expect_err("refused");
+    assert!(matches!(error, LoadError::Invalid { .. }), "{error}");
+    assert_eq!(error.code(), "invalid_plugin");
+}
+
+#[test]
+fn module_size_limit_violated() {
+    let runtime = runtime_with(Limits {
+        max_module_bytes: 1024,
+        ..Limits::default()
+    });
+    let error = runtime.load(HOSTILE.wasm).expect_err("too large");
+    assert!(
+        matches!(error, LoadError::TooLarge { limit: 1024, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn inspect_describes_a_module_it_would_refuse() {
+    let module =
+        wat(r#"(module (import "env" "now" (func (result i64))) (memory (export "memory") 2))"#);
+    let report = runtime().inspect(&module).expect("inspectable");
+    assert_eq!(report.imports[0].module, "env");
+    assert_eq!(report.imports[0].ty, "func() -> i64");
+    assert_eq!(report.initial_memory_bytes, 2 * 65536);
+    assert_eq!(
+        report.abi_version, None,
+        "not called on a module that breaks the ABI"
+    );
+    assert_eq!(report.problems.len(), 4, "{:?}", report.problems);
+}
+
+#[test]
+fn compiled_artifacts_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    {
+        let runtime = Runtime::with_cache_dir(Limits::default(), dir.path()).expect("starts");
+        runtime.load(HOSTILE.wasm).expect("loads");
+    }
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path()).expect("readable").collect();
+    assert_eq!(artifacts.len(), 1, "one artifact for one module");
+    let runtime = Runtime::with_cache_dir(Limits::default(), dir.path()).expect("starts again");
+    let plugin = runtime.load(HOSTILE.wasm).expect("loads from the artifact");
+    assert_eq!(
+        run_mode(&plugin, "ok").result.expect("runs").points_total(),
+        1
+    );
+}
+
+#[test]
+fn a_corrupt_artifact_is_recompiled() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    Runtime::with_cache_dir(Limits::default(), dir.path())
+        .expect("starts")
+        .load(HOSTILE.wasm)
+        .expect("loads");
+    for artifact in std::fs::read_dir(dir.path()).expect("readable") {
+        std::fs::write(artifact.expect("an entry").path(), b"garbage").expect("writable");
+    }
+    let runtime = Runtime::with_cache_dir(Limits::default(), dir.path()).expect("starts");
+    let plugin = runtime.load(HOSTILE.wasm).expect("recompiles");
+    assert!(run_mode(&plugin, "ok").result.is_ok());
+}
