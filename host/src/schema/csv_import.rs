@@ -164,6 +164,7 @@ fn csv_error(err: csv::Error) -> SchemaError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 mod tests {
     use super::*;
     use serde_json::json;

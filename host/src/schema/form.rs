@@ -270,6 +270,7 @@ fn insert_into(node: &mut Node, here: &str, path: &[Segment], value: String) -> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 mod tests {
     use super::*;
     use serde_json::json;

@@ -35,12 +35,11 @@ pub fn parse_jsonc(text: &str) -> Result<Value, SchemaError> {
         Ok(value) => return Ok(value),
         Err(err) => err,
     };
-    if text.contains("//") {
-        if let Ok(flattened) = blank_comments(text, true) {
-            if let Ok(value) = serde_json::from_str(&flattened) {
-                return Ok(value);
-            }
-        }
+    if text.contains("//")
+        && let Ok(flattened) = blank_comments(text, true)
+        && let Ok(value) = serde_json::from_str(&flattened)
+    {
+        return Ok(value);
     }
     let mut message = err.to_string();
     // serde_json appends " at line L column C"; we report those as fields instead.
@@ -224,6 +223,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 mod tests {
     use super::*;
     use serde_json::json;

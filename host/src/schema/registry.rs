@@ -278,6 +278,7 @@ impl EventTypes {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 mod tests {
     use super::*;
     use serde_json::json;
