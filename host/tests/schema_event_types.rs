@@ -344,7 +344,7 @@ mod schema {
         let v = violations("checkout", data);
         assert_eq!(paths(&v), [("/total", "type")]);
         assert!(
-            v[0].message.contains("true is a boolean"),
+            v[0].message.contains("got true (a boolean)"),
             "{}",
             v[0].message
         );
@@ -372,6 +372,12 @@ mod schema {
         assert_eq!(
             got,
             [("/total", "required"), ("/transaction_id", "required")]
+        );
+        let total = v.iter().find(|v| v.path == "/total").unwrap();
+        assert!(
+            total.message.contains("non-empty \"items\""),
+            "{}",
+            total.message
         );
         // An empty items list does not stand in for the total.
         let v = violations("checkout", json!({"transaction_id": "t1", "items": []}));

@@ -14,6 +14,7 @@
 //! whatever the source system holds, and the address is the customer's key, not something
 //! this layer should refuse to record.
 
+use super::Violation;
 use super::document::{self, DRAFT_2020_12, EventType, NUMERIC_PATTERN, POSITIVE_INTEGER_PATTERN};
 use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
@@ -62,6 +63,18 @@ pub fn builtins() -> &'static [Arc<EventType>] {
 #[must_use]
 pub fn builtin(id: &str) -> Option<&'static Arc<EventType>> {
     builtins().iter().find(|t| t.id() == id)
+}
+
+/// A few words to add to a built-in type's violation where the schema alone cannot say
+/// what the sender should do.
+pub(crate) fn hint(type_id: &str, violation: &Violation) -> Option<&'static str> {
+    match (type_id, violation.keyword.as_str(), violation.path.as_str()) {
+        // Required only when there are no items (the schema's `if`/`else`).
+        ("checkout", "required", "/total") => {
+            Some(" (or send a non-empty \"items\" list to derive the total from)")
+        }
+        _ => None,
+    }
 }
 
 /// The documents of the built-in types, as `GET /v1/event-types` serves them.

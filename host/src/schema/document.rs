@@ -105,7 +105,8 @@ impl EventType {
         &self.document["jsonSchema"]
     }
 
-    /// The properties shown on the contact card, in the schema's order of properties.
+    /// The properties shown on the contact card, in the order the document's object keys
+    /// are kept (by name, as serde_json sorts them unless its `preserve_order` is on).
     #[must_use]
     pub fn contact_card(&self) -> &[ContactCardField] {
         &self.contact_card
@@ -137,6 +138,13 @@ impl EventType {
         let mut violations = Vec::new();
         for error in self.validator.iter_errors(data) {
             violations_of(&error, &mut violations);
+        }
+        if self.builtin {
+            for v in &mut violations {
+                if let Some(hint) = super::builtins::hint(&self.id, v) {
+                    v.message.push_str(hint);
+                }
+            }
         }
         if violations.is_empty() {
             // is_valid and iter_errors disagree only if jsonschema has a bug; refusing with
@@ -493,11 +501,11 @@ fn message_of(error: &ValidationError<'_>) -> String {
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            return format!(
-                "{} is {}, expected {expected}",
-                short(instance),
-                json_kind(instance)
-            );
+            let got = match &**instance {
+                Value::Object(_) | Value::Array(_) | Value::Null => json_kind(instance).to_owned(),
+                other => format!("{} ({})", short(other), json_kind(other)),
+            };
+            return format!("expected {expected}, got {got}");
         }
         _ => {}
     }
@@ -730,6 +738,15 @@ mod tests {
         let v = t.validate(&json!({"a": 1, "b": 2, "c~": 3})).unwrap_err();
         let paths: Vec<_> = v.iter().map(|v| v.path.as_str()).collect();
         assert_eq!(paths, ["/b", "/c~0"]);
+    }
+
+    #[test]
+    fn type_messages_violated() {
+        let t = parse_document(&doc(json!({"properties": {"a": {"type": "string"}}}))).unwrap();
+        let message = |v: Value| t.validate(&json!({"a": v})).unwrap_err()[0].message.clone();
+        assert_eq!(message(json!(3)), "expected \"string\", got 3 (a number)");
+        assert_eq!(message(json!([1])), "expected \"string\", got an array");
+        assert_eq!(message(json!(null)), "expected \"string\", got null");
     }
 
     #[test]

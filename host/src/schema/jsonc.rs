@@ -46,7 +46,8 @@ pub fn parse_jsonc(text: &str) -> Result<Value, SchemaError> {
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
     }
-    if text.contains("//") {
+    // A `//` comment that swallowed the rest of its line shows as a premature end.
+    if text.contains("//") && err.classify() == serde_json::error::Category::Eof {
         message.push_str(" (note: a // comment runs to the end of its line)");
     }
     Err(SchemaError::InvalidJson {
@@ -310,6 +311,12 @@ mod tests {
         };
         assert_eq!((line, column), (1, 9));
         assert!(message.contains("unterminated"), "{message}");
+    }
+
+    #[test]
+    fn comment_note_only_for_premature_end_violated() {
+        let err = parse_jsonc("{\"a\": 1, // fine\n \"b\": }").unwrap_err();
+        assert!(!err.to_string().contains("comment runs"), "{err}");
     }
 
     #[test]
