@@ -295,6 +295,10 @@ pub trait Store: Send + Sync {
 
     /// Runs `work` in one write transaction and commits it durably once, when `work` returns
     /// `Ok`. When `work` returns `Err`, nothing it wrote is kept and the error is returned.
+    ///
+    /// Write transactions run one at a time: `work` must not call this store's other writing
+    /// methods, which would wait for the transaction `work` is in. Reads outside the batch see
+    /// the last committed state until the batch commits.
     fn write_batch(
         &self,
         work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
