@@ -560,16 +560,18 @@ impl Store for RedbStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<OutboxTrigger>, StoreError> {
+        let mut triggers = Vec::new();
+        if after_seq == u64::MAX {
+            // Nothing comes after the last sequence number, and an empty range must not be
+            // handed to redb.
+            return Ok(triggers);
+        }
         let txn = self.read()?;
         let table = txn.open_table(OUTBOX)?;
         let bounds = (
             Bound::Excluded((tenant, after_seq)),
             Bound::Included((tenant, u64::MAX)),
         );
-        let mut triggers = Vec::new();
-        if after_seq == u64::MAX {
-            return Ok(triggers);
-        }
         for row in table.range::<(&str, u64)>(bounds)?.take(limit) {
             let (key, value) = row?;
             let (_, seq) = key.value();
@@ -718,6 +720,7 @@ impl<'txn> RedbBatch<'txn> {
             triggers,
         } = append;
         let tenant = tenant.as_str();
+        // Owned, because `event` is changed (its seq) while the id is in use.
         let customer_id = event.customer.clone();
         let customer_id = customer_id.as_str();
 
