@@ -1,1 +1,306 @@
-//! The redb event store, behind a domain-level trait.
+//! Storage: the domain-level [`Store`] trait the pipeline and the API talk to, and its redb
+//! backend.
+//!
+//! The trait speaks in loyalty terms (tenants, plugins, events, customers, ledgers), never in
+//! tables, HTTP or wasm, so a second backend (PostgreSQL, for tenants who outgrow one machine)
+//! can be added without touching the pipeline. Every key a backend writes starts with the
+//! tenant.
+//!
+//! Admin operations each run in their own durable transaction. Events go through
+//! [`Store::write_batch`]: one transaction for a whole batch of waiting events (group commit),
+//! in which [`BatchTxn::append`] writes an event, its ledger entries, the customer's new state,
+//! plugin state and outbound triggers. Nothing of a batch is visible or durable until the
+//! batch commits, and when `write_batch` returns `Ok` it is on disk.
+//!
+//! What the store derives and what it checks, on append:
+//! - it assigns the event's `seq`, and each ledger entry's `seq`, `balance_after`,
+//!   `lifetime_after`, `event_id` and `at` (the event's timestamp), replaying the amounts onto
+//!   the customer's stored points with [`tally_sdk::Customer::apply`], the one rule for how
+//!   points move;
+//! - it checks what the pipeline computed against what it stored: the new customer's points
+//!   must equal that replay, `event_count` must be the stored count plus one, and the event's
+//!   `points` must be the sum of its ledger entries. A mismatch means the pipeline built the
+//!   new state on something other than the stored state (a stale read inside a batch, for
+//!   instance); it is refused with [`StoreError::Inconsistent`] rather than stored.
+
+pub mod model;
+pub mod redb;
+
+use std::error::Error;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use tally_sdk::{PointEntry, Timestamp, Trigger};
+
+pub use self::model::{
+    CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry, OnError, OutboxTrigger,
+    PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, PluginVersion, StoredEvent,
+    TenantRecord,
+};
+pub use self::redb::RedbStore;
+
+/// The page size a default [`EventQuery`] asks for.
+pub const DEFAULT_PAGE_LIMIT: usize = 50;
+
+/// Why a storage operation failed.
+///
+/// Cloneable, so that when a group commit fails every event waiting on it can be told why.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The thing being created already exists: a tenant id, an event id, an API key.
+    #[error("{0}")]
+    Conflict(String),
+    /// The thing asked for or about does not exist: a tenant, a plugin.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller's request is malformed: a cursor this store never issued, a plugin
+    /// version that was never uploaded, a hash that does not match the bytes.
+    #[error("{0}")]
+    Invalid(String),
+    /// An append whose derived fields disagree with the stored state; a bug in the caller,
+    /// refused so that it cannot corrupt a customer.
+    #[error("inconsistent append refused: {0}")]
+    Inconsistent(String),
+    /// A stored record that cannot be read back, or an index that points nowhere.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The backend failed: I/O, a full disk, a file another process holds, a commit error.
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Arc<dyn Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// A backend failure described by `message` alone.
+    pub fn backend(message: impl Into<String>) -> StoreError {
+        StoreError::Backend(Arc::from(Box::<dyn Error + Send + Sync>::from(
+            message.into(),
+        )))
+    }
+}
+
+/// One page of a listing, and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    /// The items, in the order asked for.
+    pub items: Vec<T>,
+    /// Pass back to get the next page; `None` when this page is the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Which of a customer's events to list, ordered by event timestamp, then by sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only these actions; `None` means every action.
+    pub actions: Option<Vec<String>>,
+    /// Only events at or after this moment.
+    pub from: Option<Timestamp>,
+    /// Only events before this moment.
+    pub to: Option<Timestamp>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+    /// At most this many events; 0 gives an empty page.
+    pub limit: usize,
+    /// The `next_cursor` of the previous page. A cursor is a position in the history, so it
+    /// stays valid as events are added, and may be used with either direction.
+    pub cursor: Option<String>,
+}
+
+impl Default for EventQuery {
+    fn default() -> EventQuery {
+        EventQuery {
+            actions: None,
+            from: None,
+            to: None,
+            newest_first: false,
+            limit: DEFAULT_PAGE_LIMIT,
+            cursor: None,
+        }
+    }
+}
+
+/// An evaluated event to append, with everything it changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendEvent {
+    /// The tenant the event belongs to; it must exist.
+    pub tenant: String,
+    /// The event. Its `seq` is ignored and assigned by the store; its `points` must be the sum
+    /// of `ledger`'s amounts.
+    pub event: StoredEvent,
+    /// The customer's new state, built on the stored one: `event_count` one more, points the
+    /// stored points moved by `ledger`.
+    pub customer: CustomerRecord,
+    /// Points entries to append to the customer's ledger, in order.
+    pub ledger: Vec<NewLedgerEntry>,
+    /// Plugin states to replace: `(plugin, Some(state))` sets, `(plugin, None)` deletes.
+    pub plugin_states: Vec<(String, Option<Value>)>,
+    /// Outbound triggers to put in the tenant's outbox, in order.
+    pub triggers: Vec<NewTrigger>,
+}
+
+/// A points entry a plugin decided, before the store places it in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLedgerEntry {
+    /// The plugin that decided it.
+    pub plugin: String,
+    /// The entry as the plugin made it.
+    pub entry: PointEntry,
+}
+
+/// A trigger a plugin sent, before the store places it in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTrigger {
+    /// The plugin that sent it.
+    pub plugin: String,
+    /// The trigger as the plugin made it.
+    pub trigger: Trigger,
+}
+
+/// The view of one write transaction that [`Store::write_batch`] hands to its `work`.
+///
+/// Reads see every write made earlier in the same batch.
+pub trait BatchTxn {
+    /// The event `id` of `tenant`, if it is stored or appended earlier in this batch.
+    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// The customer `id` of `tenant`, as the batch has left them so far.
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
+
+    /// `plugin`'s private state for `customer`, as the batch has left it so far.
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<Value>, StoreError>;
+
+    /// Appends an evaluated event and everything it changes; returns the event as stored,
+    /// with its `seq`.
+    ///
+    /// Refuses a repeated event id with [`StoreError::Conflict`] and state that does not
+    /// follow from the stored state with [`StoreError::Inconsistent`]. Every check runs before
+    /// anything is written, so a refused append leaves the batch as it was and the batch may
+    /// go on. Should a write itself fail, the whole batch is refused at commit.
+    fn append(&mut self, append: AppendEvent) -> Result<StoredEvent, StoreError>;
+}
+
+/// Everything Tally stores, in domain terms.
+///
+/// Lookups answer `Ok(None)` for what does not exist; updates of what does not exist answer
+/// [`StoreError::NotFound`]. Every method but [`Store::write_batch`] is one transaction of its
+/// own, durable when it returns `Ok`.
+pub trait Store: Send + Sync {
+    /// Creates a tenant whose API key hashes to `api_key_hash`. [`StoreError::Conflict`] when
+    /// the id or the key is taken.
+    fn create_tenant(
+        &self,
+        tenant: &TenantRecord,
+        api_key_hash: [u8; 32],
+    ) -> Result<(), StoreError>;
+
+    /// The tenant `id`.
+    fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// Every tenant, by id.
+    fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
+
+    /// The tenant whose API key hashes to `api_key_hash`.
+    fn tenant_by_key_hash(
+        &self,
+        api_key_hash: [u8; 32],
+    ) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// Replaces a tenant's record (its id cannot change).
+    fn update_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+
+    /// Replaces a tenant's API key hash; the old key stops working.
+    fn set_tenant_key_hash(&self, tenant: &str, api_key_hash: [u8; 32]) -> Result<(), StoreError>;
+
+    /// The hash of the admin key, `None` before one is set.
+    fn admin_key_hash(&self) -> Result<Option<[u8; 32]>, StoreError>;
+
+    /// Sets the hash of the admin key.
+    fn set_admin_key_hash(&self, hash: [u8; 32]) -> Result<(), StoreError>;
+
+    /// Creates or replaces an event type of `tenant`.
+    fn put_event_type(&self, tenant: &str, event_type: &EventTypeRecord) -> Result<(), StoreError>;
+
+    /// The event type `id` of `tenant`.
+    fn event_type(&self, tenant: &str, id: &str) -> Result<Option<EventTypeRecord>, StoreError>;
+
+    /// Every event type of `tenant`, by id.
+    fn event_types(&self, tenant: &str) -> Result<Vec<EventTypeRecord>, StoreError>;
+
+    /// Stores a new version of plugin `name` and makes it active. The first upload creates the
+    /// plugin: enabled, subscribed to every action, priority 0, skipped on error. `sha256` is
+    /// the module's SHA-256 in hex, checked against `wasm`.
+    fn add_plugin_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: &[u8],
+        sha256: &str,
+        uploaded_at: &str,
+    ) -> Result<PluginRecord, StoreError>;
+
+    /// Replaces a plugin's settings (active version, config, actions, priority, enabled,
+    /// on_error). Its versions cannot change here and the active version must be one of them.
+    fn update_plugin(&self, tenant: &str, plugin: &PluginRecord) -> Result<(), StoreError>;
+
+    /// The plugin `name` of `tenant`.
+    fn plugin(&self, tenant: &str, name: &str) -> Result<Option<PluginRecord>, StoreError>;
+
+    /// Every plugin of `tenant`, in the order they run: by priority, then by name.
+    fn plugins(&self, tenant: &str) -> Result<Vec<PluginRecord>, StoreError>;
+
+    /// The wasm module of `version` of plugin `name`.
+    fn plugin_wasm(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The event `id` of `tenant`.
+    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// The customer `id` of `tenant`.
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
+
+    /// A page of a customer's events.
+    fn customer_events(
+        &self,
+        tenant: &str,
+        customer: &str,
+        query: &EventQuery,
+    ) -> Result<Page<StoredEvent>, StoreError>;
+
+    /// A page of a customer's ledger, oldest entry first.
+    fn ledger(
+        &self,
+        tenant: &str,
+        customer: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<LedgerEntry>, StoreError>;
+
+    /// Up to `limit` outbound triggers of `tenant` with a sequence number above `after_seq`,
+    /// oldest first. Pass the last `seq` delivered to continue.
+    fn outbox(
+        &self,
+        tenant: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxTrigger>, StoreError>;
+
+    /// Runs `work` in one write transaction and commits it durably once, when `work` returns
+    /// `Ok`. When `work` returns `Err`, nothing it wrote is kept and the error is returned.
+    ///
+    /// Write transactions run one at a time: `work` must not call this store's other writing
+    /// methods, which would wait for the transaction `work` is in. Reads outside the batch see
+    /// the last committed state until the batch commits.
+    fn write_batch(
+        &self,
+        work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+}

@@ -1,0 +1,249 @@
+//! The records the store keeps, as serde types shared by every backend.
+//!
+//! The wire types plugins see (`Customer`, `PointEntry`, `Perk`, `Trigger`, ...) are reused
+//! from `tally_sdk` rather than copied, so a stored outcome is exactly what the plugins
+//! decided. Fields added later must be `#[serde(default)]`, so records written by an older
+//! build still read.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tally_sdk::{Customer, Perk, PointEntry, PointKind, Timestamp, Trigger};
+
+/// A tenant (brand). Its API key is kept apart, hashed, and never in this record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    /// The tenant's id, the first element of every key the tenant owns.
+    pub id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// When the tenant was created, RFC 3339.
+    pub created_at: String,
+    /// Whether events whose action has no registered event type are accepted.
+    #[serde(default)]
+    pub allow_untyped_events: bool,
+}
+
+/// An event type (interaction schema) a tenant registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventTypeRecord {
+    /// The action the schema describes, e.g. `checkout`.
+    pub id: String,
+    /// A human-readable name.
+    pub display_name: String,
+    /// The whole interaction-schema document as it was posted.
+    pub document: Value,
+    /// When it was registered or last replaced, RFC 3339.
+    pub created_at: String,
+}
+
+/// A tenant's plugin: its uploaded versions and how it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// The plugin's name within its tenant.
+    pub name: String,
+    /// Every uploaded version, oldest first; versions are numbered 1, 2, 3, ...
+    pub versions: Vec<PluginVersion>,
+    /// The version that runs.
+    pub active_version: u32,
+    /// The tenant's configuration, passed to the plugin as `plugin.config`.
+    #[serde(default)]
+    pub config: Value,
+    /// The actions the plugin subscribes to; `None` means every action.
+    #[serde(default)]
+    pub actions: Option<Vec<String>>,
+    /// Plugins run in ascending priority, ties broken by name.
+    #[serde(default)]
+    pub priority: i32,
+    /// A disabled plugin is kept but not run.
+    pub enabled: bool,
+    /// What a failure of this plugin does to the event.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+impl PluginRecord {
+    /// The record of the active version, `None` only for a damaged record.
+    pub fn active(&self) -> Option<&PluginVersion> {
+        self.versions
+            .iter()
+            .find(|version| version.version == self.active_version)
+    }
+}
+
+/// One uploaded version of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    /// 1 for the first upload, then one more per upload.
+    pub version: u32,
+    /// The SHA-256 of the wasm module, lowercase hex.
+    pub sha256: String,
+    /// The module's size in bytes.
+    pub size: u64,
+    /// When it was uploaded, RFC 3339.
+    pub uploaded_at: String,
+}
+
+/// What a plugin failure does to the event being evaluated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The plugin's decision is left out; the event and the other plugins' decisions stand.
+    #[default]
+    Skip,
+    /// The whole event is refused and nothing is stored.
+    Reject,
+}
+
+/// An event as stored: what was posted, and what the plugins made of it. Immutable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The tenant-wide event sequence number, assigned by the store when it is appended.
+    pub seq: u64,
+    /// The sender's id for the event, unique per tenant.
+    pub id: String,
+    /// What happened: `checkout`, `repair`, ...
+    pub action: String,
+    /// A human-readable name of the action, when the sender gave one.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The event's calendar date, `YYYY-MM-DD`.
+    pub date: String,
+    /// When it happened. Histories are ordered by it.
+    pub timestamp: Timestamp,
+    /// The customer's id.
+    pub customer: String,
+    /// The net points the event moved: the sum of its ledger entries.
+    pub points: i64,
+    /// Where it came from: `api`, `import`, `webhook`, ...
+    pub source: String,
+    /// The sender's IP address, when known.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// The sender's user agent, when known.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// The action's own attributes.
+    pub data: Value,
+    /// When the host received it, RFC 3339.
+    pub received_at: String,
+    /// What the plugins decided.
+    #[serde(default)]
+    pub outcome: EventOutcome,
+}
+
+/// The merged result of every plugin that ran on an event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    /// Points entries, in the order the plugins made them.
+    #[serde(default)]
+    pub points: Vec<PointEntry>,
+    /// Perks granted.
+    #[serde(default)]
+    pub perks: Vec<Perk>,
+    /// The tier the event left the customer in, when a plugin set one.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Outbound notifications sent.
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+    /// Each plugin considered, in the order it ran.
+    #[serde(default)]
+    pub plugins: Vec<PluginRun>,
+}
+
+/// How one plugin fared on one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRun {
+    /// The plugin's name.
+    pub name: String,
+    /// The version that ran.
+    pub version: u32,
+    /// Whether it ran, failed or was skipped.
+    pub status: PluginStatus,
+    /// Why it failed, when it did.
+    #[serde(default)]
+    pub error: Option<PluginErrorRecord>,
+}
+
+/// The result of one plugin run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginStatus {
+    /// It ran and its decision was applied.
+    Ok,
+    /// It failed; see [`PluginRun::error`].
+    Error,
+    /// It was not run (disabled, or not subscribed to the action).
+    Skipped,
+}
+
+/// A recorded plugin failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginErrorRecord {
+    /// A stable machine-readable code: `out_of_fuel`, `trap`, `plugin_error`, ...
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// A customer as stored: the state plugins see, plus what the host keeps about them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerRecord {
+    /// The state plugins see. `customer.points` is derived from the ledger and the store
+    /// checks it against the ledger on every append.
+    pub customer: Customer,
+    /// When the first event for the customer was received, RFC 3339.
+    pub created_at: String,
+    /// When the latest event was received, RFC 3339.
+    pub updated_at: String,
+    /// How many events the customer has; the store checks it grows by one per event.
+    pub event_count: u64,
+    /// Contact fields gathered from events: field → `{value, display_name, event_id, at}`.
+    #[serde(default)]
+    pub contact_card: Map<String, Value>,
+}
+
+/// One entry of a customer's points ledger. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The tenant-wide ledger sequence number, assigned by the store.
+    pub seq: u64,
+    /// The event that made the entry.
+    pub event_id: String,
+    /// The plugin that decided it.
+    pub plugin: String,
+    /// Points moved: positive awards, negative takes.
+    pub amount: i64,
+    /// Earn, reverse or spend.
+    pub kind: PointKind,
+    /// Why, as the customer sees it.
+    pub reason: String,
+    /// When these points expire, RFC 3339, if they do.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// The customer's balance after this entry.
+    pub balance_after: i64,
+    /// The customer's lifetime points after this entry.
+    pub lifetime_after: i64,
+    /// The event's timestamp, RFC 3339: business time, so a replay writes the same ledger.
+    pub at: String,
+}
+
+/// An outbound trigger waiting in the tenant's outbox. Append-only; consumers remember the
+/// last `seq` they delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxTrigger {
+    /// The tenant-wide outbox sequence number, assigned by the store.
+    pub seq: u64,
+    /// The event that caused it.
+    pub event_id: String,
+    /// The customer it is about.
+    pub customer: String,
+    /// The plugin that sent it.
+    pub plugin: String,
+    /// Its name, e.g. `TierEarned`.
+    pub name: String,
+    /// What it carries.
+    #[serde(default)]
+    pub data: Value,
+}

@@ -1,0 +1,1093 @@
+//! The embedded [`Store`]: one redb file.
+//!
+//! # Tables
+//!
+//! Every key is a redb tuple whose first element is the tenant, so a tenant's data is
+//! contiguous and redb compares keys element by element (numbers numerically, strings
+//! bytewise) without any hand-made key encoding to get wrong. Two global tables are the
+//! exception, because they are how a request finds its tenant: `meta` and `tenant_keys`.
+//!
+//! | table             | key                                      | value                      |
+//! |-------------------|------------------------------------------|----------------------------|
+//! | `meta`            | name (`format`, `admin_key_hash`)        | bytes                      |
+//! | `tenants`         | tenant                                   | JSON [`TenantRecord`]      |
+//! | `tenant_keys`     | API key hash (32 bytes)                  | tenant                     |
+//! | `tenant_key_hash` | tenant                                   | API key hash (32 bytes)    |
+//! | `event_types`     | (tenant, event type id)                  | JSON [`EventTypeRecord`]   |
+//! | `plugins`         | (tenant, plugin)                         | JSON [`PluginRecord`]      |
+//! | `plugin_wasm`     | (tenant, plugin, version)                | wasm module bytes          |
+//! | `plugin_state`    | (tenant, plugin, customer)               | JSON state                 |
+//! | `sequences`       | (tenant, `event` / `ledger` / `outbox`)  | last number assigned       |
+//! | `events`          | (tenant, event id)                       | JSON [`StoredEvent`]       |
+//! | `customer_events` | (tenant, customer, unix seconds, seq)    | (action, event id)         |
+//! | `customers`       | (tenant, customer)                       | JSON [`CustomerRecord`]    |
+//! | `ledger`          | (tenant, customer, seq)                  | JSON [`LedgerEntry`]       |
+//! | `outbox`          | (tenant, seq)                            | JSON [`OutboxTrigger`]     |
+//!
+//! `customer_events` orders a customer's history by event time, so a time window is one range
+//! scan; it carries the action so that an action filter reads no event it then drops. Events
+//! are stored once, under their id, which is what makes posting idempotent.
+//!
+//! # Encoding
+//!
+//! Records are JSON. They carry `serde_json::Value` (event data, plugin config and state,
+//! schemas), which only a self-describing format round-trips; JSON keeps records readable
+//! with any redb dump and lets fields be added with `#[serde(default)]`. The cost, a few
+//! hundred bytes and microseconds per event, is small beside the fsync each batch pays.
+//! Keys, which decide order, are native redb types. `meta.format` records the layout version
+//! so that a later layout can refuse or migrate an older file instead of misreading it.
+
+use std::borrow::Borrow;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use ::redb::{
+    Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tally_sdk::{Customer, Decision, Points};
+
+use super::{
+    AppendEvent, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError,
+    OutboxTrigger, Page, PluginRecord, PluginVersion, Store, StoreError, StoredEvent, TenantRecord,
+};
+
+/// The layout version this build writes and reads.
+const FORMAT_VERSION: u32 = 1;
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
+const TENANT_KEYS: TableDefinition<'_, &[u8; 32], &str> = TableDefinition::new("tenant_keys");
+const TENANT_KEY_HASH: TableDefinition<'_, &str, &[u8; 32]> =
+    TableDefinition::new("tenant_key_hash");
+const EVENT_TYPES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("event_types");
+const PLUGINS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("plugins");
+const PLUGIN_WASM: TableDefinition<'_, (&str, &str, u32), &[u8]> =
+    TableDefinition::new("plugin_wasm");
+const PLUGIN_STATE: TableDefinition<'_, (&str, &str, &str), &[u8]> =
+    TableDefinition::new("plugin_state");
+const SEQUENCES: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("sequences");
+const EVENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("events");
+const CUSTOMER_EVENTS: TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
+    TableDefinition::new("customer_events");
+const CUSTOMERS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("customers");
+const LEDGER: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("ledger");
+const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
+
+const META_FORMAT: &str = "format";
+const META_ADMIN_KEY_HASH: &str = "admin_key_hash";
+
+const SEQ_EVENT: &str = "event";
+const SEQ_LEDGER: &str = "ledger";
+const SEQ_OUTBOX: &str = "outbox";
+
+/// A customer-events index key: (tenant, customer, unix seconds, seq).
+type HistoryKey<'a> = (&'a str, &'a str, i64, u64);
+
+/// The [`Store`] on one redb file.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating the file when there is none.
+    pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let path = path.as_ref();
+        let db = Database::create(path)
+            .map_err(|why| StoreError::backend(format!("cannot open {}: {why}", path.display())))?;
+        let txn = db.begin_write()?;
+        {
+            // Creating every table up front means a read never meets a missing table.
+            let mut meta = txn.open_table(META)?;
+            txn.open_table(TENANTS)?;
+            txn.open_table(TENANT_KEYS)?;
+            txn.open_table(TENANT_KEY_HASH)?;
+            txn.open_table(EVENT_TYPES)?;
+            txn.open_table(PLUGINS)?;
+            txn.open_table(PLUGIN_WASM)?;
+            txn.open_table(PLUGIN_STATE)?;
+            txn.open_table(SEQUENCES)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(CUSTOMER_EVENTS)?;
+            txn.open_table(CUSTOMERS)?;
+            txn.open_table(LEDGER)?;
+            txn.open_table(OUTBOX)?;
+            let found = match meta.get(META_FORMAT)? {
+                None => None,
+                Some(bytes) => Some(read_u32(bytes.value()).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "meta.format is {} bytes long, not 4",
+                        bytes.value().len()
+                    ))
+                })?),
+            };
+            match found {
+                None => {
+                    meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(other) => {
+                    return Err(StoreError::backend(format!(
+                        "{} has storage format {other}; this build reads format {FORMAT_VERSION}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(RedbStore { db })
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Runs `work` in its own write transaction and commits it. redb's default durability,
+    /// `Immediate`, is kept: `Ok` means fsync'd.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_write()?;
+        match work(&txn) {
+            Ok(value) => {
+                txn.commit()?;
+                Ok(value)
+            }
+            Err(error) => {
+                abort(txn);
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn create_tenant(
+        &self,
+        tenant: &TenantRecord,
+        api_key_hash: [u8; 32],
+    ) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut tenants = txn.open_table(TENANTS)?;
+            let mut keys = txn.open_table(TENANT_KEYS)?;
+            let mut key_hashes = txn.open_table(TENANT_KEY_HASH)?;
+            if tenants.get(tenant.id.as_str())?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {} already exists",
+                    tenant.id
+                )));
+            }
+            if let Some(holder) = keys.get(&api_key_hash)? {
+                return Err(StoreError::Conflict(format!(
+                    "that API key is already the key of tenant {}",
+                    holder.value()
+                )));
+            }
+            let bytes = encode(tenant, || format!("tenant {}", tenant.id))?;
+            tenants.insert(tenant.id.as_str(), bytes.as_slice())?;
+            keys.insert(&api_key_hash, tenant.id.as_str())?;
+            key_hashes.insert(tenant.id.as_str(), &api_key_hash)?;
+            Ok(())
+        })
+    }
+
+    fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let txn = self.read()?;
+        let tenants = txn.open_table(TENANTS)?;
+        get_json(&tenants, id, || format!("tenant {id}"))
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        let txn = self.read()?;
+        let tenants = txn.open_table(TENANTS)?;
+        let mut records = Vec::new();
+        for row in tenants.iter()? {
+            let (key, value) = row?;
+            records.push(decode(value.value(), || format!("tenant {}", key.value()))?);
+        }
+        Ok(records)
+    }
+
+    fn tenant_by_key_hash(
+        &self,
+        api_key_hash: [u8; 32],
+    ) -> Result<Option<TenantRecord>, StoreError> {
+        let txn = self.read()?;
+        let keys = txn.open_table(TENANT_KEYS)?;
+        let Some(holder) = keys.get(&api_key_hash)? else {
+            return Ok(None);
+        };
+        let tenants = txn.open_table(TENANTS)?;
+        let id = holder.value();
+        match get_json(&tenants, id, || format!("tenant {id}"))? {
+            Some(tenant) => Ok(Some(tenant)),
+            None => Err(StoreError::Corrupt(format!(
+                "an API key belongs to tenant {id}, which does not exist"
+            ))),
+        }
+    }
+
+    fn update_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut tenants = txn.open_table(TENANTS)?;
+            if tenants.get(tenant.id.as_str())?.is_none() {
+                return Err(no_tenant(&tenant.id));
+            }
+            let bytes = encode(tenant, || format!("tenant {}", tenant.id))?;
+            tenants.insert(tenant.id.as_str(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn set_tenant_key_hash(&self, tenant: &str, api_key_hash: [u8; 32]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let tenants = txn.open_table(TENANTS)?;
+            let mut keys = txn.open_table(TENANT_KEYS)?;
+            let mut key_hashes = txn.open_table(TENANT_KEY_HASH)?;
+            if tenants.get(tenant)?.is_none() {
+                return Err(no_tenant(tenant));
+            }
+            if let Some(holder) = keys.get(&api_key_hash)?
+                && holder.value() != tenant
+            {
+                return Err(StoreError::Conflict(format!(
+                    "that API key is already the key of tenant {}",
+                    holder.value()
+                )));
+            }
+            let old = key_hashes.get(tenant)?.map(|hash| *hash.value());
+            if let Some(old) = old {
+                keys.remove(&old)?;
+            }
+            keys.insert(&api_key_hash, tenant)?;
+            key_hashes.insert(tenant, &api_key_hash)?;
+            Ok(())
+        })
+    }
+
+    fn admin_key_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let txn = self.read()?;
+        let meta = txn.open_table(META)?;
+        let Some(bytes) = meta.get(META_ADMIN_KEY_HASH)? else {
+            return Ok(None);
+        };
+        let hash = <[u8; 32]>::try_from(bytes.value()).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "meta.admin_key_hash is {} bytes long, not 32",
+                bytes.value().len()
+            ))
+        })?;
+        Ok(Some(hash))
+    }
+
+    fn set_admin_key_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(META)?
+                .insert(META_ADMIN_KEY_HASH, hash.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn put_event_type(&self, tenant: &str, event_type: &EventTypeRecord) -> Result<(), StoreError> {
+        self.write(|txn| {
+            require_tenant(&txn.open_table(TENANTS)?, tenant)?;
+            let what = || format!("event type {} of tenant {tenant}", event_type.id);
+            let bytes = encode(event_type, what)?;
+            txn.open_table(EVENT_TYPES)?
+                .insert((tenant, event_type.id.as_str()), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn event_type(&self, tenant: &str, id: &str) -> Result<Option<EventTypeRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(EVENT_TYPES)?;
+        get_json(&table, (tenant, id), || {
+            format!("event type {id} of tenant {tenant}")
+        })
+    }
+
+    fn event_types(&self, tenant: &str) -> Result<Vec<EventTypeRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(EVENT_TYPES)?;
+        tenant_records(&table, tenant, "event type")
+    }
+
+    fn add_plugin_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: &[u8],
+        sha256: &str,
+        uploaded_at: &str,
+    ) -> Result<PluginRecord, StoreError> {
+        let actual = hex::encode(Sha256::digest(wasm));
+        if !actual.eq_ignore_ascii_case(sha256) {
+            return Err(StoreError::Invalid(format!(
+                "plugin {name} of tenant {tenant}: sha256 {sha256} was given for a \
+                 {}-byte module whose sha256 is {actual}",
+                wasm.len()
+            )));
+        }
+        self.write(|txn| {
+            require_tenant(&txn.open_table(TENANTS)?, tenant)?;
+            let mut plugins = txn.open_table(PLUGINS)?;
+            let what = || format!("plugin {name} of tenant {tenant}");
+            let mut record = get_json(&plugins, (tenant, name), what)?.unwrap_or_else(|| {
+                PluginRecord {
+                    name: name.to_owned(),
+                    versions: Vec::new(),
+                    active_version: 0,
+                    config: Value::Null,
+                    actions: None,
+                    priority: 0,
+                    enabled: true,
+                    on_error: OnError::Skip,
+                }
+            });
+            let last = record.versions.iter().map(|v| v.version).max().unwrap_or(0);
+            let version = last.checked_add(1).ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "plugin {name} of tenant {tenant} already has version {last}, the last there can be"
+                ))
+            })?;
+            record.versions.push(PluginVersion {
+                version,
+                sha256: actual.clone(),
+                size: u64::try_from(wasm.len()).unwrap_or(u64::MAX),
+                uploaded_at: uploaded_at.to_owned(),
+            });
+            record.active_version = version;
+            let bytes = encode(&record, what)?;
+            plugins.insert((tenant, name), bytes.as_slice())?;
+            txn.open_table(PLUGIN_WASM)?
+                .insert((tenant, name, version), wasm)?;
+            Ok(record)
+        })
+    }
+
+    fn update_plugin(&self, tenant: &str, plugin: &PluginRecord) -> Result<(), StoreError> {
+        let name = plugin.name.as_str();
+        self.write(|txn| {
+            let mut plugins = txn.open_table(PLUGINS)?;
+            let what = || format!("plugin {name} of tenant {tenant}");
+            let Some(stored) = get_json::<_, PluginRecord>(&plugins, (tenant, name), what)? else {
+                return Err(StoreError::NotFound(format!(
+                    "tenant {tenant} has no plugin {name}"
+                )));
+            };
+            if plugin.versions != stored.versions {
+                return Err(StoreError::Invalid(format!(
+                    "plugin {name} of tenant {tenant}: versions are added by uploading, not \
+                     by an update ({} stored, {} given)",
+                    stored.versions.len(),
+                    plugin.versions.len()
+                )));
+            }
+            if plugin.active().is_none() {
+                return Err(StoreError::Invalid(format!(
+                    "plugin {name} of tenant {tenant} has no version {}; it has versions 1 to {}",
+                    plugin.active_version,
+                    stored.versions.len()
+                )));
+            }
+            let bytes = encode(plugin, what)?;
+            plugins.insert((tenant, name), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn plugin(&self, tenant: &str, name: &str) -> Result<Option<PluginRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PLUGINS)?;
+        get_json(&table, (tenant, name), || {
+            format!("plugin {name} of tenant {tenant}")
+        })
+    }
+
+    fn plugins(&self, tenant: &str) -> Result<Vec<PluginRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PLUGINS)?;
+        let mut records: Vec<PluginRecord> = tenant_records(&table, tenant, "plugin")?;
+        records.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        Ok(records)
+    }
+
+    fn plugin_wasm(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PLUGIN_WASM)?;
+        Ok(table
+            .get((tenant, name, version))?
+            .map(|bytes| bytes.value().to_vec()))
+    }
+
+    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let txn = self.read()?;
+        get_event(&txn.open_table(EVENTS)?, tenant, id)
+    }
+
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
+        let txn = self.read()?;
+        get_customer(&txn.open_table(CUSTOMERS)?, tenant, id)
+    }
+
+    fn customer_events(
+        &self,
+        tenant: &str,
+        customer: &str,
+        query: &EventQuery,
+    ) -> Result<Page<StoredEvent>, StoreError> {
+        let mut page = Page {
+            items: Vec::new(),
+            next_cursor: None,
+        };
+        if query.limit == 0 {
+            return Ok(page);
+        }
+        // Positions are (unix seconds, seq); seq starts at 1, so (t, 0) sits just before
+        // every event at second t.
+        let mut lower = Bound::Included((query.from.map_or(i64::MIN, |t| t.unix_seconds()), 0));
+        let mut upper = match query.to {
+            Some(to) => Bound::Excluded((to.unix_seconds(), 0)),
+            None => Bound::Included((i64::MAX, u64::MAX)),
+        };
+        if let Some(cursor) = &query.cursor {
+            let at = cursor::decode_event(cursor)?;
+            if query.newest_first {
+                if upper_allows(&upper, at) {
+                    upper = Bound::Excluded(at);
+                }
+            } else if lower_allows(&lower, at) {
+                lower = Bound::Excluded(at);
+            }
+        }
+        let key =
+            |(seconds, seq): (i64, u64)| -> HistoryKey<'_> { (tenant, customer, seconds, seq) };
+        let bounds = (map_bound(lower, key), map_bound(upper, key));
+
+        let txn = self.read()?;
+        let history = txn.open_table(CUSTOMER_EVENTS)?;
+        let events = txn.open_table(EVENTS)?;
+        let mut range = history.range::<HistoryKey<'_>>(bounds)?;
+        let mut last = None;
+        loop {
+            let row = if query.newest_first {
+                range.next_back()
+            } else {
+                range.next()
+            };
+            let Some(row) = row else { break };
+            let (key, value) = row?;
+            let (_, _, seconds, seq) = key.value();
+            let (action, id) = value.value();
+            if let Some(actions) = &query.actions
+                && !actions.iter().any(|wanted| wanted == action)
+            {
+                continue;
+            }
+            if page.items.len() == query.limit {
+                // One more match exists, so there is a next page; it starts after the last
+                // item of this one.
+                page.next_cursor = last.map(cursor::encode_event);
+                break;
+            }
+            let event = get_event(&events, tenant, id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the history of customer {customer} of tenant {tenant} lists event {id} \
+                     (seq {seq}), which does not exist"
+                ))
+            })?;
+            page.items.push(event);
+            last = Some((seconds, seq));
+        }
+        Ok(page)
+    }
+
+    fn ledger(
+        &self,
+        tenant: &str,
+        customer: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<LedgerEntry>, StoreError> {
+        let mut page = Page {
+            items: Vec::new(),
+            next_cursor: None,
+        };
+        if limit == 0 {
+            return Ok(page);
+        }
+        let after = cursor.map(cursor::decode_ledger).transpose()?;
+        let lower = match after {
+            Some(seq) => Bound::Excluded((tenant, customer, seq)),
+            None => Bound::Included((tenant, customer, 0)),
+        };
+        let upper = Bound::Included((tenant, customer, u64::MAX));
+        let txn = self.read()?;
+        let table = txn.open_table(LEDGER)?;
+        for row in table.range::<(&str, &str, u64)>((lower, upper))? {
+            let (key, value) = row?;
+            let (_, _, seq) = key.value();
+            if page.items.len() == limit {
+                page.next_cursor = page.items.last().map(|e| cursor::encode_ledger(e.seq));
+                break;
+            }
+            page.items.push(decode(value.value(), || {
+                format!("ledger entry {seq} of customer {customer} of tenant {tenant}")
+            })?);
+        }
+        Ok(page)
+    }
+
+    fn outbox(
+        &self,
+        tenant: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxTrigger>, StoreError> {
+        let mut triggers = Vec::new();
+        let txn = self.read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let bounds = (
+            Bound::Excluded((tenant, after_seq)),
+            Bound::Included((tenant, u64::MAX)),
+        );
+        for row in table.range::<(&str, u64)>(bounds)?.take(limit) {
+            let (key, value) = row?;
+            let (_, seq) = key.value();
+            triggers.push(decode(value.value(), || {
+                format!("outbox trigger {seq} of tenant {tenant}")
+            })?);
+        }
+        Ok(triggers)
+    }
+
+    fn write_batch(
+        &self,
+        work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        let outcome = RedbBatch::open(&txn).and_then(|mut batch| {
+            work(&mut batch)?;
+            match batch.poisoned.take() {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        });
+        match outcome {
+            Ok(()) => {
+                // One fsync for the whole batch: this is where group commit pays off.
+                txn.commit()?;
+                Ok(())
+            }
+            Err(error) => {
+                abort(txn);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// One group-commit write transaction, with its tables opened once for the whole batch.
+struct RedbBatch<'txn> {
+    tenants: Table<'txn, &'static str, &'static [u8]>,
+    sequences: Table<'txn, (&'static str, &'static str), u64>,
+    events: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    history: Table<'txn, HistoryKey<'static>, (&'static str, &'static str)>,
+    customers: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    ledger: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    plugin_state: Table<'txn, (&'static str, &'static str, &'static str), &'static [u8]>,
+    outbox: Table<'txn, (&'static str, u64), &'static [u8]>,
+    /// Set when a write failed halfway through an append: the transaction then holds part of
+    /// an event, so it must not commit, whatever `work` does with the error.
+    poisoned: Option<StoreError>,
+}
+
+/// What an append's checks worked out, for its writes.
+struct Checked {
+    /// Balance and lifetime after each ledger entry.
+    points_after: Vec<Points>,
+}
+
+impl<'txn> RedbBatch<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<RedbBatch<'txn>, StoreError> {
+        Ok(RedbBatch {
+            tenants: txn.open_table(TENANTS)?,
+            sequences: txn.open_table(SEQUENCES)?,
+            events: txn.open_table(EVENTS)?,
+            history: txn.open_table(CUSTOMER_EVENTS)?,
+            customers: txn.open_table(CUSTOMERS)?,
+            ledger: txn.open_table(LEDGER)?,
+            plugin_state: txn.open_table(PLUGIN_STATE)?,
+            outbox: txn.open_table(OUTBOX)?,
+            poisoned: None,
+        })
+    }
+
+    /// Every check of an append; reads only.
+    fn check(&self, append: &AppendEvent) -> Result<Checked, StoreError> {
+        let tenant = append.tenant.as_str();
+        let event = &append.event;
+        let customer_id = event.customer.as_str();
+        require_tenant(&self.tenants, tenant)?;
+        if let Some(existing) = get_event(&self.events, tenant, &event.id)? {
+            return Err(StoreError::Conflict(format!(
+                "event {} of tenant {tenant} already exists (seq {})",
+                event.id, existing.seq
+            )));
+        }
+        if append.customer.customer.id != customer_id {
+            return Err(StoreError::Inconsistent(format!(
+                "event {} of tenant {tenant} is for customer {customer_id}, but the new \
+                 customer state is for customer {}",
+                event.id, append.customer.customer.id
+            )));
+        }
+        let previous = get_customer(&self.customers, tenant, customer_id)?;
+        let (count_before, points_before) = previous.as_ref().map_or((0, Points::default()), |p| {
+            (p.event_count, p.customer.points)
+        });
+        let count_expected = count_before.saturating_add(1);
+        if append.customer.event_count != count_expected {
+            return Err(StoreError::Inconsistent(format!(
+                "customer {customer_id} of tenant {tenant} has {count_before} events stored, so \
+                 after event {} the count must be {count_expected}, not {}",
+                event.id, append.customer.event_count
+            )));
+        }
+        let points_after = replay(points_before, append);
+        let expected = points_after.last().copied().unwrap_or(points_before);
+        let given = append.customer.customer.points;
+        if given != expected {
+            return Err(StoreError::Inconsistent(format!(
+                "customer {customer_id} of tenant {tenant} has balance {} and lifetime {} \
+                 stored; event {}'s {} ledger entries take them to balance {} and lifetime {}, \
+                 but the new customer state says balance {} and lifetime {}",
+                points_before.balance,
+                points_before.lifetime,
+                event.id,
+                append.ledger.len(),
+                expected.balance,
+                expected.lifetime,
+                given.balance,
+                given.lifetime
+            )));
+        }
+        let net = append
+            .ledger
+            .iter()
+            .fold(0_i64, |sum, new| sum.saturating_add(new.entry.amount));
+        if event.points != net {
+            return Err(StoreError::Inconsistent(format!(
+                "event {} of tenant {tenant} says it moved {} points, but its {} ledger entries \
+                 sum to {net}",
+                event.id,
+                event.points,
+                append.ledger.len()
+            )));
+        }
+        Ok(Checked { points_after })
+    }
+
+    /// Every write of an append, after its checks passed.
+    fn write(&mut self, append: AppendEvent, checked: Checked) -> Result<StoredEvent, StoreError> {
+        let AppendEvent {
+            tenant,
+            mut event,
+            customer,
+            ledger,
+            plugin_states,
+            triggers,
+        } = append;
+        let tenant = tenant.as_str();
+        // Owned, because `event` is changed (its seq) while the id is in use.
+        let customer_id = event.customer.clone();
+        let customer_id = customer_id.as_str();
+
+        event.seq = self.reserve(tenant, SEQ_EVENT, 1)?;
+        let bytes = encode(&event, || format!("event {} of tenant {tenant}", event.id))?;
+        self.events
+            .insert((tenant, event.id.as_str()), bytes.as_slice())?;
+        self.history.insert(
+            (
+                tenant,
+                customer_id,
+                event.timestamp.unix_seconds(),
+                event.seq,
+            ),
+            (event.action.as_str(), event.id.as_str()),
+        )?;
+        let bytes = encode(&customer, || {
+            format!("customer {customer_id} of tenant {tenant}")
+        })?;
+        self.customers
+            .insert((tenant, customer_id), bytes.as_slice())?;
+
+        let first = self.reserve(tenant, SEQ_LEDGER, len_u64(ledger.len()))?;
+        let at = event.timestamp.to_string();
+        for ((seq, new), after) in (first..).zip(ledger).zip(checked.points_after) {
+            let kind = new.entry.kind();
+            let entry = LedgerEntry {
+                seq,
+                event_id: event.id.clone(),
+                plugin: new.plugin,
+                amount: new.entry.amount,
+                kind,
+                reason: new.entry.reason,
+                expires_at: new.entry.expires_at.map(|t| t.to_string()),
+                balance_after: after.balance,
+                lifetime_after: after.lifetime,
+                at: at.clone(),
+            };
+            let bytes = encode(&entry, || format!("ledger entry {seq} of tenant {tenant}"))?;
+            self.ledger
+                .insert((tenant, customer_id, seq), bytes.as_slice())?;
+        }
+
+        for (plugin, state) in plugin_states {
+            let key = (tenant, plugin.as_str(), customer_id);
+            match state {
+                Some(state) => {
+                    let bytes = encode(&state, || {
+                        format!("state of plugin {plugin} for customer {customer_id}")
+                    })?;
+                    self.plugin_state.insert(key, bytes.as_slice())?;
+                }
+                None => {
+                    self.plugin_state.remove(key)?;
+                }
+            }
+        }
+
+        let first = self.reserve(tenant, SEQ_OUTBOX, len_u64(triggers.len()))?;
+        for (seq, new) in (first..).zip(triggers) {
+            let trigger = OutboxTrigger {
+                seq,
+                event_id: event.id.clone(),
+                customer: customer_id.to_owned(),
+                plugin: new.plugin,
+                name: new.trigger.name,
+                data: new.trigger.data,
+            };
+            let bytes = encode(&trigger, || {
+                format!("outbox trigger {seq} of tenant {tenant}")
+            })?;
+            self.outbox.insert((tenant, seq), bytes.as_slice())?;
+        }
+        Ok(event)
+    }
+
+    /// Reserves `count` numbers of a tenant's sequence `kind`; returns the first.
+    fn reserve(&mut self, tenant: &str, kind: &str, count: u64) -> Result<u64, StoreError> {
+        let last = self.sequences.get((tenant, kind))?.map_or(0, |v| v.value());
+        let first = last.checked_add(1);
+        let new_last = last.checked_add(count);
+        let (Some(first), Some(new_last)) = (first, new_last) else {
+            return Err(StoreError::Invalid(format!(
+                "the {kind} sequence of tenant {tenant} is at {last} and cannot grow by {count}"
+            )));
+        };
+        if count > 0 {
+            self.sequences.insert((tenant, kind), new_last)?;
+        }
+        Ok(first)
+    }
+}
+
+impl BatchTxn for RedbBatch<'_> {
+    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        get_event(&self.events, tenant, id)
+    }
+
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
+        get_customer(&self.customers, tenant, id)
+    }
+
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        get_json(&self.plugin_state, (tenant, plugin, customer), || {
+            format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
+        })
+    }
+
+    fn append(&mut self, append: AppendEvent) -> Result<StoredEvent, StoreError> {
+        if let Some(error) = &self.poisoned {
+            return Err(error.clone());
+        }
+        let checked = self.check(&append)?;
+        self.write(append, checked).inspect_err(|error| {
+            self.poisoned = Some(error.clone());
+        })
+    }
+}
+
+/// The points after each ledger entry of `append`, starting from `start`, moved by the same
+/// rule the pipeline uses between plugins.
+fn replay(start: Points, append: &AppendEvent) -> Vec<Points> {
+    let mut customer = Customer {
+        points: start,
+        ..Customer::default()
+    };
+    append
+        .ledger
+        .iter()
+        .map(|new| {
+            customer.apply(&Decision {
+                points: vec![new.entry.clone()],
+                ..Decision::default()
+            });
+            customer.points
+        })
+        .collect()
+}
+
+fn get_event(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<StoredEvent>, StoreError> {
+    get_json(table, (tenant, id), || {
+        format!("event {id} of tenant {tenant}")
+    })
+}
+
+fn get_customer(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<CustomerRecord>, StoreError> {
+    get_json(table, (tenant, id), || {
+        format!("customer {id} of tenant {tenant}")
+    })
+}
+
+fn require_tenant(
+    tenants: &impl ReadableTable<&'static str, &'static [u8]>,
+    tenant: &str,
+) -> Result<(), StoreError> {
+    match tenants.get(tenant)? {
+        Some(_) => Ok(()),
+        None => Err(no_tenant(tenant)),
+    }
+}
+
+fn no_tenant(tenant: &str) -> StoreError {
+    StoreError::NotFound(format!("tenant {tenant} does not exist"))
+}
+
+/// The JSON record under `key`, decoded.
+fn get_json<'k, K: Key + 'static, T: DeserializeOwned>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: impl Borrow<K::SelfType<'k>>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>, StoreError> {
+    match table.get(key)? {
+        Some(bytes) => decode(bytes.value(), what).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Every record of `tenant` in a table keyed by (tenant, name), by name.
+fn tenant_records<T: DeserializeOwned>(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut records = Vec::new();
+    // Keys of one tenant are contiguous and start at (tenant, ""); the first key of another
+    // tenant ends them.
+    for row in table.range((tenant, "")..)? {
+        let (key, value) = row?;
+        let (owner, name) = key.value();
+        if owner != tenant {
+            break;
+        }
+        records.push(decode(value.value(), || {
+            format!("{what} {name} of tenant {tenant}")
+        })?);
+    }
+    Ok(records)
+}
+
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|why| StoreError::Corrupt(format!("{} does not decode: {why}", what())))
+}
+
+fn encode<T: Serialize>(value: &T, what: impl FnOnce() -> String) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value)
+        .map_err(|why| StoreError::Invalid(format!("{} does not encode: {why}", what())))
+}
+
+fn read_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+fn len_u64(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+fn abort(txn: WriteTransaction) {
+    // Dropping the transaction would abort it too; aborting explicitly lets us log a failure.
+    if let Err(why) = txn.abort() {
+        tracing::warn!("aborting a storage write transaction failed: {why}");
+    }
+}
+
+fn map_bound<T, U>(bound: Bound<T>, f: impl FnOnce(T) -> U) -> Bound<U> {
+    match bound {
+        Bound::Included(value) => Bound::Included(f(value)),
+        Bound::Excluded(value) => Bound::Excluded(f(value)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Whether excluding `at` from below narrows `lower`.
+fn lower_allows(lower: &Bound<(i64, u64)>, at: (i64, u64)) -> bool {
+    match lower {
+        Bound::Included(low) => at >= *low,
+        Bound::Excluded(low) => at > *low,
+        Bound::Unbounded => true,
+    }
+}
+
+/// Whether excluding `at` from above narrows `upper`.
+fn upper_allows(upper: &Bound<(i64, u64)>, at: (i64, u64)) -> bool {
+    match upper {
+        Bound::Included(high) => at <= *high,
+        Bound::Excluded(high) => at < *high,
+        Bound::Unbounded => true,
+    }
+}
+
+/// Page cursors: positions in a listing, opaque to clients. A kind letter stops a ledger
+/// cursor from being used on an event history and the other way round.
+mod cursor {
+    use super::StoreError;
+
+    /// `e` + 16 hex digits of the timestamp (sign bit flipped, so the digits sort) + 16 of
+    /// the seq.
+    pub(super) fn encode_event((seconds, seq): (i64, u64)) -> String {
+        format!("e{:016x}{seq:016x}", seconds.cast_unsigned() ^ (1 << 63))
+    }
+
+    pub(super) fn decode_event(cursor: &str) -> Result<(i64, u64), StoreError> {
+        let fields = cursor
+            .strip_prefix('e')
+            .filter(|rest| rest.len() == 32)
+            .and_then(|rest| Some((hex_u64(&rest[..16])?, hex_u64(&rest[16..])?)));
+        match fields {
+            Some((seconds, seq)) => Ok(((seconds ^ (1 << 63)).cast_signed(), seq)),
+            None => Err(invalid(cursor, "an event history")),
+        }
+    }
+
+    pub(super) fn encode_ledger(seq: u64) -> String {
+        format!("l{seq:016x}")
+    }
+
+    pub(super) fn decode_ledger(cursor: &str) -> Result<u64, StoreError> {
+        cursor
+            .strip_prefix('l')
+            .filter(|rest| rest.len() == 16)
+            .and_then(hex_u64)
+            .ok_or_else(|| invalid(cursor, "a ledger"))
+    }
+
+    fn hex_u64(digits: &str) -> Option<u64> {
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(digits, 16).ok()
+    }
+
+    fn invalid(cursor: &str, listing: &str) -> StoreError {
+        StoreError::Invalid(format!(
+            "cursor {cursor:?} is not a cursor of {listing}; pass back a next_cursor unchanged"
+        ))
+    }
+}
+
+/// redb's errors are all backend failures to the domain: the pipeline cannot fix them, only
+/// report them and retry.
+macro_rules! backend_errors {
+    ($($error:ty),+) => {
+        $(impl From<$error> for StoreError {
+            fn from(error: $error) -> StoreError {
+                StoreError::Backend(Arc::new(::redb::Error::from(error)))
+            }
+        })+
+    };
+}
+
+backend_errors!(
+    ::redb::Error,
+    ::redb::DatabaseError,
+    ::redb::TransactionError,
+    ::redb::TableError,
+    ::redb::StorageError,
+    ::redb::CommitError
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_cursors_round_trip_and_sort_like_positions() {
+        let positions = [
+            (i64::MIN, 0),
+            (-1, 7),
+            (0, 1),
+            (1_700_000_000, 42),
+            (i64::MAX, u64::MAX),
+        ];
+        for position in positions {
+            assert_eq!(
+                cursor::decode_event(&cursor::encode_event(position)).ok(),
+                Some(position)
+            );
+        }
+        let encoded: Vec<String> = positions.iter().map(|&p| cursor::encode_event(p)).collect();
+        assert!(encoded.is_sorted(), "{encoded:?}");
+    }
+
+    #[test]
+    fn foreign_cursors_are_refused() {
+        let ledger = cursor::encode_ledger(5);
+        assert_eq!(cursor::decode_ledger(&ledger).ok(), Some(5));
+        for bad in [
+            ledger.as_str(),
+            "",
+            "e",
+            "eZZ",
+            "e0000000000000000000000000000000g",
+        ] {
+            let error = cursor::decode_event(bad).err();
+            assert!(
+                matches!(error, Some(StoreError::Invalid(_))),
+                "{bad:?}: {error:?}"
+            );
+        }
+        assert!(cursor::decode_ledger(&cursor::encode_event((1, 1))).is_err());
+    }
+}
