@@ -32,7 +32,9 @@ impl std::error::Error for NumberError {}
 ///
 /// Parsed from JSON numbers and from numeric strings alike, compared and multiplied without
 /// binary floating point. Serialized as a string so that no reader rounds it.
-#[derive(Clone, Copy, Debug, Default, Hash)]
+// Every constructor normalizes (no trailing zeros in the mantissa), so structural equality
+// is numeric equality: derived `PartialEq` and `Hash` agree with the hand-written `Ord`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Decimal {
     mantissa: i128,
     scale: u32,
@@ -295,14 +297,6 @@ impl fmt::Display for Decimal {
         )
     }
 }
-
-impl PartialEq for Decimal {
-    fn eq(&self, other: &Decimal) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Decimal {}
 
 impl PartialOrd for Decimal {
     fn partial_cmp(&self, other: &Decimal) -> Option<Ordering> {
