@@ -223,7 +223,7 @@ fn checkout_update(input: &Input, config: &Config) -> Result<Decision, Error> {
     }
     let total = purchase_total(&input.event)?;
     let points = total.checked_mul(award.factor)?.floor()?;
-    let difference = points - award.points;
+    let difference = points.saturating_sub(award.points);
     if difference == 0 {
         return Ok(Decision::new());
     }
@@ -231,7 +231,7 @@ fn checkout_update(input: &Input, config: &Config) -> Result<Decision, Error> {
     let decision = if difference > 0 {
         earn(input, config, difference, "checkout_update")
     } else {
-        Decision::new().reverse(-difference, "checkout_update")
+        Decision::new().reverse(difference.saturating_neg(), "checkout_update")
     };
     decision.state(&state)
 }
