@@ -4,7 +4,10 @@
 //!
 //! This runs as part of every normal build and test: no prebuilt wasm is committed.
 
-#![allow(clippy::expect_used, reason = "a build script reports failure by panicking with the reason")]
+#![allow(
+    clippy::expect_used,
+    reason = "a build script reports failure by panicking with the reason"
+)]
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -50,14 +50,14 @@ impl Input {
             Some(raw) if raw.get() != "null" => raw.get(),
             _ => "{}",
         };
-        from_json_str(raw).map_err(|why| Error::new(format!("plugin config: {why}")))
+        from_json_str(raw).map_err(|why| Error::new(format!("plugin config{why}")))
     }
 
     /// This plugin's state for this customer as `T`, or `T::default()` when it has none yet.
     pub fn state<T: DeserializeOwned + Default>(&self) -> Result<T, Error> {
         match &self.state {
             Some(raw) if raw.get() != "null" => {
-                from_json_str(raw.get()).map_err(|why| Error::new(format!("plugin state: {why}")))
+                from_json_str(raw.get()).map_err(|why| Error::new(format!("plugin state{why}")))
             }
             _ => Ok(T::default()),
         }

@@ -15,6 +15,7 @@ mod error;
 mod inspect;
 mod limits;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tally_sdk::{Decision, Input, Output};
 use wasmtime::{
     Caller, Config, Engine, Extern, InstancePre, Linker, Module, ModuleExport, OptLevel,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc, WasmBacktrace,
 };
 
 pub use error::{EvalError, LoadError};
@@ -473,6 +474,7 @@ fn classify(error: &wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Eval
             limit_ms: limits.deadline.as_millis() as u64,
         },
         Some(Trap::StackOverflow) => EvalError::StackOverflow,
+        Some(Trap::MemoryOutOfBounds) if is_runaway_recursion(error) => EvalError::StackOverflow,
         Some(trap) => match &sandbox.panic {
             Some(message) => EvalError::Panic {
                 message: message.clone(),
@@ -490,6 +492,24 @@ fn classify(error: &wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Eval
             },
         },
     }
+}
+
+/// A Rust (or C) guest keeps its frames' locals on a shadow stack at the bottom of linear
+/// memory; runaway recursion drives that stack pointer below address 0, and the next store
+/// lands far outside memory. So an out-of-bounds access whose backtrace is one function
+/// calling itself over and over is a stack overflow, not a wild pointer.
+fn is_runaway_recursion(error: &wasmtime::Error) -> bool {
+    let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() else {
+        return false;
+    };
+    let frames = backtrace.frames();
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for frame in frames {
+        *counts.entry(frame.func_index()).or_default() += 1;
+    }
+    let most_repeated = counts.values().copied().max().unwrap_or(0);
+    // wasmtime keeps the innermost 20 frames by default: a recursion fills them all.
+    most_repeated >= 8 && most_repeated * 2 >= frames.len()
 }
 
 fn describe_trap(error: &wasmtime::Error) -> String {
