@@ -270,6 +270,7 @@ fn from_json_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
     /// The tenant's id for the customer (an external master id).
+    #[serde(default)]
     pub id: String,
     /// Points balance and lifetime points.
     #[serde(default)]

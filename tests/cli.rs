@@ -1,0 +1,203 @@
+//! `tally eval` and `tally plugin check`, run as the real binary on the real reference
+//! plugins, the way a plugin author uses them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tally_plugin_wasm::{HOSTILE, POINTS, TIERS};
+
+fn tally(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .output()
+        .expect("the tally binary runs")
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "stdout is not JSON ({error}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("writable temp dir");
+    path.to_string_lossy().into_owned()
+}
+
+const ANTAVO_CHECKOUT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/events/antavo-checkout.json"
+);
+
+#[test]
+fn eval_runs_plugins_in_order_on_the_antavo_checkout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let customer = write(
+        dir.path(),
+        "customer.json",
+        r#"{"points": {"balance": 400, "lifetime": 1900}, "tier": "silver"}"#,
+    );
+    let output = tally(&[
+        "eval",
+        "--plugin",
+        POINTS.path,
+        "--plugin",
+        TIERS.path,
+        "--event",
+        ANTAVO_CHECKOUT,
+        "--customer",
+        &customer,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_of(&output);
+    // "total": "200" as a string, at the default rate of 1 point per unit.
+    assert_eq!(report["decision"]["points"][0]["amount"], 200);
+    // tiers ran after points and saw lifetime 1900 + 200: gold.
+    assert_eq!(report["customer"]["points"]["lifetime"], 2100);
+    assert_eq!(report["customer"]["tier"], "gold");
+    assert_eq!(report["decision"]["triggers"][0]["name"], "TierEarned");
+    assert_eq!(report["event"]["customer"], "374397439743");
+}
+
+#[test]
+fn eval_gives_an_event_without_id_or_timestamp_both() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let event = write(
+        dir.path(),
+        "event.json",
+        r#"{"customer": "c1", "action": "checkout", "data": {"transaction_id": "t1", "total": 10}}"#,
+    );
+    let report = json_of(&tally(&[
+        "eval",
+        "--plugin",
+        POINTS.path,
+        "--event",
+        &event,
+    ]));
+    assert!(
+        report["event"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("evt_"))
+    );
+    assert!(
+        report["event"]["timestamp"]
+            .as_str()
+            .is_some_and(|at| at.ends_with('Z'))
+    );
+}
+
+#[test]
+fn eval_config_and_state_pair_with_plugins_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(dir.path(), "config.json", r#"{"rate": 0.5}"#);
+    let state = write(
+        dir.path(),
+        "state.json",
+        r#"{"transactions": [{"id": "5475-4343-4343-4343-3333", "points": 100, "factor": "0.5"}]}"#,
+    );
+    let reject = write(
+        dir.path(),
+        "reject.json",
+        r#"{"customer": "c1", "action": "checkout_reject", "data": {"transaction_id": "5475-4343-4343-4343-3333"}}"#,
+    );
+    let report = json_of(&tally(&[
+        "eval",
+        "--plugin",
+        POINTS.path,
+        "--event",
+        &reject,
+        "--config",
+        &config,
+        "--state",
+        &state,
+    ]));
+    assert_eq!(
+        report["decision"]["points"][0]["amount"], -100,
+        "the reversal of what the state remembers"
+    );
+    assert_eq!(report["decision"]["points"][0]["kind"], "reverse");
+}
+
+#[test]
+fn eval_reports_a_failing_plugin_and_exits_1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(dir.path(), "config.json", r#"{"mode": "panic"}"#);
+    let output = tally(&[
+        "eval",
+        "--plugin",
+        HOSTILE.path,
+        "--event",
+        ANTAVO_CHECKOUT,
+        "--config",
+        &config,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let report = json_of(&output);
+    assert_eq!(report["plugins"][0]["error"]["code"], "panic");
+    assert!(
+        report["plugins"][0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("boom on purpose"))
+    );
+}
+
+#[test]
+fn eval_refuses_bad_arguments_with_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let no_customer = write(
+        dir.path(),
+        "event.json",
+        r#"{"action": "checkout", "data": {}}"#,
+    );
+    let output = tally(&["eval", "--plugin", POINTS.path, "--event", &no_customer]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the event has no customer"));
+    let not_json = write(dir.path(), "bad.json", "{nope");
+    let output = tally(&["eval", "--plugin", POINTS.path, "--event", &not_json]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not valid JSON"));
+}
+
+#[test]
+fn plugin_check_accepts_a_reference_plugin() {
+    let output = tally(&["plugin", "check", POINTS.path]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains(": accepted"), "{text}");
+    assert!(text.contains("tally.log: func(i32, i32, i32)"), "{text}");
+    assert!(
+        text.contains("tally_evaluate: func(i32, i32) -> i64"),
+        "{text}"
+    );
+}
+
+#[test]
+fn plugin_check_says_why_it_would_refuse() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = wat::parse_str(r#"(module (import "wasi_snapshot_preview1" "random_get" (func (param i32 i32) (result i32))) (memory (export "memory") 1))"#)
+        .expect("valid WAT");
+    let path = dir.path().join("wasi.wasm");
+    std::fs::write(&path, module).expect("writable");
+    let output = tally(&["plugin", "check", "--json", &path.to_string_lossy()]);
+    assert_eq!(output.status.code(), Some(1));
+    let report = json_of(&output);
+    let problems = report["problems"].as_array().expect("a list of problems");
+    assert!(problems.iter().any(|p| {
+        p.as_str()
+            .is_some_and(|p| p.contains("wasi_snapshot_preview1.random_get is WASI"))
+    }));
+    assert!(problems.iter().any(|p| {
+        p.as_str()
+            .is_some_and(|p| p.contains("missing export tally_evaluate"))
+    }));
+}
