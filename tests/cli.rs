@@ -1,6 +1,11 @@
 //! `tally eval` and `tally plugin check`, run as the real binary on the real reference
 //! plugins, the way a plugin author uses them.
 
+#![allow(
+    clippy::expect_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -7,6 +7,11 @@
 //!
 //! Run: `cargo test -p tally-host --test pipeline_reference_plugins`
 
+#![allow(
+    clippy::expect_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
+
 use std::collections::HashMap;
 
 use serde_json::{Value, json};

@@ -5,6 +5,11 @@
 //!
 //! Run: `cargo test -p tally-host --test runtime_sandbox`
 
+#![allow(
+    clippy::expect_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
+
 use std::time::Duration;
 
 use serde_json::{Value, json};
