@@ -155,13 +155,21 @@ pub struct LedgerLine {
 }
 
 /// The host.
-#[derive(Debug)]
 pub struct Service {
     store: Arc<dyn Store>,
     plugins: Arc<PluginCache>,
     schemas: SchemaCache,
     writer: Writer,
     config: Config,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("data_dir", &self.config.data_dir)
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {
@@ -636,11 +644,18 @@ fn check_plugin_name(name: &str) -> Result<(), ServiceError> {
 /// Loaded plugins by (tenant, name, version), loaded from the store on first use so that a
 /// restarted host finds every plugin again (compiled artifacts come from the runtime's disk
 /// cache, so that is fast).
-#[derive(Debug)]
 struct PluginCache {
     store: Arc<dyn Store>,
     runtime: Runtime,
     loaded: RwLock<HashMap<(String, String, u32), Plugin>>,
+}
+
+impl std::fmt::Debug for PluginCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCache")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginCache {

@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// what each customer earned and what to try next.
     #[arg(long)]
     demo: bool,
+    /// Events that may wait for the writer; one more is answered 503 with Retry-After.
+    #[arg(long, env = "TALLY_QUEUE_CAPACITY", default_value_t = 4096)]
+    queue_capacity: usize,
+    /// The most events committed in one transaction.
+    #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 256)]
+    max_batch: usize,
 }
 
 /// Runs the host until Ctrl-C or SIGTERM.
@@ -68,6 +74,8 @@ fn init_logging() {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = Config::new(&args.data);
     config.listen = args.listen;
+    config.queue_capacity = args.queue_capacity.max(1);
+    config.max_batch = args.max_batch.max(1);
     config.admin_key = std::env::var("TALLY_ADMIN_KEY")
         .ok()
         .filter(|key| !key.trim().is_empty());

@@ -37,6 +37,8 @@ pub struct Options {
     pub no_admin_key: bool,
     /// Pass `--demo`.
     pub demo: bool,
+    /// Extra arguments of `tally serve`.
+    pub args: Vec<String>,
 }
 
 impl Host {
@@ -60,6 +62,7 @@ impl Host {
         if options.demo {
             command.arg("--demo");
         }
+        command.args(&options.args);
         if options.no_admin_key {
             command.env_remove("TALLY_ADMIN_KEY");
         } else {
@@ -284,6 +287,11 @@ pub fn answering(output: &str) -> Vec<u8> {
 /// A plugin module that traps on every event.
 pub fn trapping() -> Vec<u8> {
     module("(unreachable)", "")
+}
+
+/// A plugin module that loops until its fuel runs out: slow, on purpose.
+pub fn looping() -> Vec<u8> {
+    module("(loop $forever (br $forever)) (unreachable)", "")
 }
 
 fn module(evaluate_body: &str, data: &str) -> Vec<u8> {

@@ -62,7 +62,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(json_limit))
         .layer(
             // The span names method and path only: a query may carry an `api_key`.
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
                 tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )

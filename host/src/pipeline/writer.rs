@@ -272,9 +272,10 @@ fn commit_batch(store: &dyn Store, plugins: &dyn PluginSource, jobs: Vec<Job>) {
         // `write_batch` does not retry, but clearing keeps the answers right if it ever did.
         answers.clear();
         for job in &jobs {
-            let tenant_plugins = match &by_tenant[&job.event.tenant] {
-                Ok(list) => list.as_slice(),
-                Err(error) => return Err(error.clone()),
+            let tenant_plugins = match by_tenant.get(&job.event.tenant) {
+                Some(Ok(list)) => list.as_slice(),
+                Some(Err(error)) => return Err(error.clone()),
+                None => &[],
             };
             answers.push(apply_event(txn, &job.event, tenant_plugins)?);
         }
