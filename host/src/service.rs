@@ -300,7 +300,8 @@ impl Service {
     /// Gives a tenant a new API key; the old one stops working at once.
     pub fn rotate_tenant_key(&self, tenant: &str) -> Result<String, ServiceError> {
         let key = new_tenant_key()?;
-        self.store.set_tenant_key_hash(tenant, auth::hash_key(&key))?;
+        self.store
+            .set_tenant_key_hash(tenant, auth::hash_key(&key))?;
         Ok(key)
     }
 
@@ -373,19 +374,30 @@ impl Service {
         check_plugin_name(name)?;
         let plugin = self.plugins.runtime.load(wasm)?;
         if let Some(existing) = self.store.plugin(tenant, name)?
-            && existing.active().is_some_and(|v| v.sha256 == plugin.sha256())
+            && existing
+                .active()
+                .is_some_and(|v| v.sha256 == plugin.sha256())
         {
             return Ok(Uploaded {
                 plugin: existing,
                 created: false,
             });
         }
-        let record =
-            self.store
-                .add_plugin_version(tenant, name, wasm, plugin.sha256(), &now().to_string())?;
+        let record = self.store.add_plugin_version(
+            tenant,
+            name,
+            wasm,
+            plugin.sha256(),
+            &now().to_string(),
+        )?;
         self.plugins
             .insert(tenant, name, record.active_version, plugin);
-        tracing::info!(tenant, plugin = name, version = record.active_version, "plugin uploaded");
+        tracing::info!(
+            tenant,
+            plugin = name,
+            version = record.active_version,
+            "plugin uploaded"
+        );
         Ok(Uploaded {
             plugin: record,
             created: true,
@@ -493,9 +505,10 @@ impl Service {
             state: state.as_ref(),
         };
         let mut outcome = run_plugins(&tenant.id, &wire, customer.clone(), &[call]);
-        let result = outcome.results.pop().ok_or_else(|| {
-            ServiceError::internal("the pipeline ran no plugin for a simulation")
-        })?;
+        let result = outcome
+            .results
+            .pop()
+            .ok_or_else(|| ServiceError::internal("the pipeline ran no plugin for a simulation"))?;
         Ok(Simulation {
             plugin: name.to_owned(),
             version,
@@ -623,7 +636,9 @@ async fn receive(
     match answer.await {
         Ok(result) => Ok(result?),
         // The writer dropped the reply: it panicked on this batch (and logged why).
-        Err(_) => Err(ServiceError::internal("the writer stopped before answering")),
+        Err(_) => Err(ServiceError::internal(
+            "the writer stopped before answering",
+        )),
     }
 }
 
@@ -674,7 +689,10 @@ impl PluginCache {
             .plugin_wasm(tenant, name, version)
             .map_err(|error| error.to_string())?
             .ok_or_else(|| format!("version {version} of plugin {name} is not stored"))?;
-        let plugin = self.runtime.load(&wasm).map_err(|error| error.to_string())?;
+        let plugin = self
+            .runtime
+            .load(&wasm)
+            .map_err(|error| error.to_string())?;
         self.insert(tenant, name, version, plugin.clone());
         Ok(plugin)
     }

@@ -62,8 +62,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 fn init_logging() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
     // A second initialisation (there is none in the binary) would only be refused.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -93,19 +93,24 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| format!("cannot open {}: {}", data_dir.display(), error.message))?;
     let service = Arc::new(opened.service);
 
-    println!("tally listening on http://{address} (data in {})", data_dir.display());
+    println!(
+        "tally listening on http://{address} (data in {})",
+        data_dir.display()
+    );
     if let Some(key) = &opened.generated_admin_key {
         println!();
-        println!("Admin key (shown once; only its hash is stored, set TALLY_ADMIN_KEY to choose your own):");
+        println!(
+            "Admin key (shown once; only its hash is stored, set TALLY_ADMIN_KEY to choose your own):"
+        );
         println!("  {key}");
         println!();
     }
 
     let server = tokio::spawn(api::serve(listener, service.clone(), shutdown_signal()));
-    if args.demo {
-        if let Err(message) = demo::run(&service, address).await {
-            eprintln!("tally serve --demo: {message}");
-        }
+    if args.demo
+        && let Err(message) = demo::run(&service, address).await
+    {
+        eprintln!("tally serve --demo: {message}");
     }
     match server.await {
         Ok(Ok(())) => {

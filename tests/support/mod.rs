@@ -3,7 +3,11 @@
 //! plugins built from plugins/, and small handwritten modules with exact behaviour).
 
 #![allow(dead_code, reason = "each test file uses a part of this module")]
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a failing test should panic")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failing test should panic"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -140,7 +144,10 @@ impl Host {
                 assert!(status.success(), "tally serve exited with {status}");
                 return;
             }
-            assert!(Instant::now() < deadline, "tally serve did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "tally serve did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -156,7 +163,13 @@ impl Host {
 
     /// GET with a key; the status and the JSON body.
     pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
-        answer(self.request(Method::GET, path, Some(key)).send().await.unwrap()).await
+        answer(
+            self.request(Method::GET, path, Some(key))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// POST JSON with a key.
@@ -217,7 +230,9 @@ impl Host {
         loop {
             let (status, page) = self
                 .get(
-                    &format!("/v1/customers/{customer}/events?order=oldest&limit=37&cursor={cursor}"),
+                    &format!(
+                        "/v1/customers/{customer}/events?order=oldest&limit=37&cursor={cursor}"
+                    ),
                     key,
                 )
                 .await;
@@ -357,5 +372,8 @@ pub const ANTAVO_FORM: &str = include_str!("../../examples/events/antavo-checkou
 
 /// The sum of the `amount`s of ledger entries.
 pub fn ledger_sum(entries: &[Value]) -> i64 {
-    entries.iter().map(|entry| entry["amount"].as_i64().unwrap()).sum()
+    entries
+        .iter()
+        .map(|entry| entry["amount"].as_i64().unwrap())
+        .sum()
 }

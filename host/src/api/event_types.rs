@@ -38,11 +38,17 @@ async fn put(
         return Err(unsupported(&body.media_type, "application/json"));
     }
     let text = std::str::from_utf8(&body.bytes).map_err(|_| {
-        ApiError::new(ErrorKind::BadRequest, "invalid_json", "the body is not UTF-8")
+        ApiError::new(
+            ErrorKind::BadRequest,
+            "invalid_json",
+            "the body is not UTF-8",
+        )
     })?;
     let document = parse_jsonc(text).map_err(ServiceError::from)?;
-    let (event_type, created) =
-        blocking(&state, move |service| service.put_event_type(&tenant.id, document)).await?;
+    let (event_type, created) = blocking(&state, move |service| {
+        service.put_event_type(&tenant.id, document)
+    })
+    .await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -95,7 +95,11 @@ async fn post_import(
         return Err(unsupported(&body.media_type, "text/csv"));
     }
     let text = std::str::from_utf8(&body.bytes).map_err(|_| {
-        ApiError::new(ErrorKind::BadRequest, "invalid_csv", "the CSV file is not UTF-8")
+        ApiError::new(
+            ErrorKind::BadRequest,
+            "invalid_csv",
+            "the CSV file is not UTF-8",
+        )
     })?;
     let mut events = csv_to_events(text).map_err(ServiceError::from)?;
     // A row without an id gets one derived from the file and the row, so importing the same

@@ -49,9 +49,9 @@ fn presented_key(parts: &Parts) -> Result<String, ApiError> {
             .find(|(name, _)| name == "api_key")
             .map(|(_, value)| value)
     });
-    from_query.filter(|key| !key.is_empty()).ok_or_else(|| {
-        unauthorized("this route needs a key: send \"Authorization: Bearer <key>\"")
-    })
+    from_query
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| unauthorized("this route needs a key: send \"Authorization: Bearer <key>\""))
 }
 
 fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
@@ -124,7 +124,10 @@ pub struct RequestOrigin(pub Origin);
 impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<RequestOrigin, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> Result<RequestOrigin, Self::Rejection> {
         let ip_address = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -260,7 +263,11 @@ impl<S: Send + Sync> FromRequest<S> for EventBody {
         }
         if body.media_type == "application/x-www-form-urlencoded" {
             let text = std::str::from_utf8(&body.bytes).map_err(|_| {
-                ApiError::new(ErrorKind::BadRequest, "invalid_form", "the form body is not UTF-8")
+                ApiError::new(
+                    ErrorKind::BadRequest,
+                    "invalid_form",
+                    "the form body is not UTF-8",
+                )
             })?;
             return form_to_json(text)
                 .map(EventBody)
@@ -285,7 +292,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             .await
             .map(|Query(value)| QueryParams(value))
             .map_err(|rejection| {
-                ApiError::new(ErrorKind::BadRequest, "invalid_query", rejection.body_text())
+                ApiError::new(
+                    ErrorKind::BadRequest,
+                    "invalid_query",
+                    rejection.body_text(),
+                )
             })
     }
 }

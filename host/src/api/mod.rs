@@ -25,7 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::routing::get;
 use serde_json::json;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use self::error::{ApiError, error_body, status_of};
 use crate::service::{ErrorKind, Service};
@@ -62,9 +62,13 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(json_limit))
         .layer(
             // The span names method and path only: a query may carry an `api_key`.
-            TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<axum::body::Body>| {
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                // A 503 under load is the queue working as meant, not a failure to shout
+                // about; internal errors are logged where they are answered.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
 }
@@ -74,7 +78,11 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(ErrorKind::NotFound, "not_found", "no such route; see docs/api.md")
+    ApiError::new(
+        ErrorKind::NotFound,
+        "not_found",
+        "no such route; see docs/api.md",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {

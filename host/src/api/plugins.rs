@@ -67,8 +67,10 @@ async fn update(
     Path(name): Path<String>,
     Json(patch): Json<PluginPatch>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let record =
-        blocking(&state, move |service| service.update_plugin(&tenant.id, &name, patch)).await?;
+    let record = blocking(&state, move |service| {
+        service.update_plugin(&tenant.id, &name, patch)
+    })
+    .await?;
     Ok(axum::Json(json!(record)))
 }
 

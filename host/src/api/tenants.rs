@@ -67,6 +67,9 @@ async fn update(
     Tenant(tenant): Tenant,
     Json(patch): Json<TenantPatch>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let updated = blocking(&state, move |service| service.update_tenant(&tenant.id, patch)).await?;
+    let updated = blocking(&state, move |service| {
+        service.update_tenant(&tenant.id, patch)
+    })
+    .await?;
     Ok(axum::Json(json!(updated)))
 }

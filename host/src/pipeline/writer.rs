@@ -147,7 +147,9 @@ pub struct Writer {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("event", &self.event.id).finish()
+        f.debug_struct("Job")
+            .field("event", &self.event.id)
+            .finish()
     }
 }
 
@@ -242,7 +244,10 @@ fn run(
         // senders are dropped) and the next batch runs.
         let outcome = catch_unwind(AssertUnwindSafe(|| commit_batch(store, plugins, jobs)));
         if outcome.is_err() {
-            tracing::error!(count, "the writer panicked on a batch; its events were not stored");
+            tracing::error!(
+                count,
+                "the writer panicked on a batch; its events were not stored"
+            );
         }
     }
     tracing::debug!("the writer has committed everything queued and stops");
@@ -250,7 +255,8 @@ fn run(
 
 /// The answer an event gets once its batch has committed.
 enum Pending {
-    Stored(Ingested),
+    // Boxed: an answer is moved around once per event, and most of a batch is stored.
+    Stored(Box<Ingested>),
     Refused(IngestError),
 }
 
@@ -285,7 +291,7 @@ fn commit_batch(store: &dyn Store, plugins: &dyn PluginSource, jobs: Vec<Job>) {
         Ok(()) => {
             for (job, answer) in jobs.into_iter().zip(answers) {
                 let reply = match answer {
-                    Pending::Stored(ingested) => Ok(ingested),
+                    Pending::Stored(ingested) => Ok(*ingested),
                     Pending::Refused(error) => Err(error),
                 };
                 // The client may have gone away; the event is stored all the same.
@@ -314,17 +320,18 @@ fn apply_event(
         let customer = txn
             .customer(tenant, &event.customer)?
             .unwrap_or_else(|| empty_customer(&event.customer, &new.received_at));
-        return Ok(Pending::Stored(Ingested {
+        return Ok(Pending::Stored(Box::new(Ingested {
             event,
             customer,
             replayed: true,
-        }));
+        })));
     }
     let before = txn
         .customer(tenant, &new.customer)?
         .unwrap_or_else(|| empty_customer(&new.customer, &new.received_at));
 
-    let subscribed: Vec<&ActivePlugin> = plugins.iter().filter(|p| p.runs_for(&new.action)).collect();
+    let subscribed: Vec<&ActivePlugin> =
+        plugins.iter().filter(|p| p.runs_for(&new.action)).collect();
     let mut states = Vec::with_capacity(subscribed.len());
     for active in &subscribed {
         states.push(txn.plugin_state(tenant, &active.record.name, &new.customer)?);
@@ -351,17 +358,23 @@ fn apply_event(
     let append = build_append(new, before, results);
     match txn.append(append) {
         Ok(event) => {
-            let customer = txn
-                .customer(tenant, &new.customer)?
-                .ok_or_else(|| StoreError::Corrupt(format!("customer {} vanished after an append", new.customer)))?;
-            Ok(Pending::Stored(Ingested {
+            let customer = txn.customer(tenant, &new.customer)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "customer {} vanished after an append",
+                    new.customer
+                ))
+            })?;
+            Ok(Pending::Stored(Box::new(Ingested {
                 event,
                 customer,
                 replayed: false,
-            }))
+            })))
         }
         // The store refused what the pipeline built (a bug): this event only, nothing written.
-        Err(error @ (StoreError::Inconsistent(_) | StoreError::Conflict(_) | StoreError::Invalid(_))) => {
+        Err(
+            error
+            @ (StoreError::Inconsistent(_) | StoreError::Conflict(_) | StoreError::Invalid(_)),
+        ) => {
             tracing::error!(%error, event = %new.id, "the store refused an evaluated event");
             Ok(Pending::Refused(IngestError::Internal(error.to_string())))
         }

@@ -108,7 +108,8 @@ impl From<SchemaError> for ServiceError {
                 ServiceError::new(ErrorKind::BadRequest, code, message)
                     .with_details(json!({ "line": line }))
             }
-            SchemaError::InvalidEventType { path, .. } | SchemaError::InvalidSchema { path, .. } => {
+            SchemaError::InvalidEventType { path, .. }
+            | SchemaError::InvalidSchema { path, .. } => {
                 ServiceError::new(ErrorKind::Unprocessable, code, message)
                     .with_details(json!({ "path": path }))
             }

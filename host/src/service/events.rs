@@ -76,7 +76,10 @@ pub(super) fn read_event(
         Some(other) => {
             return Err(ServiceError::invalid_event(
                 "action",
-                format!("\"action\" must be a non-empty string, not {}", kind_of(&other)),
+                format!(
+                    "\"action\" must be a non-empty string, not {}",
+                    kind_of(&other)
+                ),
             ));
         }
     };
@@ -86,7 +89,10 @@ pub(super) fn read_event(
         Some(other) => {
             return Err(ServiceError::invalid_event(
                 "data",
-                format!("\"data\" must be a JSON object of the action's attributes, not {}", kind_of(&other)),
+                format!(
+                    "\"data\" must be a JSON object of the action's attributes, not {}",
+                    kind_of(&other)
+                ),
             ));
         }
     };
@@ -161,7 +167,10 @@ fn identifier(
         Some(other) => {
             return Err(ServiceError::invalid_event(
                 name,
-                format!("\"{name}\" must be a string or a whole number, not {}", kind_of(&other)),
+                format!(
+                    "\"{name}\" must be a string or a whole number, not {}",
+                    kind_of(&other)
+                ),
             ));
         }
     };
@@ -174,7 +183,10 @@ fn identifier(
     if text.len() > max {
         return Err(ServiceError::invalid_event(
             name,
-            format!("\"{name}\" is {} bytes long, more than the {max} allowed", text.len()),
+            format!(
+                "\"{name}\" is {} bytes long, more than the {max} allowed",
+                text.len()
+            ),
         ));
     }
     if text.chars().any(char::is_control) {
@@ -197,7 +209,9 @@ pub fn generate_id() -> Result<String, ServiceError> {
 pub fn now() -> Timestamp {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX));
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        });
     Timestamp::from_unix_seconds(seconds)
 }
 

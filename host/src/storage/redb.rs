@@ -440,9 +440,11 @@ impl Store for RedbStore {
         customer: &str,
     ) -> Result<Option<Value>, StoreError> {
         let txn = self.read()?;
-        get_json(&txn.open_table(PLUGIN_STATE)?, (tenant, plugin, customer), || {
-            format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
-        })
+        get_json(
+            &txn.open_table(PLUGIN_STATE)?,
+            (tenant, plugin, customer),
+            || format!("state of plugin {plugin} for customer {customer} of tenant {tenant}"),
+        )
     }
 
     fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {

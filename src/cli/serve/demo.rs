@@ -77,7 +77,9 @@ pub async fn run(service: &Arc<Service>, address: SocketAddr) -> Result<(), Stri
     .map_err(|error| error.message)?;
     let answers = service.ingest_many(prepared).await;
 
-    println!("Demo tenant \"{TENANT}\": reference plugins points, tiers, circular and engagement; sample events:");
+    println!(
+        "Demo tenant \"{TENANT}\": reference plugins points, tiers, circular and engagement; sample events:"
+    );
     let mut customers = BTreeSet::new();
     for answer in &answers {
         match answer {
@@ -105,7 +107,11 @@ pub async fn run(service: &Arc<Service>, address: SocketAddr) -> Result<(), Stri
                         .as_ref()
                         .map(|tier| format!(", tier {tier}"))
                         .unwrap_or_default(),
-                    if ingested.replayed { " (already posted)" } else { "" },
+                    if ingested.replayed {
+                        " (already posted)"
+                    } else {
+                        ""
+                    },
                     if errors.is_empty() {
                         String::new()
                     } else {
@@ -122,9 +128,10 @@ pub async fn run(service: &Arc<Service>, address: SocketAddr) -> Result<(), Stri
     for id in &customers {
         let lookup_service = service.clone();
         let lookup = id.clone();
-        let customer = tokio::task::spawn_blocking(move || lookup_service.customer(TENANT, &lookup))
-            .await
-            .map_err(|error| error.to_string())?;
+        let customer =
+            tokio::task::spawn_blocking(move || lookup_service.customer(TENANT, &lookup))
+                .await
+                .map_err(|error| error.to_string())?;
         match customer {
             Ok(record) => {
                 let customer = &record.customer;
@@ -184,8 +191,12 @@ fn print_next_steps(address: SocketAddr, key: &str) {
     println!("Try next:");
     println!("  export TALLY_KEY={key}");
     println!("  curl -s {base}/v1/customers/ada -H \"Authorization: Bearer $TALLY_KEY\"");
-    println!("  curl -s '{base}/v1/customers/grace/events?order=newest&limit=5' -H \"Authorization: Bearer $TALLY_KEY\"");
-    println!("  curl -s {base}/v1/customers/374397439743/ledger -H \"Authorization: Bearer $TALLY_KEY\"");
+    println!(
+        "  curl -s '{base}/v1/customers/grace/events?order=newest&limit=5' -H \"Authorization: Bearer $TALLY_KEY\""
+    );
+    println!(
+        "  curl -s {base}/v1/customers/374397439743/ledger -H \"Authorization: Bearer $TALLY_KEY\""
+    );
     println!(
         "  curl -s {base}/v1/events -H \"Authorization: Bearer $TALLY_KEY\" -H 'Content-Type: application/json' \\"
     );
@@ -216,7 +227,11 @@ mod tests {
         }
         for text in EVENTS {
             let event: Value = parse_jsonc(text).unwrap();
-            assert!(event["id"].as_str().is_some_and(|id| id.starts_with("demo-")));
+            assert!(
+                event["id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("demo-"))
+            );
         }
     }
 }
