@@ -139,3 +139,5 @@ pub fn seed(tenant: &str, plugin: &str, event_id: &str) -> String {
     }
     hex::encode(&hasher.finalize()[..8])
 }
+
+pub mod writer;

@@ -1,13 +1,152 @@
-//! `tally serve`: runs the host. (Built in issue #3.)
+//! `tally serve`: runs the host, the HTTP API with its embedded redb store, until Ctrl-C or
+//! SIGTERM; then it stops accepting, finishes the requests in flight and commits every event
+//! it accepted before it exits.
+//!
+//! Standard output carries what a person needs (the address, a generated admin key once, the
+//! demo's results); logs go to standard error, filtered by `RUST_LOG`.
 
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use tally_host::api;
+use tally_host::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use tally_host::service::Service;
+use tracing_subscriber::EnvFilter;
 
 /// Options of `tally serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "TALLY_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Directory holding the database and compiled plugins.
+    #[arg(long, env = "TALLY_DATA", default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
+    /// Also set up a demo tenant with the reference plugins, post sample events and print
+    /// what each customer earned and what to try next.
+    #[arg(long)]
+    demo: bool,
+    /// Events that may wait for the writer; one more is answered 503 with Retry-After.
+    #[arg(long, env = "TALLY_QUEUE_CAPACITY", default_value_t = 4096)]
+    queue_capacity: usize,
+    /// The most events committed in one transaction.
+    #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 256)]
+    max_batch: usize,
+}
 
-/// Runs the host until Ctrl-C.
-pub fn run(_args: ServeArgs) -> ExitCode {
-    eprintln!("tally serve is not built yet");
-    ExitCode::FAILURE
+/// Runs the host until Ctrl-C or SIGTERM.
+pub fn run(args: ServeArgs) -> ExitCode {
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tally-http")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tally serve: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tally serve: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    // A second initialisation (there is none in the binary) would only be refused.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = Config::new(&args.data);
+    config.listen = args.listen;
+    config.queue_capacity = args.queue_capacity.max(1);
+    config.max_batch = args.max_batch.max(1);
+    config.admin_key = std::env::var("TALLY_ADMIN_KEY")
+        .ok()
+        .filter(|key| !key.trim().is_empty());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the listening address: {error}"))?;
+    let data_dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Service::open(config))
+        .await
+        .map_err(|error| format!("opening the host failed: {error}"))?
+        .map_err(|error| format!("cannot open {}: {}", data_dir.display(), error.message))?;
+    let service = Arc::new(opened.service);
+
+    println!(
+        "tally listening on http://{address} (data in {})",
+        data_dir.display()
+    );
+    if let Some(key) = &opened.generated_admin_key {
+        println!();
+        println!(
+            "Admin key (shown once; only its hash is stored, set TALLY_ADMIN_KEY to choose your own):"
+        );
+        println!("  {key}");
+        println!();
+    }
+
+    let server = tokio::spawn(api::serve(listener, service.clone(), shutdown_signal()));
+    if args.demo
+        && let Err(message) = demo::run(&service, address).await
+    {
+        eprintln!("tally serve --demo: {message}");
+    }
+    match server.await {
+        Ok(Ok(())) => {
+            println!("tally stopped; every accepted event is committed");
+            Ok(())
+        }
+        Ok(Err(error)) => Err(format!("the server failed: {error}")),
+        Err(error) => Err(format!("the server task failed: {error}")),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: no new connections; finishing and committing what was accepted");
 }

@@ -261,6 +261,15 @@ pub trait Store: Send + Sync {
         version: u32,
     ) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// `plugin`'s private state for `customer`, as last committed (for simulations, which
+    /// evaluate without writing).
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<Value>, StoreError>;
+
     /// The event `id` of `tenant`.
     fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError>;
 

@@ -433,6 +433,20 @@ impl Store for RedbStore {
             .map(|bytes| bytes.value().to_vec()))
     }
 
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let txn = self.read()?;
+        get_json(
+            &txn.open_table(PLUGIN_STATE)?,
+            (tenant, plugin, customer),
+            || format!("state of plugin {plugin} for customer {customer} of tenant {tenant}"),
+        )
+    }
+
     fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let txn = self.read()?;
         get_event(&txn.open_table(EVENTS)?, tenant, id)

@@ -1,0 +1,146 @@
+//! Customers: the profile, the event stream and the points ledger.
+//!
+//! - `GET /v1/customers/{id}`: balance, lifetime points, tier, perks, attributes, stats and
+//!   the contact card (fields marked `showInContactCard`, from recent events)
+//! - `GET /v1/customers/{id}/events?action=a,b&from=&to=&order=newest|oldest&limit=&cursor=`
+//! - `GET /v1/customers/{id}/ledger?limit=&cursor=`: entries, oldest first, each with its event
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tally_sdk::Timestamp;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{QueryParams, Tenant, blocking};
+use super::views;
+use crate::service::ErrorKind;
+use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery};
+
+/// The most items one page may ask for.
+pub const MAX_PAGE_LIMIT: usize = 500;
+
+/// The customer routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/customers/{id}", get(profile))
+        .route("/v1/customers/{id}/events", get(events))
+        .route("/v1/customers/{id}/ledger", get(ledger))
+}
+
+async fn profile(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let customer = blocking(&state, move |service| service.customer(&tenant.id, &id)).await?;
+    Ok(axum::Json(views::customer(&customer)))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    /// Comma-separated actions.
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    /// `newest` (the default) or `oldest`.
+    #[serde(default)]
+    order: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+fn bad_query(message: String) -> ApiError {
+    ApiError::new(ErrorKind::BadRequest, "invalid_query", message)
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE_LIMIT),
+        Some(limit @ 1..=MAX_PAGE_LIMIT) => Ok(limit),
+        Some(other) => Err(bad_query(format!(
+            "limit={other}: a page holds 1 to {MAX_PAGE_LIMIT} items"
+        ))),
+    }
+}
+
+fn time(name: &str, text: Option<String>) -> Result<Option<Timestamp>, ApiError> {
+    text.filter(|text| !text.is_empty())
+        .map(|text| {
+            text.parse::<Timestamp>()
+                .map_err(|error| bad_query(format!("{name}: {error}")))
+        })
+        .transpose()
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<EventsQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let newest_first = match query.order.as_deref() {
+        None | Some("newest") | Some("desc") => true,
+        Some("oldest") | Some("asc") => false,
+        Some(other) => {
+            return Err(bad_query(format!(
+                "order={other}: use newest (the default) or oldest"
+            )));
+        }
+    };
+    let actions = query.action.filter(|text| !text.is_empty()).map(|text| {
+        text.split(',')
+            .map(|action| action.trim().to_owned())
+            .filter(|action| !action.is_empty())
+            .collect::<Vec<_>>()
+    });
+    let event_query = EventQuery {
+        actions,
+        from: time("from", query.from)?,
+        to: time("to", query.to)?,
+        newest_first,
+        limit: page_limit(query.limit)?,
+        cursor: query.cursor.filter(|cursor| !cursor.is_empty()),
+    };
+    let page = blocking(&state, move |service| {
+        service.customer_events(&tenant.id, &id, &event_query)
+    })
+    .await?;
+    let items: Vec<Value> = page.items.iter().map(views::event).collect();
+    Ok(axum::Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct LedgerQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn ledger(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<LedgerQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let cursor = query.cursor.filter(|cursor| !cursor.is_empty());
+    let page = blocking(&state, move |service| {
+        service.ledger(&tenant.id, &id, limit, cursor.as_deref())
+    })
+    .await?;
+    let items: Vec<Value> = page.items.iter().map(views::ledger_line).collect();
+    Ok(axum::Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}

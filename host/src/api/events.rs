@@ -1,0 +1,190 @@
+//! Events: posted one at a time (JSON or Antavo's form encoding), in batches, or as a CSV
+//! import; read back by id. Events are immutable: there is no update or delete route.
+//!
+//! - `POST /v1/events`: 201 with the stored event, what it produced and the customer after
+//!   it; 200 with `"replayed": true` (and `Tally-Replayed: true`) for an id already stored
+//! - `POST /v1/events/batch`: a JSON array (or `{"events": [...]}`), each answered on its own
+//! - `POST /v1/events/import` (`text/csv`): one event per row, answered like a batch
+//! - `GET /v1/events/{id}`
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::{ApiError, error_body, status_of};
+use super::extract::{RawBody, RequestOrigin, Tenant, blocking, parse_json, unsupported};
+use super::views;
+use crate::schema::csv_to_events;
+use crate::service::{ErrorKind, Origin, ServiceError};
+use crate::storage::TenantRecord;
+
+/// The event routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/events", post(post_event))
+        .route("/v1/events/batch", post(post_batch))
+        .route("/v1/events/import", post(post_import))
+        .route("/v1/events/{id}", get(get_event))
+}
+
+async fn post_event(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(origin): RequestOrigin,
+    super::extract::EventBody(input): super::extract::EventBody,
+) -> Result<Response, ApiError> {
+    let event = blocking(&state, move |service| {
+        service.prepare_event(&tenant, input, &origin)
+    })
+    .await?;
+    let ingested = state.service.ingest(event).await?;
+    let status = if ingested.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut response = (status, axum::Json(views::ingested(&ingested))).into_response();
+    if ingested.replayed {
+        response
+            .headers_mut()
+            .insert("tally-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn post_batch(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(origin): RequestOrigin,
+    body: RawBody,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !(body.media_type == "application/json" || body.media_type.ends_with("+json")) {
+        return Err(unsupported(&body.media_type, "application/json"));
+    }
+    let events = match parse_json(&body.bytes)? {
+        Value::Array(events) => events,
+        Value::Object(mut wrapper) if wrapper.contains_key("events") => {
+            match wrapper.remove("events") {
+                Some(Value::Array(events)) => events,
+                _ => return Err(not_a_list()),
+            }
+        }
+        _ => return Err(not_a_list()),
+    };
+    ingest_all(&state, tenant, origin, events).await
+}
+
+fn not_a_list() -> ApiError {
+    ApiError(ServiceError::invalid_request(
+        "a batch is a JSON array of events (or {\"events\": [...]})",
+    ))
+}
+
+async fn post_import(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(mut origin): RequestOrigin,
+    body: RawBody,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !matches!(body.media_type.as_str(), "text/csv" | "application/csv") {
+        return Err(unsupported(&body.media_type, "text/csv"));
+    }
+    let text = std::str::from_utf8(&body.bytes).map_err(|_| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            "invalid_csv",
+            "the CSV file is not UTF-8",
+        )
+    })?;
+    let mut events = csv_to_events(text).map_err(ServiceError::from)?;
+    // A row without an id gets one derived from the file and the row, so importing the same
+    // file again stores nothing twice.
+    let file = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    for (row, event) in events.iter_mut().enumerate() {
+        if let Value::Object(fields) = event
+            && !fields.contains_key("id")
+        {
+            fields.insert("id".to_owned(), json!(format!("import-{file}-{}", row + 1)));
+        }
+    }
+    origin.source = "import".to_owned();
+    ingest_all(&state, tenant, origin, events).await
+}
+
+/// Checks every event, queues the good ones in order, and answers each on its own:
+/// `{"results": [{"status", ...the single-event answer or the error...}], "stored",
+/// "replayed", "failed"}`.
+async fn ingest_all(
+    state: &AppState,
+    tenant: TenantRecord,
+    origin: Origin,
+    events: Vec<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = state.service.config().max_batch_events;
+    if events.len() > limit {
+        return Err(ApiError::new(
+            ErrorKind::TooLarge,
+            "payload_too_large",
+            format!(
+                "{} events in one request; at most {limit} are taken, send the rest in another",
+                events.len()
+            ),
+        ));
+    }
+    let prepared = blocking(state, move |service| {
+        service.prepare_events(&tenant, events, &origin)
+    })
+    .await?;
+    let answers = state.service.ingest_many(prepared).await;
+    let (mut stored, mut replayed, mut failed) = (0, 0, 0);
+    let results: Vec<Value> = answers
+        .iter()
+        .map(|answer| match answer {
+            Ok(ingested) => {
+                let mut body = views::ingested(ingested);
+                let status = if ingested.replayed {
+                    replayed += 1;
+                    StatusCode::OK
+                } else {
+                    stored += 1;
+                    StatusCode::CREATED
+                };
+                if let Value::Object(fields) = &mut body {
+                    fields.insert("status".to_owned(), json!(status.as_u16()));
+                }
+                body
+            }
+            Err(error) => {
+                failed += 1;
+                let mut body = error_body(error);
+                if let Value::Object(fields) = &mut body {
+                    fields.insert("status".to_owned(), json!(status_of(error.kind).as_u16()));
+                }
+                body
+            }
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "stored": stored,
+        "replayed": replayed,
+        "failed": failed,
+        "results": results,
+    })))
+}
+
+async fn get_event(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let event = blocking(&state, move |service| service.event(&tenant.id, &id)).await?;
+    Ok(axum::Json(json!({
+        "event": views::event(&event),
+        "errors": views::plugin_errors(&event),
+    })))
+}

@@ -1,0 +1,117 @@
+//! The HTTP API (axum, JSON). One module per resource, each with its `router()`;
+//! [`app`] puts them together with the body limits, the request trace layer and the
+//! fallbacks, and [`serve`] runs it with graceful shutdown.
+//!
+//! Handlers only translate: they authenticate, read the body, call the service (blocking
+//! work off the async runtime) and shape the answer. Every error is an [`ApiError`] in the one
+//! shape `{"error": {"code", "message", "details"}}`. The route reference with a curl example
+//! per route is docs/api.md.
+
+mod customers;
+mod error;
+mod event_types;
+mod events;
+mod extract;
+mod plugins;
+mod tenants;
+mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::routing::get;
+use serde_json::json;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+pub use self::error::{ApiError, error_body, status_of};
+use crate::service::{ErrorKind, Service};
+
+/// What every handler gets: the service.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The host.
+    pub service: Arc<Service>,
+}
+
+impl AppState {
+    /// State around a service.
+    pub fn new(service: Arc<Service>) -> AppState {
+        AppState { service }
+    }
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let config = state.service.config();
+    let json_limit = config.max_body_bytes;
+    let wasm_limit = config.max_wasm_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(tenants::router())
+        .merge(event_types::router())
+        .merge(plugins::router(wasm_limit))
+        .merge(events::router())
+        .merge(customers::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Routes that take modules set their own, larger limit; this is everyone else's.
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(
+            // The span names method and path only: a query may carry an `api_key`.
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<axum::body::Body>| {
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                // A 503 under load is the queue working as meant, not a failure to shout
+                // about; internal errors are logged where they are answered.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .with_state(state)
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "not_found",
+        "no such route; see docs/api.md",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        "this route does not take that method; see docs/api.md",
+    )
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets the
+/// requests in flight finish, and waits until the writer has committed and answered every
+/// event it accepted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = app(AppState::new(service.clone()));
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    // Whatever the server's outcome, everything the writer accepted is committed.
+    let stopping = service.clone();
+    if let Err(error) = tokio::task::spawn_blocking(move || stopping.shutdown()).await {
+        tracing::error!(%error, "stopping the writer failed");
+    }
+    served
+}

@@ -1,0 +1,75 @@
+//! Tenants: created by the admin, each with an API key shown once; a tenant reads and
+//! changes its own settings (such as turning on untyped custom events).
+//!
+//! - `POST /v1/tenants` (admin): create; 201 with `api_key`
+//! - `GET /v1/tenants` (admin): list
+//! - `POST /v1/tenants/{id}/key` (admin): a new key for the tenant; the old one stops working
+//! - `GET /v1/tenant`, `PATCH /v1/tenant` (tenant key): the caller's own tenant
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Admin, Json, Tenant, blocking};
+use crate::service::{NewTenant, ServiceError, TenantPatch};
+
+/// The tenant routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants", post(create).get(list))
+        .route("/v1/tenants/{id}/key", post(rotate_key))
+        .route("/v1/tenant", get(own).patch(update))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    Json(new): Json<NewTenant>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let (tenant, key) = blocking(&state, move |service| service.create_tenant(new)).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"tenant": tenant, "api_key": key})),
+    ))
+}
+
+async fn list(State(state): State<AppState>, _: Admin) -> Result<axum::Json<Value>, ApiError> {
+    let tenants = blocking(&state, |service| service.tenants()).await?;
+    Ok(axum::Json(json!({"items": tenants})))
+}
+
+async fn rotate_key(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (tenant, key) = blocking(&state, move |service| {
+        let tenant = service
+            .tenant(&id)?
+            .ok_or_else(|| ServiceError::not_found(format!("no tenant {id:?}")))?;
+        let key = service.rotate_tenant_key(&id)?;
+        Ok((tenant, key))
+    })
+    .await?;
+    Ok(axum::Json(json!({"tenant": tenant, "api_key": key})))
+}
+
+async fn own(Tenant(tenant): Tenant) -> axum::Json<Value> {
+    axum::Json(json!(tenant))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(patch): Json<TenantPatch>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let updated = blocking(&state, move |service| {
+        service.update_tenant(&tenant.id, patch)
+    })
+    .await?;
+    Ok(axum::Json(json!(updated)))
+}

@@ -1,0 +1,131 @@
+//! The JSON shapes the API answers with, built from the service's records in one place so
+//! that a customer or an event looks the same on every route.
+
+use serde_json::{Value, json};
+
+use crate::pipeline::writer::Ingested;
+use crate::schema::EventType;
+use crate::service::{LedgerLine, Simulation};
+use crate::storage::{CustomerRecord, PluginStatus, StoredEvent};
+
+/// A customer profile: points, tier, perks, attributes, stats and contact card.
+pub fn customer(record: &CustomerRecord) -> Value {
+    let customer = &record.customer;
+    json!({
+        "id": customer.id,
+        "points": customer.points,
+        "tier": customer.tier,
+        "perks": customer.perks,
+        "attributes": customer.attributes,
+        "stats": customer.stats,
+        "contact_card": record.contact_card,
+        "event_count": record.event_count,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    })
+}
+
+/// An event with its attributes (id, action, label, date, timestamp, customer, points,
+/// source, ip_address, user_agent), its data and what the plugins made of it.
+pub fn event(event: &StoredEvent) -> Value {
+    // StoredEvent serializes exactly with these names; a failure cannot happen for a record
+    // that was read from JSON, but is answered with the id rather than a panic.
+    serde_json::to_value(event).unwrap_or_else(|_| json!({"id": event.id}))
+}
+
+/// The per-plugin failures of an event.
+pub fn plugin_errors(event: &StoredEvent) -> Value {
+    Value::Array(
+        event
+            .outcome
+            .plugins
+            .iter()
+            .filter(|run| run.status == PluginStatus::Error)
+            .filter_map(|run| {
+                let error = run.error.as_ref()?;
+                Some(json!({
+                    "plugin": run.name,
+                    "version": run.version,
+                    "code": error.code,
+                    "message": error.message,
+                }))
+            })
+            .collect(),
+    )
+}
+
+/// The answer to posting an event: the stored event, what it produced, and the customer.
+pub fn ingested(ingested: &Ingested) -> Value {
+    let stored = &ingested.event;
+    let outcome = &stored.outcome;
+    json!({
+        "event": event(stored),
+        "replayed": ingested.replayed,
+        "points": stored.points,
+        "entries": outcome.points,
+        "perks": outcome.perks,
+        "tier": outcome.tier,
+        "triggers": outcome.triggers,
+        "errors": plugin_errors(stored),
+        "customer": customer(&ingested.customer),
+    })
+}
+
+/// An event type: its id, names, contact-card fields and the document as posted.
+pub fn event_type(event_type: &EventType) -> Value {
+    json!({
+        "id": event_type.id(),
+        "display_name": event_type.display_name(),
+        "builtin": event_type.is_builtin(),
+        "contact_card": event_type.contact_card(),
+        "document": event_type.document(),
+    })
+}
+
+/// A ledger line with the event that caused it.
+pub fn ledger_line(line: &LedgerLine) -> Value {
+    let mut entry = serde_json::to_value(&line.entry).unwrap_or_else(|_| json!({}));
+    if let (Value::Object(fields), Some(event)) = (&mut entry, &line.event) {
+        fields.insert(
+            "event".to_owned(),
+            json!({
+                "id": event.id,
+                "action": event.action,
+                "label": event.label,
+                "timestamp": event.timestamp,
+                "points": event.points,
+            }),
+        );
+    }
+    entry
+}
+
+/// A simulation's result.
+pub fn simulation(simulation: &Simulation) -> Value {
+    let (decision, error) = match &simulation.outcome {
+        Ok(decision) => (json!(decision), Value::Null),
+        Err(error) => (
+            Value::Null,
+            json!({"code": error.code(), "message": error.to_string()}),
+        ),
+    };
+    json!({
+        "plugin": simulation.plugin,
+        "version": simulation.version,
+        "event": {
+            "id": simulation.event.id,
+            "action": simulation.event.action,
+            "customer": simulation.event.customer,
+            "timestamp": simulation.event.timestamp,
+            "data": simulation.event.data,
+        },
+        "decision": decision,
+        "error": error,
+        "logs": simulation.logs,
+        "fuel_used": simulation.fuel_used,
+        "state_before": simulation.state_before,
+        "customer_before": simulation.customer_before,
+        "customer_after": simulation.customer_after,
+        "stored": false,
+    })
+}

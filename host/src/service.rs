@@ -1,0 +1,725 @@
+//! The service core: what the host does, in domain terms, for the API (and `tally serve
+//! --demo`) to call. It owns the store, the plugin runtime with its cache of loaded plugins,
+//! the compiled event types and the group-commit writer.
+//!
+//! Methods that touch storage or compile wasm block: the API calls them off the async
+//! runtime. [`Service::ingest`] is the one async method: it queues a validated event for the
+//! writer and waits until its batch has committed.
+//!
+//! Data flows one way: api -> service -> pipeline (writer) -> runtime + storage.
+
+mod error;
+mod events;
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tally_sdk::{Customer, Decision};
+
+pub use self::error::{ErrorKind, ServiceError};
+pub use self::events::{
+    MAX_CUSTOMER_LEN, MAX_EVENT_ID_LEN, MAX_LABEL_LEN, Origin, generate_id, kind_of, now,
+};
+use crate::auth;
+use crate::config::Config;
+use crate::pipeline::writer::{
+    ActivePlugin, IngestError, Ingested, NewEvent, PluginSource, Writer, empty_customer, wire_event,
+};
+use crate::pipeline::{PluginCall, run_plugins};
+use crate::runtime::{EvalError, LogLine, Plugin, Runtime};
+use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
+use crate::storage::{
+    CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError, Page, PluginRecord,
+    RedbStore, Store, StoreError, StoredEvent, TenantRecord,
+};
+
+/// Who a request's key belongs to.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The admin key: manages tenants.
+    Admin,
+    /// A tenant's key: sees and changes only that tenant's data.
+    Tenant(TenantRecord),
+}
+
+/// A host just opened, and the admin key it generated (to print once) if it made one.
+#[derive(Debug)]
+pub struct Opened {
+    /// The service.
+    pub service: Service,
+    /// The admin key generated on this first start; `None` when one was configured or stored.
+    pub generated_admin_key: Option<String>,
+}
+
+/// What `POST /v1/tenants` takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// The tenant's id: 1-64 letters, digits, `_`, `.` or `-`, starting with a letter.
+    pub id: String,
+    /// A display name; the id when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Whether events of actions without a type are accepted.
+    #[serde(default)]
+    pub allow_untyped_events: bool,
+}
+
+/// What `PATCH /v1/tenant` changes; absent fields stay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    /// A new display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Turns untyped custom events on or off.
+    #[serde(default)]
+    pub allow_untyped_events: Option<bool>,
+}
+
+/// What `PATCH /v1/plugins/{name}` changes; absent fields stay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginPatch {
+    /// The configuration the plugin reads; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub config: Option<Value>,
+    /// The actions it runs for; `null` means every action.
+    #[serde(default, deserialize_with = "present_actions")]
+    pub actions: Option<Option<Vec<String>>>,
+    /// Plugins run in ascending priority, ties by name.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Whether it runs at all.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The version that runs: an earlier one rolls back.
+    #[serde(default, alias = "version")]
+    pub active_version: Option<u32>,
+    /// What its failure does to the event: `skip` or `reject`.
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+fn present_actions<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<Vec<String>>>, D::Error> {
+    Option::<Vec<String>>::deserialize(deserializer).map(Some)
+}
+
+/// The result of uploading a module.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The plugin after the upload.
+    pub plugin: PluginRecord,
+    /// False when the module is the active version already, and nothing changed.
+    pub created: bool,
+}
+
+/// What a plugin would decide on an event, with nothing stored.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// The plugin.
+    pub plugin: String,
+    /// The version that ran.
+    pub version: u32,
+    /// The event as the plugin saw it.
+    pub event: NewEvent,
+    /// The customer as stored now (a new one if unknown).
+    pub customer_before: Customer,
+    /// The customer as the decision would leave them.
+    pub customer_after: Customer,
+    /// The plugin's state for the customer before.
+    pub state_before: Option<Value>,
+    /// The decision, or why there is none.
+    pub outcome: Result<Decision, EvalError>,
+    /// What the plugin logged.
+    pub logs: Vec<LogLine>,
+    /// Instructions used.
+    pub fuel_used: Option<u64>,
+}
+
+/// A ledger entry with the event that caused it.
+#[derive(Debug, Clone)]
+pub struct LedgerLine {
+    /// The entry.
+    pub entry: LedgerEntry,
+    /// Its event (absent only in a damaged store).
+    pub event: Option<StoredEvent>,
+}
+
+/// The host.
+pub struct Service {
+    store: Arc<dyn Store>,
+    plugins: Arc<PluginCache>,
+    schemas: SchemaCache,
+    writer: Writer,
+    config: Config,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("data_dir", &self.config.data_dir)
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Opens the data directory (creating it), starts the writer and settles the admin key.
+    pub fn open(config: Config) -> Result<Opened, ServiceError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+            ServiceError::internal(format!(
+                "cannot create the data directory {}: {error}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(config.database_path())?);
+        let runtime = Runtime::with_cache_dir(config.limits.clone(), config.artifact_dir())?;
+        let plugins = Arc::new(PluginCache {
+            store: store.clone(),
+            runtime,
+            loaded: RwLock::new(HashMap::new()),
+        });
+        let writer = Writer::start(
+            store.clone(),
+            plugins.clone(),
+            config.queue_capacity,
+            config.max_batch,
+        )
+        .map_err(|error| ServiceError::internal(format!("cannot start the writer: {error}")))?;
+        let generated_admin_key = match &config.admin_key {
+            Some(key) => {
+                let hash = auth::hash_key(key);
+                if store.admin_key_hash()? != Some(hash) {
+                    store.set_admin_key_hash(hash)?;
+                }
+                None
+            }
+            None if store.admin_key_hash()?.is_none() => {
+                let key = auth::new_admin_key()
+                    .map_err(|error| ServiceError::internal(error.to_string()))?;
+                store.set_admin_key_hash(auth::hash_key(&key))?;
+                Some(key)
+            }
+            None => None,
+        };
+        Ok(Opened {
+            service: Service {
+                store,
+                plugins,
+                schemas: SchemaCache::new(),
+                writer,
+                config,
+            },
+            generated_admin_key,
+        })
+    }
+
+    /// How the host was set up.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops taking events and waits until everything queued is committed and answered.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+
+    /// Whose key this is; `None` for a key that is nobody's.
+    pub fn authenticate(&self, key: &str) -> Result<Option<Principal>, ServiceError> {
+        let hash = auth::hash_key(key);
+        if let Some(admin) = self.store.admin_key_hash()?
+            && auth::hashes_equal(&admin, &hash)
+        {
+            return Ok(Some(Principal::Admin));
+        }
+        Ok(self.store.tenant_by_key_hash(hash)?.map(Principal::Tenant))
+    }
+
+    // Tenants.
+
+    /// Creates a tenant; returns it with its API key, which is not stored and not shown again.
+    pub fn create_tenant(&self, new: NewTenant) -> Result<(TenantRecord, String), ServiceError> {
+        if !is_valid_id(&new.id) {
+            return Err(ServiceError::invalid_request(format!(
+                "tenant id {:?}: an id is 1-64 letters, digits, '_', '.' or '-', starting with a letter",
+                new.id
+            ))
+            .with_details(serde_json::json!({ "field": "id" })));
+        }
+        let tenant = TenantRecord {
+            name: new.name.unwrap_or_else(|| new.id.clone()),
+            id: new.id,
+            created_at: now().to_string(),
+            allow_untyped_events: new.allow_untyped_events,
+        };
+        let key = new_tenant_key()?;
+        self.store.create_tenant(&tenant, auth::hash_key(&key))?;
+        tracing::info!(tenant = %tenant.id, "tenant created");
+        Ok((tenant, key))
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, ServiceError> {
+        Ok(self.store.tenants()?)
+    }
+
+    /// The tenant `id`.
+    pub fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, ServiceError> {
+        Ok(self.store.tenant(id)?)
+    }
+
+    /// Changes a tenant's name or untyped-events setting.
+    pub fn update_tenant(
+        &self,
+        tenant: &str,
+        patch: TenantPatch,
+    ) -> Result<TenantRecord, ServiceError> {
+        let mut record = self
+            .store
+            .tenant(tenant)?
+            .ok_or_else(|| ServiceError::not_found(format!("no tenant {tenant}")))?;
+        if let Some(name) = patch.name {
+            record.name = name;
+        }
+        if let Some(allow) = patch.allow_untyped_events {
+            record.allow_untyped_events = allow;
+        }
+        self.store.update_tenant(&record)?;
+        Ok(record)
+    }
+
+    /// Gives a tenant a new API key; the old one stops working at once.
+    pub fn rotate_tenant_key(&self, tenant: &str) -> Result<String, ServiceError> {
+        let key = new_tenant_key()?;
+        self.store
+            .set_tenant_key_hash(tenant, auth::hash_key(&key))?;
+        Ok(key)
+    }
+
+    // Event types.
+
+    /// Registers (or replaces) an event type from its document; `true` when it is new.
+    pub fn put_event_type(
+        &self,
+        tenant: &str,
+        document: Value,
+    ) -> Result<(Arc<EventType>, bool), ServiceError> {
+        let parsed = parse_document(&document)?;
+        let created = self.store.event_type(tenant, parsed.id())?.is_none();
+        let record = EventTypeRecord {
+            id: parsed.id().to_owned(),
+            display_name: parsed
+                .display_name()
+                .unwrap_or_else(|| parsed.id())
+                .to_owned(),
+            document,
+            created_at: now().to_string(),
+        };
+        self.store.put_event_type(tenant, &record)?;
+        let compiled = self.schemas.get_or_compile(tenant, &record.document)?;
+        Ok((compiled, created))
+    }
+
+    /// Every event type of a tenant: the built-ins, then its own.
+    pub fn event_types(&self, tenant: &TenantRecord) -> Result<Vec<Arc<EventType>>, ServiceError> {
+        Ok(self.types_of(tenant)?.list()?)
+    }
+
+    /// The event type `id`: built-in or the tenant's.
+    pub fn event_type(&self, tenant: &str, id: &str) -> Result<Arc<EventType>, ServiceError> {
+        if let Some(builtin) = builtin(id) {
+            return Ok(builtin.clone());
+        }
+        let record = self
+            .store
+            .event_type(tenant, id)?
+            .ok_or_else(|| ServiceError::not_found(format!("no event type {id:?}")))?;
+        Ok(self.schemas.get_or_compile(tenant, &record.document)?)
+    }
+
+    fn types_of(&self, tenant: &TenantRecord) -> Result<EventTypes, ServiceError> {
+        let documents = self
+            .store
+            .event_types(&tenant.id)?
+            .into_iter()
+            .map(|record| record.document)
+            .collect();
+        Ok(EventTypes::new(
+            &self.schemas,
+            tenant.id.clone(),
+            documents,
+            tenant.allow_untyped_events,
+        ))
+    }
+
+    // Plugins.
+
+    /// Validates and compiles `wasm` and stores it as the new active version of `name`. The
+    /// active version uploaded again changes nothing.
+    pub fn upload_plugin(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<Uploaded, ServiceError> {
+        check_plugin_name(name)?;
+        let plugin = self.plugins.runtime.load(wasm)?;
+        if let Some(existing) = self.store.plugin(tenant, name)?
+            && existing
+                .active()
+                .is_some_and(|v| v.sha256 == plugin.sha256())
+        {
+            return Ok(Uploaded {
+                plugin: existing,
+                created: false,
+            });
+        }
+        let record = self.store.add_plugin_version(
+            tenant,
+            name,
+            wasm,
+            plugin.sha256(),
+            &now().to_string(),
+        )?;
+        self.plugins
+            .insert(tenant, name, record.active_version, plugin);
+        tracing::info!(
+            tenant,
+            plugin = name,
+            version = record.active_version,
+            "plugin uploaded"
+        );
+        Ok(Uploaded {
+            plugin: record,
+            created: true,
+        })
+    }
+
+    /// Changes a plugin's settings.
+    pub fn update_plugin(
+        &self,
+        tenant: &str,
+        name: &str,
+        patch: PluginPatch,
+    ) -> Result<PluginRecord, ServiceError> {
+        let mut record = self.plugin(tenant, name)?;
+        if let Some(config) = patch.config {
+            record.config = config;
+        }
+        if let Some(actions) = patch.actions {
+            if let Some(actions) = &actions
+                && let Some(bad) = actions.iter().find(|action| !is_valid_id(action))
+            {
+                return Err(ServiceError::invalid_request(format!(
+                    "actions: {bad:?} is not an action name (1-64 letters, digits, '_', '.' or '-', starting with a letter)"
+                )));
+            }
+            record.actions = actions.map(|mut actions| {
+                actions.sort();
+                actions.dedup();
+                actions
+            });
+        }
+        if let Some(priority) = patch.priority {
+            record.priority = priority;
+        }
+        if let Some(enabled) = patch.enabled {
+            record.enabled = enabled;
+        }
+        if let Some(version) = patch.active_version {
+            if !record.versions.iter().any(|v| v.version == version) {
+                return Err(ServiceError::invalid_request(format!(
+                    "plugin {name} has no version {version}; it has versions {}",
+                    record
+                        .versions
+                        .iter()
+                        .map(|v| v.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            record.active_version = version;
+        }
+        if let Some(on_error) = patch.on_error {
+            record.on_error = on_error;
+        }
+        self.store.update_plugin(tenant, &record)?;
+        Ok(record)
+    }
+
+    /// Every plugin of a tenant, in the order they run.
+    pub fn plugins(&self, tenant: &str) -> Result<Vec<PluginRecord>, ServiceError> {
+        Ok(self.store.plugins(tenant)?)
+    }
+
+    /// The plugin `name`.
+    pub fn plugin(&self, tenant: &str, name: &str) -> Result<PluginRecord, ServiceError> {
+        self.store
+            .plugin(tenant, name)?
+            .ok_or_else(|| ServiceError::not_found(format!("no plugin {name:?}")))
+    }
+
+    /// Runs one plugin (its active version, or `version`) on an event against the customer's
+    /// current state; stores nothing.
+    pub fn simulate(
+        &self,
+        tenant: &TenantRecord,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+        origin: &Origin,
+    ) -> Result<Simulation, ServiceError> {
+        let record = self.plugin(&tenant.id, name)?;
+        let version = version.unwrap_or(record.active_version);
+        if !record.versions.iter().any(|v| v.version == version) {
+            return Err(ServiceError::not_found(format!(
+                "plugin {name} has no version {version}"
+            )));
+        }
+        let event = self.prepare_event(tenant, input, origin)?;
+        let plugin = self
+            .plugins
+            .get(&tenant.id, name, version)
+            .map_err(ServiceError::internal)?;
+        let customer = self
+            .store
+            .customer(&tenant.id, &event.customer)?
+            .unwrap_or_else(|| empty_customer(&event.customer, &event.received_at))
+            .customer;
+        let state = self.store.plugin_state(&tenant.id, name, &event.customer)?;
+        let wire = wire_event(&event).map_err(ServiceError::internal)?;
+        let call = PluginCall {
+            name,
+            version,
+            plugin: &plugin,
+            config: Some(&record.config),
+            state: state.as_ref(),
+        };
+        let mut outcome = run_plugins(&tenant.id, &wire, customer.clone(), &[call]);
+        let result = outcome
+            .results
+            .pop()
+            .ok_or_else(|| ServiceError::internal("the pipeline ran no plugin for a simulation"))?;
+        Ok(Simulation {
+            plugin: name.to_owned(),
+            version,
+            event,
+            customer_before: customer,
+            customer_after: outcome.customer,
+            state_before: state,
+            outcome: result.outcome,
+            logs: result.logs,
+            fuel_used: result.fuel_used,
+        })
+    }
+
+    // Events.
+
+    /// Checks a posted event (envelope, action, data) for the writer.
+    pub fn prepare_event(
+        &self,
+        tenant: &TenantRecord,
+        input: Value,
+        origin: &Origin,
+    ) -> Result<NewEvent, ServiceError> {
+        let types = self.types_of(tenant)?;
+        events::read_event(&tenant.id, &types, input, origin, now())
+    }
+
+    /// Checks many events at once (a batch or an import), each on its own.
+    pub fn prepare_events(
+        &self,
+        tenant: &TenantRecord,
+        inputs: Vec<Value>,
+        origin: &Origin,
+    ) -> Result<Vec<Result<NewEvent, ServiceError>>, ServiceError> {
+        let types = self.types_of(tenant)?;
+        let received = now();
+        Ok(inputs
+            .into_iter()
+            .map(|input| events::read_event(&tenant.id, &types, input, origin, received))
+            .collect())
+    }
+
+    /// Hands a checked event to the writer and waits until it is committed (or refused).
+    pub async fn ingest(&self, event: NewEvent) -> Result<Ingested, ServiceError> {
+        receive(self.writer.submit(event)?).await
+    }
+
+    /// Queues many events in their order (the failures of checking are passed through) and
+    /// waits for every answer.
+    pub async fn ingest_many(
+        &self,
+        events: Vec<Result<NewEvent, ServiceError>>,
+    ) -> Vec<Result<Ingested, ServiceError>> {
+        // Every event is queued before any answer is awaited, so that they share batches.
+        let waiting: Vec<Result<_, ServiceError>> = events
+            .into_iter()
+            .map(|event| Ok(self.writer.submit(event?)?))
+            .collect();
+        let mut answers = Vec::with_capacity(waiting.len());
+        for answer in waiting {
+            answers.push(match answer {
+                Ok(answer) => receive(answer).await,
+                Err(error) => Err(error),
+            });
+        }
+        answers
+    }
+
+    /// The event `id`.
+    pub fn event(&self, tenant: &str, id: &str) -> Result<StoredEvent, ServiceError> {
+        self.store
+            .event(tenant, id)?
+            .ok_or_else(|| ServiceError::not_found(format!("no event {id:?}")))
+    }
+
+    // Customers.
+
+    /// The customer `id`.
+    pub fn customer(&self, tenant: &str, id: &str) -> Result<CustomerRecord, ServiceError> {
+        self.store
+            .customer(tenant, id)?
+            .ok_or_else(|| ServiceError::not_found(format!("no customer {id:?}")))
+    }
+
+    /// A page of a customer's events.
+    pub fn customer_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        query: &EventQuery,
+    ) -> Result<Page<StoredEvent>, ServiceError> {
+        self.customer(tenant, id)?;
+        Ok(self.store.customer_events(tenant, id, query)?)
+    }
+
+    /// A page of a customer's ledger, each entry with its event.
+    pub fn ledger(
+        &self,
+        tenant: &str,
+        id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<LedgerLine>, ServiceError> {
+        self.customer(tenant, id)?;
+        let page = self.store.ledger(tenant, id, limit, cursor)?;
+        let mut events: HashMap<String, Option<StoredEvent>> = HashMap::new();
+        let mut items = Vec::with_capacity(page.items.len());
+        for entry in page.items {
+            if !events.contains_key(&entry.event_id) {
+                let event = self.store.event(tenant, &entry.event_id)?;
+                events.insert(entry.event_id.clone(), event);
+            }
+            let event = events.get(&entry.event_id).cloned().flatten();
+            items.push(LedgerLine { entry, event });
+        }
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+}
+
+async fn receive(
+    answer: tokio::sync::oneshot::Receiver<Result<Ingested, IngestError>>,
+) -> Result<Ingested, ServiceError> {
+    match answer.await {
+        Ok(result) => Ok(result?),
+        // The writer dropped the reply: it panicked on this batch (and logged why).
+        Err(_) => Err(ServiceError::internal(
+            "the writer stopped before answering",
+        )),
+    }
+}
+
+fn new_tenant_key() -> Result<String, ServiceError> {
+    auth::new_tenant_key().map_err(|error| ServiceError::internal(error.to_string()))
+}
+
+fn check_plugin_name(name: &str) -> Result<(), ServiceError> {
+    if is_valid_id(name) {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid_request(format!(
+            "plugin name {name:?}: a name is 1-64 letters, digits, '_', '.' or '-', starting with a letter"
+        )))
+    }
+}
+
+/// Loaded plugins by (tenant, name, version), loaded from the store on first use so that a
+/// restarted host finds every plugin again (compiled artifacts come from the runtime's disk
+/// cache, so that is fast).
+struct PluginCache {
+    store: Arc<dyn Store>,
+    runtime: Runtime,
+    loaded: RwLock<HashMap<(String, String, u32), Plugin>>,
+}
+
+impl std::fmt::Debug for PluginCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCache")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginCache {
+    fn get(&self, tenant: &str, name: &str, version: u32) -> Result<Plugin, String> {
+        let key = (tenant.to_owned(), name.to_owned(), version);
+        if let Some(plugin) = self
+            .loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(plugin.clone());
+        }
+        let wasm = self
+            .store
+            .plugin_wasm(tenant, name, version)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| format!("version {version} of plugin {name} is not stored"))?;
+        let plugin = self
+            .runtime
+            .load(&wasm)
+            .map_err(|error| error.to_string())?;
+        self.insert(tenant, name, version, plugin.clone());
+        Ok(plugin)
+    }
+
+    fn insert(&self, tenant: &str, name: &str, version: u32, plugin: Plugin) {
+        self.loaded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((tenant.to_owned(), name.to_owned(), version), plugin);
+    }
+}
+
+impl PluginSource for PluginCache {
+    fn active_plugins(&self, tenant: &str) -> Result<Vec<ActivePlugin>, StoreError> {
+        Ok(self
+            .store
+            .plugins(tenant)?
+            .into_iter()
+            .map(|record| {
+                // A disabled plugin is not run, so it is not loaded either.
+                let plugin = if record.enabled {
+                    self.get(tenant, &record.name, record.active_version)
+                } else {
+                    Err("disabled".to_owned())
+                };
+                ActivePlugin { record, plugin }
+            })
+            .collect())
+    }
+}

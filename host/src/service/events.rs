@@ -1,0 +1,228 @@
+//! Reading an event as senders post it (`{"customer", "action", "data", "id"?,
+//! "timestamp"?, "label"?}`, from JSON, a form or a CSV row) into a [`NewEvent`] for the
+//! writer: the envelope is checked field by field, the data against the action's type.
+
+use serde_json::{Map, Value};
+use tally_sdk::Timestamp;
+
+use super::ServiceError;
+use crate::auth;
+use crate::pipeline::writer::NewEvent;
+use crate::schema::EventTypes;
+
+/// The longest customer id.
+pub const MAX_CUSTOMER_LEN: usize = 256;
+/// The longest event id.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+/// The longest label.
+pub const MAX_LABEL_LEN: usize = 200;
+
+/// The fields an event may have; anything else is refused, so a typo (`"costumer"`) is
+/// caught instead of silently dropped.
+const FIELDS: [&str; 6] = ["customer", "action", "data", "id", "timestamp", "label"];
+
+/// Where a request came from, recorded on its events.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// `api`, `import`, `demo`, ...
+    pub source: String,
+    /// The client's address.
+    pub ip_address: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// Checks one posted event and resolves its type. `now` is the received time, and the
+/// event's time when it gives none.
+pub(super) fn read_event(
+    tenant: &str,
+    types: &EventTypes,
+    input: Value,
+    origin: &Origin,
+    now: Timestamp,
+) -> Result<NewEvent, ServiceError> {
+    let Value::Object(mut fields) = input else {
+        return Err(ServiceError::invalid_event(
+            "",
+            format!(
+                "an event must be a JSON object with \"customer\", \"action\" and \"data\", not {}",
+                kind_of(&input)
+            ),
+        ));
+    };
+    if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+        return Err(ServiceError::invalid_event(
+            unknown,
+            format!(
+                "unknown field \"{unknown}\": an event has {}; the action's own attributes go in \"data\"",
+                FIELDS.join(", ")
+            ),
+        ));
+    }
+    let customer = identifier(&mut fields, "customer", MAX_CUSTOMER_LEN)?.ok_or_else(|| {
+        ServiceError::invalid_event(
+            "customer",
+            "\"customer\" is required: the id of the customer who did this",
+        )
+    })?;
+    let action = match fields.remove("action") {
+        Some(Value::String(action)) if !action.is_empty() => action,
+        None | Some(Value::Null) => {
+            return Err(ServiceError::invalid_event(
+                "action",
+                "\"action\" is required: what happened, e.g. \"checkout\"",
+            ));
+        }
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "action",
+                format!(
+                    "\"action\" must be a non-empty string, not {}",
+                    kind_of(&other)
+                ),
+            ));
+        }
+    };
+    let data = match fields.remove("data") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(data @ Value::Object(_)) => data,
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "data",
+                format!(
+                    "\"data\" must be a JSON object of the action's attributes, not {}",
+                    kind_of(&other)
+                ),
+            ));
+        }
+    };
+    let id = match identifier(&mut fields, "id", MAX_EVENT_ID_LEN)? {
+        Some(id) => id,
+        None => generate_id()?,
+    };
+    let timestamp = match fields.remove("timestamp") {
+        None | Some(Value::Null) => now,
+        Some(Value::String(text)) => text.parse::<Timestamp>().map_err(|error| {
+            ServiceError::invalid_event("timestamp", format!("\"timestamp\": {error}"))
+        })?,
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "timestamp",
+                format!(
+                    "\"timestamp\" must be an RFC 3339 string such as 2026-11-23T10:00:00Z, not {}",
+                    kind_of(&other)
+                ),
+            ));
+        }
+    };
+    let label = match fields.remove("label") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(label)) if label.len() <= MAX_LABEL_LEN => Some(label),
+        Some(Value::String(_)) => {
+            return Err(ServiceError::invalid_event(
+                "label",
+                format!("\"label\" is longer than {MAX_LABEL_LEN} bytes"),
+            ));
+        }
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "label",
+                format!("\"label\" must be a string, not {}", kind_of(&other)),
+            ));
+        }
+    };
+
+    let resolved = types.check_event(&action, &data)?;
+    let contact_card = resolved
+        .event_type()
+        .map(|event_type| event_type.contact_card_values(&data))
+        .unwrap_or_default();
+    Ok(NewEvent {
+        tenant: tenant.to_owned(),
+        id,
+        action,
+        label,
+        customer,
+        timestamp,
+        source: origin.source.clone(),
+        ip_address: origin.ip_address.clone(),
+        user_agent: origin.user_agent.clone(),
+        data,
+        received_at: now.to_string(),
+        contact_card,
+    })
+}
+
+/// A customer or event id: a non-empty string of printable characters, or a whole number
+/// (many systems keep numeric ids), up to `max` bytes. `Ok(None)` when absent.
+fn identifier(
+    fields: &mut Map<String, Value>,
+    name: &str,
+    max: usize,
+) -> Result<Option<String>, ServiceError> {
+    let text = match fields.remove(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text,
+        Some(Value::Number(number)) if number.is_u64() || number.is_i64() => number.to_string(),
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                name,
+                format!(
+                    "\"{name}\" must be a string or a whole number, not {}",
+                    kind_of(&other)
+                ),
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(ServiceError::invalid_event(
+            name,
+            format!("\"{name}\" must not be empty"),
+        ));
+    }
+    if text.len() > max {
+        return Err(ServiceError::invalid_event(
+            name,
+            format!(
+                "\"{name}\" is {} bytes long, more than the {max} allowed",
+                text.len()
+            ),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ServiceError::invalid_event(
+            name,
+            format!("\"{name}\" must not contain control characters"),
+        ));
+    }
+    Ok(Some(text))
+}
+
+/// A fresh event id for an event posted without one: 128 random bits.
+pub fn generate_id() -> Result<String, ServiceError> {
+    auth::random_hex(16)
+        .map(|hex| format!("evt_{hex}"))
+        .map_err(|error| ServiceError::internal(error.to_string()))
+}
+
+/// The current time, to the second.
+pub fn now() -> Timestamp {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        });
+    Timestamp::from_unix_seconds(seconds)
+}
+
+/// "a string", "an array", ... for messages.
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
