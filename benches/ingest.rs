@@ -1,0 +1,403 @@
+//! The ingest load generator: durable events per second through the real host, side by side
+//! in one run with (a) raw redb inserts of the same records in the same batch sizes and
+//! (b) a bare axum route under the same load generator.
+//!
+//! Run: `cargo bench --bench ingest` (options after `--`: `--events N`, `--connections C`,
+//! `--customers K`; defaults 20000, 32, 1000).
+//!
+//! What it does:
+//! 1. Starts the real `tally serve` binary on a loopback port with a fresh data directory,
+//!    creates a tenant and uploads three reference plugins (points, tiers, engagement), all
+//!    subscribed to every action.
+//! 2. Posts ~1 KB Antavo-style checkout events from `C` keep-alive connections, each
+//!    connection one request at a time, and measures events/s and p50/p99 latency. Every
+//!    2xx answer means the event was committed with fsync.
+//! 3. Runs the same load generator against a bare axum route that parses the JSON and answers
+//!    201: the ceiling of HTTP and JSON on this machine.
+//! 4. Inserts the same records (event, customer, ledger entry) straight into redb, committing
+//!    `C` events per transaction with immediate durability: the most the host could queue in
+//!    one batch is one event per connection, so that is the batch size it commits at under load.
+//!    This is the ceiling of durable storage on this machine.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Options {
+    events: usize,
+    connections: usize,
+    customers: usize,
+}
+
+impl Options {
+    fn from_args() -> Options {
+        let mut options = Options {
+            events: 20_000,
+            connections: 32,
+            customers: 1000,
+        };
+        let args: Vec<String> = std::env::args().collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|arg| arg == name)
+                .and_then(|at| args.get(at + 1))
+                .and_then(|text| text.parse().ok())
+        };
+        if let Some(events) = value("--events") {
+            options.events = events;
+        }
+        if let Some(connections) = value("--connections") {
+            options.connections = connections;
+        }
+        if let Some(customers) = value("--customers") {
+            options.customers = customers;
+        }
+        options
+    }
+}
+
+/// Events per second and latency percentiles of one run.
+struct Figures {
+    name: &'static str,
+    events_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn checkout(sequence: usize, customers: usize) -> Value {
+    let transaction = format!("T-{sequence:08}");
+    let items: Vec<Value> = (0..4)
+        .map(|item| {
+            json!({
+                "transaction_id": transaction,
+                "product_id": format!("UFA-8888-9439{item}-EN/38/YELLOW"),
+                "product_name": "Yellow T-Shirt",
+                "product_url": "https://example.com/yellow-t-shirt",
+                "quantity": "1",
+                "subtotal": "50",
+                "price": "50",
+                "product_category": "t-shirts"
+            })
+        })
+        .collect();
+    json!({
+        "id": format!("bench-{sequence}"),
+        "customer": format!("customer-{}", sequence % customers),
+        "action": "checkout",
+        "data": {"total": "200", "transaction_id": transaction, "items": items}
+    })
+}
+
+/// Posts `events` bodies from `connections` keep-alive clients, one request in flight each.
+async fn load(
+    url: String,
+    key: Option<String>,
+    bodies: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+) -> (Duration, Vec<Duration>, usize) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let (url, key, bodies) = (url.clone(), key.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            // One client per connection: reqwest keeps the connection alive between requests.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("a client");
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            for body in bodies.iter().skip(connection).step_by(connections) {
+                let sent = Instant::now();
+                let mut request = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                if let Some(key) = &key {
+                    request = request.bearer_auth(key);
+                }
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let _ = response.bytes().await;
+                        latencies.push(sent.elapsed());
+                    }
+                    Ok(response) => {
+                        failures += 1;
+                        if failures == 1 {
+                            eprintln!(
+                                "a request failed: {} {}",
+                                response.status(),
+                                response.text().await.unwrap_or_default()
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        if failures == 1 {
+                            eprintln!("a request failed: {error}");
+                        }
+                    }
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (mut some, failed) = task.await.expect("a load task");
+        latencies.append(&mut some);
+        failures += failed;
+    }
+    (started.elapsed(), latencies, failures)
+}
+
+fn figures(name: &'static str, elapsed: Duration, mut latencies: Vec<Duration>) -> Figures {
+    latencies.sort();
+    let at = |fraction: f64| {
+        latencies
+            .get(
+                ((latencies.len() as f64 * fraction) as usize)
+                    .min(latencies.len().saturating_sub(1)),
+            )
+            .copied()
+            .unwrap_or_default()
+    };
+    Figures {
+        name,
+        events_per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+struct Host {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_host(data: &std::path::Path) -> Host {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("TALLY_ADMIN_KEY", "bench-admin-key")
+        .env(
+            "RUST_LOG",
+            std::env::var("INGEST_HOST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var_os("INGEST_HOST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("tally serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("tally serve prints its address")
+            .expect("readable stdout");
+        if let Some(rest) = line.strip_prefix("tally listening on http://") {
+            let address = rest.split_whitespace().next().expect("an address");
+            break address.parse().expect("a socket address");
+        }
+    };
+    // Keep draining stdout so the host never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Host { child, address }
+}
+
+async fn run_tally(
+    options: &Options,
+    bodies: Arc<Vec<Vec<u8>>>,
+    warmup: Arc<Vec<Vec<u8>>>,
+) -> Figures {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let host = start_host(data.path());
+    let base = format!("http://{}", host.address);
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth("bench-admin-key")
+        .json(&json!({"id": "bench", "name": "Bench"}))
+        .send()
+        .await
+        .expect("create a tenant")
+        .json()
+        .await
+        .expect("the tenant's key");
+    let key = created["api_key"].as_str().expect("an api_key").to_owned();
+    for plugin in [
+        tally_plugin_wasm::POINTS,
+        tally_plugin_wasm::TIERS,
+        tally_plugin_wasm::ENGAGEMENT,
+    ] {
+        let response = client
+            .put(format!("{base}/v1/plugins/{}", plugin.name))
+            .bearer_auth(&key)
+            .header("content-type", "application/wasm")
+            .body(plugin.wasm)
+            .send()
+            .await
+            .expect("upload a plugin");
+        assert!(
+            response.status().is_success(),
+            "uploading {}: {}",
+            plugin.name,
+            response.text().await.unwrap_or_default()
+        );
+    }
+    let url = format!("{base}/v1/events");
+    load(url.clone(), Some(key.clone()), warmup, options.connections).await;
+    let (elapsed, latencies, failures) = load(url, Some(key), bodies, options.connections).await;
+    assert_eq!(failures, 0, "every event is accepted");
+    figures(
+        "tally: POST /v1/events, 3 plugins, durable",
+        elapsed,
+        latencies,
+    )
+}
+
+async fn run_bare_axum(
+    options: &Options,
+    bodies: Arc<Vec<Vec<u8>>>,
+    warmup: Arc<Vec<Vec<u8>>>,
+) -> Figures {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/events",
+        post(|axum::Json(event): axum::Json<Value>| async move {
+            (
+                axum::http::StatusCode::CREATED,
+                axum::Json(json!({"id": event["id"], "points": 0})),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("an address");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{address}/v1/events");
+    load(url.clone(), None, warmup, options.connections).await;
+    let (elapsed, latencies, failures) = load(url, None, bodies, options.connections).await;
+    server.abort();
+    assert_eq!(failures, 0);
+    figures(
+        "bare axum route: parse JSON, answer 201",
+        elapsed,
+        latencies,
+    )
+}
+
+fn run_raw_redb(options: &Options, bodies: &[Vec<u8>]) -> Figures {
+    use redb::{Database, TableDefinition};
+    const EVENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("events");
+    const CUSTOMERS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("customers");
+    const LEDGER: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("ledger");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let db = Database::create(dir.path().join("raw.redb")).expect("a redb file");
+    let ledger_entry = br#"{"amount":200,"kind":"earn","reason":"checkout","plugin":"points","balance_after":200}"#;
+    let customer =
+        br#"{"id":"c","points":{"balance":200,"lifetime":200},"tier":"bronze","event_count":1}"#;
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut sequence = 0u64;
+    for batch in bodies.chunks(options.connections) {
+        let batch_started = Instant::now();
+        let txn = db.begin_write().expect("a write transaction");
+        {
+            let mut events = txn.open_table(EVENTS).expect("events");
+            let mut customers = txn.open_table(CUSTOMERS).expect("customers");
+            let mut ledger = txn.open_table(LEDGER).expect("ledger");
+            for body in batch {
+                let event: Value = serde_json::from_slice(body).expect("JSON");
+                let (id, who) = (
+                    event["id"].as_str().unwrap_or(""),
+                    event["customer"].as_str().unwrap_or(""),
+                );
+                sequence += 1;
+                events
+                    .insert(("bench", id), body.as_slice())
+                    .expect("insert");
+                customers
+                    .insert(("bench", who), customer.as_slice())
+                    .expect("insert");
+                ledger
+                    .insert(("bench", who, sequence), ledger_entry.as_slice())
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("a durable commit");
+        // Every event of a batch waits for the batch's commit.
+        latencies.extend(std::iter::repeat_n(batch_started.elapsed(), batch.len()));
+    }
+    figures(
+        "raw redb: same records, same batch size, fsync",
+        started.elapsed(),
+        latencies,
+    )
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this is not a criterion bench, so that flag is ignored.
+    let options = Options::from_args();
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..options.events)
+            .map(|n| serde_json::to_vec(&checkout(n, options.customers)).expect("JSON"))
+            .collect(),
+    );
+    let warmup: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..1000)
+            .map(|n| {
+                serde_json::to_vec(&checkout(options.events + n, options.customers)).expect("JSON")
+            })
+            .collect(),
+    );
+    println!(
+        "ingest: {} events of {} bytes, {} connections, {} customers, {} cores",
+        options.events,
+        bodies[0].len(),
+        options.connections,
+        options.customers,
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let tally = runtime.block_on(run_tally(&options, bodies.clone(), warmup.clone()));
+    let axum = runtime.block_on(run_bare_axum(&options, bodies.clone(), warmup));
+    let redb = run_raw_redb(&options, &bodies);
+    println!();
+    println!(
+        "{:<48} {:>12} {:>10} {:>10} {:>14}",
+        "", "events/s", "p50", "p99", "tally / this"
+    );
+    for row in [&tally, &axum, &redb] {
+        println!(
+            "{:<48} {:>12.0} {:>10.2?} {:>10.2?} {:>14.2}",
+            row.name,
+            row.events_per_second,
+            row.p50,
+            row.p99,
+            tally.events_per_second / row.events_per_second
+        );
+    }
+}
