@@ -60,6 +60,18 @@ async fn full_flow_tenant_types_plugins_events_profile_history_ledger() {
 
     let key = host.tenant("acme").await;
     assert!(key.starts_with("tly_"));
+    // Senders written for Antavo's API pass the key as a query parameter.
+    let response = host
+        .request(Method::GET, &format!("/v1/tenant?api_key={key}"), None)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = answer(response).await;
+    assert_eq!(
+        (status, &body["id"]),
+        (StatusCode::OK, &json!("acme")),
+        "{body}"
+    );
 
     // Voyado's interaction schemas as published, `//` comments included.
     let (status, body) = post_type(&host, &key, REPAIR_TYPE).await;
