@@ -338,8 +338,8 @@ pub fn earning(amount: i64, reason: &str) -> Vec<u8> {
     answering(&json!({"points": [{"amount": amount, "reason": reason}]}).to_string())
 }
 
-/// The Voyado repair interaction schema exactly as seeds/000 prints it, `//`-free but on one
-/// line with `"showInContactCard": "true"` strings.
+/// The Voyado repair interaction schema exactly as seeds/000 prints it: one line, with
+/// `"showInContactCard": "true"` written as strings.
 pub const REPAIR_TYPE: &str = include_str!("../../examples/event-types/repair.json");
 
 /// Voyado's recycled schema, with its `//` comment swallowing the closing braces' line.
