@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::{
     ADMIN_KEY, ANTAVO_CHECKOUT, ANTAVO_FORM, Host, Options, RECYCLED_TYPE, REPAIR_TYPE, answer,
-    code, earning, ledger_sum, looping, trapping,
+    answering, code, earning, ledger_sum, looping, trapping,
 };
 
 fn repair_event(id: &str, customer: &str, at: &str) -> Value {
@@ -1066,6 +1066,34 @@ async fn untyped_events_batches_and_csv_imports() {
     assert_eq!(bill["attributes"]["opted_in"], true);
     let (_, event) = host.get("/v1/events/345454656512", &key).await;
     assert_eq!(event["event"]["source"], "import");
+
+    // Triggers plugins send wait in the tenant's outbox, in order.
+    let notify = answering(r#"{"triggers": [{"name": "Notified", "data": {"via": "wat"}}]}"#);
+    host.put_wasm("notify", &key, &notify).await;
+    for id in ["n1", "n2"] {
+        let (status, body) = host
+            .event(
+                &key,
+                &json!({"id": id, "customer": "kim", "action": "opt_out"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["triggers"][0]["name"], "Notified");
+    }
+    let (status, outbox) = host.get("/v1/triggers?limit=1", &key).await;
+    assert_eq!(status, StatusCode::OK, "{outbox}");
+    assert_eq!(outbox["items"][0]["event_id"], "n1");
+    assert_eq!(outbox["items"][0]["plugin"], "notify");
+    let after = outbox["next_after"].as_u64().unwrap();
+    let (_, outbox) = host.get(&format!("/v1/triggers?after={after}"), &key).await;
+    let events: Vec<&str> = outbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["n2"]);
+    assert_eq!(outbox["next_after"], Value::Null);
     host.stop();
 }
 
