@@ -321,6 +321,34 @@ async fn full_flow_tenant_types_plugins_events_profile_history_ledger() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["versions"].as_array().unwrap().len(), 2);
     assert_eq!(body["active_version"], 1);
+    let (status, body) = host
+        .patch("/v1/plugins/bonus", &key, &json!({"active_version": 9}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+    );
+    let (status, sim) = host
+        .post(
+            "/v1/plugins/bonus/simulate?version=2",
+            &key,
+            &repair_event("sim-2", "bob", "2026-11-07T10:00:00Z"),
+        )
+        .await;
+    assert_eq!(
+        (status, &sim["decision"]["points"][0]["amount"]),
+        (StatusCode::OK, &json!(7)),
+        "{sim}"
+    );
+    let (_, bob) = host.get("/v1/customers/bob", &key).await;
+    assert_eq!(
+        sim["customer_before"]["points"], bob["points"],
+        "bob as stored now"
+    );
+    assert_eq!(
+        sim["customer_after"]["points"]["balance"],
+        bob["points"]["balance"].as_i64().unwrap() + 7
+    );
 
     // The profile.
     let (status, ada) = host.get("/v1/customers/ada", &key).await;
@@ -789,6 +817,21 @@ async fn a_tenant_sees_nothing_of_another() {
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
     let (status, body) = host.get("/v1/customers/x", ADMIN_KEY).await;
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
+
+    // A new key for A: the old one stops working at once.
+    let (status, rotated) = host
+        .post("/v1/tenants/tenant-a/key", ADMIN_KEY, &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_key = rotated["api_key"].as_str().unwrap();
+    let (status, _) = host.get("/v1/tenant", &a).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = host.get("/v1/tenant", new_key).await;
+    assert_eq!((status, &body["id"]), (StatusCode::OK, &json!("tenant-a")));
+    let (status, body) = host
+        .post("/v1/tenants", ADMIN_KEY, &json!({"id": "tenant-b"}))
+        .await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "conflict"));
     host.stop();
 }
 
