@@ -133,10 +133,11 @@ impl Host {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+        // The shell's own `kill`, so no procps package is needed.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", child.id())])
             .status()
-            .expect("kill runs");
+            .expect("sh runs");
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
