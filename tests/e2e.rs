@@ -462,21 +462,24 @@ async fn restart_keeps_everything_and_shutdown_commits_what_was_accepted() {
 
     let (_, before) = host.get("/v1/customers/ada", &key).await;
 
-    // Many events in flight, then SIGTERM: every event that was answered 201 is on disk.
+    // Many events in flight, then SIGTERM. A plugin that burns its whole fuel budget on
+    // opt-outs keeps the writer busy, so the signal comes while requests wait for it: they
+    // are finished and committed, and every event answered 201 is on disk.
+    host.put_wasm("slow", &key, &looping()).await;
+    let (status, _) = host
+        .patch("/v1/plugins/slow", &key, &json!({"actions": ["opt_out"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let mut posts = Vec::new();
     for n in 0..40 {
         let request = host
             .request(Method::POST, "/v1/events", Some(&key))
-            .json(&repair_event(
-                &format!("flight-{n}"),
-                "bob",
-                "2026-11-02T10:00:00Z",
-            ));
+            .json(&json!({"id": format!("flight-{n}"), "customer": "bob", "action": "opt_out"}));
         posts.push(tokio::spawn(async move {
             request.send().await.map(|r| r.status())
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     tokio::task::spawn_blocking(move || host.stop())
         .await
         .unwrap();
@@ -505,7 +508,11 @@ async fn restart_keeps_everything_and_shutdown_commits_what_was_accepted() {
             "flight-{n} was accepted, so it must be stored"
         );
     }
-    if !accepted.is_empty() {
+    assert!(
+        !accepted.is_empty(),
+        "requests in flight at SIGTERM are finished"
+    );
+    {
         let (_, bob) = host.get("/v1/customers/bob", &key).await;
         let stored = host.all_events(&key, "bob").await;
         assert_eq!(stored.len() as u64, bob["event_count"].as_u64().unwrap());
