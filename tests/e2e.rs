@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::{
     ADMIN_KEY, ANTAVO_CHECKOUT, ANTAVO_FORM, Host, Options, RECYCLED_TYPE, REPAIR_TYPE, answer,
-    code, earning, ledger_sum, looping, trapping,
+    answering, code, earning, ledger_sum, looping, trapping,
 };
 
 fn repair_event(id: &str, customer: &str, at: &str) -> Value {
@@ -60,6 +60,18 @@ async fn full_flow_tenant_types_plugins_events_profile_history_ledger() {
 
     let key = host.tenant("acme").await;
     assert!(key.starts_with("tly_"));
+    // Senders written for Antavo's API pass the key as a query parameter.
+    let response = host
+        .request(Method::GET, &format!("/v1/tenant?api_key={key}"), None)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = answer(response).await;
+    assert_eq!(
+        (status, &body["id"]),
+        (StatusCode::OK, &json!("acme")),
+        "{body}"
+    );
 
     // Voyado's interaction schemas as published, `//` comments included.
     let (status, body) = post_type(&host, &key, REPAIR_TYPE).await;
@@ -309,6 +321,34 @@ async fn full_flow_tenant_types_plugins_events_profile_history_ledger() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["versions"].as_array().unwrap().len(), 2);
     assert_eq!(body["active_version"], 1);
+    let (status, body) = host
+        .patch("/v1/plugins/bonus", &key, &json!({"active_version": 9}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+    );
+    let (status, sim) = host
+        .post(
+            "/v1/plugins/bonus/simulate?version=2",
+            &key,
+            &repair_event("sim-2", "bob", "2026-11-07T10:00:00Z"),
+        )
+        .await;
+    assert_eq!(
+        (status, &sim["decision"]["points"][0]["amount"]),
+        (StatusCode::OK, &json!(7)),
+        "{sim}"
+    );
+    let (_, bob) = host.get("/v1/customers/bob", &key).await;
+    assert_eq!(
+        sim["customer_before"]["points"], bob["points"],
+        "bob as stored now"
+    );
+    assert_eq!(
+        sim["customer_after"]["points"]["balance"],
+        bob["points"]["balance"].as_i64().unwrap() + 7
+    );
 
     // The profile.
     let (status, ada) = host.get("/v1/customers/ada", &key).await;
@@ -422,21 +462,24 @@ async fn restart_keeps_everything_and_shutdown_commits_what_was_accepted() {
 
     let (_, before) = host.get("/v1/customers/ada", &key).await;
 
-    // Many events in flight, then SIGTERM: every event that was answered 201 is on disk.
+    // Many events in flight, then SIGTERM. A plugin that burns its whole fuel budget on
+    // opt-outs keeps the writer busy, so the signal comes while requests wait for it: they
+    // are finished and committed, and every event answered 201 is on disk.
+    host.put_wasm("slow", &key, &looping()).await;
+    let (status, _) = host
+        .patch("/v1/plugins/slow", &key, &json!({"actions": ["opt_out"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let mut posts = Vec::new();
     for n in 0..40 {
         let request = host
             .request(Method::POST, "/v1/events", Some(&key))
-            .json(&repair_event(
-                &format!("flight-{n}"),
-                "bob",
-                "2026-11-02T10:00:00Z",
-            ));
+            .json(&json!({"id": format!("flight-{n}"), "customer": "bob", "action": "opt_out"}));
         posts.push(tokio::spawn(async move {
             request.send().await.map(|r| r.status())
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     tokio::task::spawn_blocking(move || host.stop())
         .await
         .unwrap();
@@ -465,7 +508,11 @@ async fn restart_keeps_everything_and_shutdown_commits_what_was_accepted() {
             "flight-{n} was accepted, so it must be stored"
         );
     }
-    if !accepted.is_empty() {
+    assert!(
+        !accepted.is_empty(),
+        "requests in flight at SIGTERM are finished"
+    );
+    {
         let (_, bob) = host.get("/v1/customers/bob", &key).await;
         let stored = host.all_events(&key, "bob").await;
         assert_eq!(stored.len() as u64, bob["event_count"].as_u64().unwrap());
@@ -777,6 +824,21 @@ async fn a_tenant_sees_nothing_of_another() {
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
     let (status, body) = host.get("/v1/customers/x", ADMIN_KEY).await;
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
+
+    // A new key for A: the old one stops working at once.
+    let (status, rotated) = host
+        .post("/v1/tenants/tenant-a/key", ADMIN_KEY, &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_key = rotated["api_key"].as_str().unwrap();
+    let (status, _) = host.get("/v1/tenant", &a).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = host.get("/v1/tenant", new_key).await;
+    assert_eq!((status, &body["id"]), (StatusCode::OK, &json!("tenant-a")));
+    let (status, body) = host
+        .post("/v1/tenants", ADMIN_KEY, &json!({"id": "tenant-b"}))
+        .await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "conflict"));
     host.stop();
 }
 
@@ -1054,6 +1116,34 @@ async fn untyped_events_batches_and_csv_imports() {
     assert_eq!(bill["attributes"]["opted_in"], true);
     let (_, event) = host.get("/v1/events/345454656512", &key).await;
     assert_eq!(event["event"]["source"], "import");
+
+    // Triggers plugins send wait in the tenant's outbox, in order.
+    let notify = answering(r#"{"triggers": [{"name": "Notified", "data": {"via": "wat"}}]}"#);
+    host.put_wasm("notify", &key, &notify).await;
+    for id in ["n1", "n2"] {
+        let (status, body) = host
+            .event(
+                &key,
+                &json!({"id": id, "customer": "kim", "action": "opt_out"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["triggers"][0]["name"], "Notified");
+    }
+    let (status, outbox) = host.get("/v1/triggers?limit=1", &key).await;
+    assert_eq!(status, StatusCode::OK, "{outbox}");
+    assert_eq!(outbox["items"][0]["event_id"], "n1");
+    assert_eq!(outbox["items"][0]["plugin"], "notify");
+    let after = outbox["next_after"].as_u64().unwrap();
+    let (_, outbox) = host.get(&format!("/v1/triggers?after={after}"), &key).await;
+    let events: Vec<&str> = outbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["n2"]);
+    assert_eq!(outbox["next_after"], Value::Null);
     host.stop();
 }
 

@@ -628,6 +628,17 @@ impl Service {
             next_cursor: page.next_cursor,
         })
     }
+
+    /// Up to `limit` outbound triggers (`TierEarned`, `CouponAwarded`, ...) of a tenant after
+    /// outbox sequence number `after`, oldest first.
+    pub fn triggers(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::storage::OutboxTrigger>, ServiceError> {
+        Ok(self.store.outbox(tenant, after, limit)?)
+    }
 }
 
 async fn receive(

@@ -79,6 +79,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.admin_key = std::env::var("TALLY_ADMIN_KEY")
         .ok()
         .filter(|key| !key.trim().is_empty());
+    if config.admin_key.as_ref().is_some_and(|key| key.len() < 24) {
+        tracing::warn!(
+            "TALLY_ADMIN_KEY is shorter than 24 characters; anyone who guesses it manages every tenant"
+        );
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -133,10 +133,11 @@ impl Host {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+        // The shell's own `kill`, so no procps package is needed.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", child.id())])
             .status()
-            .expect("kill runs");
+            .expect("sh runs");
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -338,8 +339,8 @@ pub fn earning(amount: i64, reason: &str) -> Vec<u8> {
     answering(&json!({"points": [{"amount": amount, "reason": reason}]}).to_string())
 }
 
-/// The Voyado repair interaction schema exactly as seeds/000 prints it, `//`-free but on one
-/// line with `"showInContactCard": "true"` strings.
+/// The Voyado repair interaction schema exactly as seeds/000 prints it: one line, with
+/// `"showInContactCard": "true"` written as strings.
 pub const REPAIR_TYPE: &str = include_str!("../../examples/event-types/repair.json");
 
 /// Voyado's recycled schema, with its `//` comment swallowing the closing braces' line.

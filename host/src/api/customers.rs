@@ -4,6 +4,7 @@
 //!   the contact card (fields marked `showInContactCard`, from recent events)
 //! - `GET /v1/customers/{id}/events?action=a,b&from=&to=&order=newest|oldest&limit=&cursor=`
 //! - `GET /v1/customers/{id}/ledger?limit=&cursor=`: entries, oldest first, each with its event
+//! - `GET /v1/triggers?after=&limit=`: the outbound triggers plugins sent, oldest first
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -22,9 +23,10 @@ use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery};
 /// The most items one page may ask for.
 pub const MAX_PAGE_LIMIT: usize = 500;
 
-/// The customer routes.
+/// The customer routes, and the tenant's outbox of triggers.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/v1/triggers", get(triggers))
         .route("/v1/customers/{id}", get(profile))
         .route("/v1/customers/{id}/events", get(events))
         .route("/v1/customers/{id}/ledger", get(ledger))
@@ -142,5 +144,34 @@ async fn ledger(
     let items: Vec<Value> = page.items.iter().map(views::ledger_line).collect();
     Ok(axum::Json(
         json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct TriggersQuery {
+    /// The `seq` of the last trigger already seen.
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn triggers(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    QueryParams(query): QueryParams<TriggersQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let after = query.after.unwrap_or(0);
+    let items = blocking(&state, move |service| {
+        service.triggers(&tenant.id, after, limit)
+    })
+    .await?;
+    // The next page starts after the last trigger of this one; a short page is the end.
+    let next_after = (items.len() == limit)
+        .then(|| items.last().map(|trigger| trigger.seq))
+        .flatten();
+    Ok(axum::Json(
+        json!({"items": items, "next_after": next_after}),
     ))
 }

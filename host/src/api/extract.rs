@@ -206,11 +206,15 @@ pub fn unsupported(media_type: &str, expected: &str) -> ApiError {
 /// Parses JSON text, with the line and column of a syntax error.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| {
+        // serde_json ends its message with the position, which the message starts with here.
+        let text = error.to_string();
+        let position = format!(" at line {} column {}", error.line(), error.column());
+        let reason = text.strip_suffix(&position).unwrap_or(&text);
         ApiError::new(
             ErrorKind::BadRequest,
             "invalid_json",
             format!(
-                "invalid JSON at line {}, column {}: {error}",
+                "invalid JSON at line {}, column {}: {reason}",
                 error.line(),
                 error.column()
             ),

@@ -9,7 +9,7 @@
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,12 +27,11 @@ pub fn router(wasm_limit: usize) -> Router<AppState> {
         .route("/v1/plugins", get(list))
         .route(
             "/v1/plugins/{name}",
-            get(one)
-                .patch(update)
-                // Over the limit, the runtime's own size check never sees the module: the
-                // body is cut off at the limit and answered 413 here.
-                .put(upload)
-                .layer(DefaultBodyLimit::max(wasm_limit.saturating_add(1))),
+            get(one).patch(update).merge(
+                // Only uploads take modules; one byte over the runtime's limit lets the
+                // runtime name the size, anything larger is cut off and answered 413 here.
+                put(upload).layer(DefaultBodyLimit::max(wasm_limit.saturating_add(1))),
+            ),
         )
         .route("/v1/plugins/{name}/simulate", post(simulate))
 }

@@ -639,3 +639,86 @@ fn record_contact_card(card: &mut Map<String, Value>, new: &NewEvent) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failing test should panic")]
+mod tests {
+    use super::*;
+
+    fn event(action: &str, at: &str, data: Value) -> NewEvent {
+        NewEvent {
+            tenant: "acme".to_owned(),
+            id: format!("{action}-{at}"),
+            action: action.to_owned(),
+            label: None,
+            customer: "ada".to_owned(),
+            timestamp: at.parse().unwrap(),
+            source: "api".to_owned(),
+            ip_address: None,
+            user_agent: None,
+            data,
+            received_at: "2026-11-23T00:00:00Z".to_owned(),
+            contact_card: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn stats_count_actions_and_keep_the_first_and_last_event_time() {
+        let mut stats = Map::new();
+        for (action, at) in [
+            ("checkout", "2026-11-02T00:00:00Z"),
+            ("repair", "2026-11-01T00:00:00Z"),
+            ("checkout", "2026-11-03T00:00:00Z"),
+        ] {
+            record_stats(&mut stats, &event(action, at, json!({})));
+        }
+        assert_eq!(
+            Value::Object(stats),
+            json!({
+                "events": {"checkout": 2, "repair": 1},
+                "first_event_at": "2026-11-01T00:00:00Z",
+                "last_event_at": "2026-11-03T00:00:00Z",
+            })
+        );
+    }
+
+    #[test]
+    fn contact_card_keeps_the_latest_value_per_action_and_property() {
+        let mut card = Map::new();
+        let field = |value: &str| ContactCardValue {
+            property: "brand".to_owned(),
+            display_name: "Brand".to_owned(),
+            value: json!(value),
+        };
+        for (at, brand) in [
+            ("2026-11-02T00:00:00Z", "new"),
+            ("2026-11-01T00:00:00Z", "older, posted later"),
+        ] {
+            let mut repair = event("repair", at, json!({"brand": brand}));
+            repair.contact_card = vec![field(brand)];
+            record_contact_card(&mut card, &repair);
+        }
+        assert_eq!(card["repair.brand"]["value"], "new");
+        assert_eq!(card["repair.brand"]["display_name"], "Brand");
+        assert_eq!(card["repair.brand"]["at"], "2026-11-02T00:00:00Z");
+    }
+
+    #[test]
+    fn opt_in_and_opt_out_set_profile_attributes() {
+        let mut attributes = Map::new();
+        let data = json!({"email": "ada@example.com", "first_name": "Ada", "channel": "web"});
+        record_attributes(
+            &mut attributes,
+            &event("opt_in", "2026-11-01T00:00:00Z", data),
+        );
+        assert_eq!(attributes["email"], "ada@example.com");
+        assert_eq!(attributes["opted_in"], true);
+        assert!(!attributes.contains_key("channel"));
+        record_attributes(
+            &mut attributes,
+            &event("opt_out", "2026-11-02T00:00:00Z", json!({})),
+        );
+        assert_eq!(attributes["opted_in"], false);
+        assert_eq!(attributes["first_name"], "Ada");
+    }
+}
