@@ -10,6 +10,7 @@
 )]
 
 use std::env;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,8 +34,16 @@ fn main() {
 
     ensure_wasm_target();
 
+    // One nested target directory per checkout: a cdylib's output has no hash in its name
+    // (`deps/points.wasm`), so two worktrees sharing CARGO_TARGET_DIR would otherwise copy
+    // each other's plugins.
+    let checkout = {
+        let mut hasher = DefaultHasher::new();
+        workspace.hash(&mut hasher);
+        format!("wasm-plugins-{:08x}", hasher.finish() as u32)
+    };
     let target_dir = match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("wasm-plugins"),
+        Some(dir) => PathBuf::from(dir).join(checkout),
         None => workspace.join("target").join("wasm-plugins"),
     };
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
