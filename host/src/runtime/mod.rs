@@ -332,6 +332,19 @@ impl Plugin {
         }
     }
 
+    /// Creates a store and an instance as [`Plugin::evaluate_json`] does, and drops them
+    /// without calling the plugin: what the sandbox alone costs, for `benches/evaluate.rs`.
+    #[doc(hidden)]
+    pub fn instantiate_only(&self) -> Result<(), EvalError> {
+        let mut store = new_store(&self.shared, self.shared.limits.fuel);
+        self.pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|error| EvalError::Host {
+                reason: error.to_string(),
+            })
+    }
+
     /// Evaluates one input given as JSON bytes, in a fresh instance.
     pub fn evaluate_json(&self, input: &[u8]) -> Evaluation {
         let started = Instant::now();
