@@ -246,11 +246,13 @@ fn main() {
     criterion.final_summary();
 
     // Criterion runs each benchmark once under `cargo test --benches`; the summary is for
-    // `cargo bench` only.
-    let args: Vec<String> = std::env::args().collect();
-    let benchmarking = args.iter().any(|arg| arg == "--bench")
-        && !args.iter().any(|arg| arg == "--test" || arg == "--list");
-    if benchmarking {
+    // `cargo bench`, unfiltered or filtered to `summary`, and not under `--profile-time`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().any(|arg| arg == name);
+    let filters: Vec<&String> = args.iter().filter(|arg| !arg.starts_with("--")).collect();
+    let benchmarking = flag("--bench") && !flag("--test") && !flag("--list");
+    let profiling = flag("--profile-time");
+    if benchmarking && !profiling && filters.iter().all(|filter| *filter == "summary") {
         summary(&input, &cases);
     }
 }

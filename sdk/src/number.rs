@@ -72,12 +72,22 @@ impl Decimal {
     /// Reads a float as the shortest decimal that round-trips to it, which is what a JSON
     /// writer printed: `19.99_f64` becomes exactly 19.99.
     pub fn from_f64(value: f64) -> Result<Decimal, NumberError> {
-        if !value.is_finite() {
-            return Err(NumberError(format!("{value} is not a finite number")));
+        // serde_json prints a float in the shortest form that parses back to the same value
+        // (with an exponent when very large or small, which `from_str` reads), so this is the
+        // decimal the sender meant. Its printer is in every plugin already, for writing
+        // decisions; `format!("{value}")` would add core's float formatting.
+        match serde_json::Number::from_f64(value) {
+            Some(number) => number.to_string().parse(),
+            None => {
+                // Spelled as Rust prints them, without pulling in its float printer.
+                let name = match value {
+                    _ if value.is_nan() => "NaN",
+                    _ if value > 0.0 => "inf",
+                    _ => "-inf",
+                };
+                Err(NumberError(format!("{name} is not a finite number")))
+            }
         }
-        // Rust prints f64 in the shortest form that parses back to the same value, never with
-        // an exponent, so this is the decimal the sender meant.
-        format!("{value}").parse()
     }
 
     /// The number of decimal places kept (trailing zeros are dropped).
@@ -410,8 +420,41 @@ impl Serialize for Money {
 
 impl<'de> Deserialize<'de> for Money {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Money, D::Error> {
-        let amount = Decimal::deserialize(deserializer)?;
-        Money::from_decimal(amount).map_err(de::Error::custom)
+        // Refused inside the visitor, while the deserializer is still at the amount, so that
+        // an error's position (and the field path the SDK derives from it) is the amount's.
+        deserializer.deserialize_any(MoneyVisitor)
+    }
+}
+
+struct MoneyVisitor;
+
+impl MoneyVisitor {
+    fn money<E: de::Error>(amount: Result<Decimal, E>) -> Result<Money, E> {
+        Money::from_decimal(amount?).map_err(E::custom)
+    }
+}
+
+impl Visitor<'_> for MoneyVisitor {
+    type Value = Money;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        DecimalVisitor.expecting(f)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_i64(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_u64(value))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_f64(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_str(value))
     }
 }
 
