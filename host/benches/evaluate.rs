@@ -15,7 +15,8 @@
 //! `docs/benchmarks.md`.
 //!
 //! Run: `cargo bench -p tally-host --bench evaluate`
-//! (only the summary: `cargo bench -p tally-host --bench evaluate -- summary`).
+//! (only the summary: `cargo bench -p tally-host --bench evaluate -- summary`; another build
+//! of the plugin, e.g. with other flags: `TALLY_BENCH_POINTS_WASM=path/to/points.wasm`).
 
 #![allow(
     clippy::expect_used,
@@ -92,8 +93,11 @@ fn checkout_input() -> Vec<u8> {
 /// The `points` plugin loaded into a runtime with `limits`.
 fn points_plugin(limits: Limits) -> (Runtime, Plugin) {
     let runtime = Runtime::new(limits).expect("the engine starts");
+    // Another build of the plugin (other flags, another SDK) can be compared by path.
+    let other = std::env::var_os("TALLY_BENCH_POINTS_WASM")
+        .map(|path| std::fs::read(path).expect("TALLY_BENCH_POINTS_WASM is a readable file"));
     let plugin = runtime
-        .load(tally_plugin_wasm::POINTS.wasm)
+        .load(other.as_deref().unwrap_or(tally_plugin_wasm::POINTS.wasm))
         .expect("the points plugin loads");
     (runtime, plugin)
 }
@@ -255,4 +259,6 @@ fn main() {
     if benchmarking && !profiling && filters.iter().all(|filter| *filter == "summary") {
         summary(&input, &cases);
     }
+    // Again after thousands of evaluations: reused pool slots must still decide the same.
+    check_cases(&input, &fuel_on, &fuel_off);
 }
