@@ -18,6 +18,16 @@ use std::process::Command;
 const PLUGINS: &[&str] = &["points", "tiers", "circular", "engagement", "hostile"];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
+/// Flags for the plugins' build.
+///
+/// A 128 KiB shadow stack instead of Rust's default 1 MiB. The stack sits at the bottom of
+/// linear memory, so the initial memory shrinks from 17 pages to 3 and the host scans and
+/// resets a smaller range after each evaluation (measured: instantiation 4.1 -> 3.8 µs).
+/// serde_json's deepest input (128 levels, its recursion limit) needs about 33 KiB, so this
+/// leaves a wide margin; runaway recursion still ends below address 0 and is reported as a
+/// stack overflow. A larger `--initial-memory` (512 KiB, 1 MiB) measured no faster.
+const WASM_RUSTFLAGS: &[&str] = &["-Clink-arg=-zstack-size=131072"];
+
 fn main() {
     let manifest_dir =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -74,6 +84,7 @@ fn main() {
     ] {
         build.env_remove(var);
     }
+    build.env("CARGO_ENCODED_RUSTFLAGS", WASM_RUSTFLAGS.join("\u{1f}"));
     let status = build
         .status()
         .expect("could not start cargo to build the wasm plugins");
