@@ -10,12 +10,23 @@
 )]
 
 use std::env;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugin crates built to wasm: the reference plugins, then the test fixtures.
 const PLUGINS: &[&str] = &["points", "tiers", "circular", "engagement", "hostile"];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Flags for the plugins' build.
+///
+/// A 128 KiB shadow stack instead of Rust's default 1 MiB. The stack sits at the bottom of
+/// linear memory, so the initial memory shrinks from 17 pages to 3 and the host scans and
+/// resets a smaller range after each evaluation (measured: instantiation 4.1 -> 3.8 µs).
+/// serde_json's deepest input (128 levels, its recursion limit) needs about 33 KiB, so this
+/// leaves a wide margin; runaway recursion still ends below address 0 and is reported as a
+/// stack overflow. A larger `--initial-memory` (512 KiB, 1 MiB) measured no faster.
+const WASM_RUSTFLAGS: &[&str] = &["-Clink-arg=-zstack-size=131072"];
 
 fn main() {
     let manifest_dir =
@@ -33,8 +44,16 @@ fn main() {
 
     ensure_wasm_target();
 
+    // One nested target directory per checkout: a cdylib's output has no hash in its name
+    // (`deps/points.wasm`), so two worktrees sharing CARGO_TARGET_DIR would otherwise copy
+    // each other's plugins.
+    let checkout = {
+        let mut hasher = DefaultHasher::new();
+        workspace.hash(&mut hasher);
+        format!("wasm-plugins-{:08x}", hasher.finish() as u32)
+    };
     let target_dir = match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("wasm-plugins"),
+        Some(dir) => PathBuf::from(dir).join(checkout),
         None => workspace.join("target").join("wasm-plugins"),
     };
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -65,6 +84,7 @@ fn main() {
     ] {
         build.env_remove(var);
     }
+    build.env("CARGO_ENCODED_RUSTFLAGS", WASM_RUSTFLAGS.join("\u{1f}"));
     let status = build
         .status()
         .expect("could not start cargo to build the wasm plugins");

@@ -72,12 +72,23 @@ impl Decimal {
     /// Reads a float as the shortest decimal that round-trips to it, which is what a JSON
     /// writer printed: `19.99_f64` becomes exactly 19.99.
     pub fn from_f64(value: f64) -> Result<Decimal, NumberError> {
-        if !value.is_finite() {
-            return Err(NumberError(format!("{value} is not a finite number")));
+        // serde_json prints a float in the shortest form that parses back to the same value
+        // (with an exponent when very large or small, which `from_str` reads), so this is the
+        // decimal the sender meant. Its printer is in every plugin already, for writing
+        // decisions; `format!("{value}")` would add core's float formatting.
+        match serde_json::to_vec(&value) {
+            // Written straight into a buffer, without a `Formatter`.
+            Ok(text) if value.is_finite() => String::from_utf8_lossy(&text).parse(),
+            _ => {
+                // Spelled as Rust prints them, without pulling in its float printer.
+                let name = match value {
+                    _ if value.is_nan() => "NaN",
+                    _ if value > 0.0 => "inf",
+                    _ => "-inf",
+                };
+                Err(NumberError(format!("{name} is not a finite number")))
+            }
         }
-        // Rust prints f64 in the shortest form that parses back to the same value, never with
-        // an exponent, so this is the decimal the sender meant.
-        format!("{value}").parse()
     }
 
     /// The number of decimal places kept (trailing zeros are dropped).
@@ -115,10 +126,15 @@ impl Decimal {
 
     /// Product, exact up to [`MAX_SCALE`] decimals, rounded half to even beyond that.
     pub fn checked_mul(self, other: Decimal) -> Result<Decimal, NumberError> {
-        let mantissa = self
-            .mantissa
-            .checked_mul(other.mantissa)
-            .ok_or_else(|| NumberError(format!("{self} * {other} overflows")))?;
+        let mantissa = match (i64::try_from(self.mantissa), i64::try_from(other.mantissa)) {
+            // Two 64-bit factors always fit 128 bits: a plain multiply, not the checked
+            // 128-bit library call.
+            (Ok(a), Ok(b)) => i128::from(a) * i128::from(b),
+            _ => self
+                .mantissa
+                .checked_mul(other.mantissa)
+                .ok_or_else(|| NumberError(format!("{self} * {other} overflows")))?,
+        };
         let mut product = Decimal {
             mantissa,
             scale: self.scale + other.scale,
@@ -132,6 +148,10 @@ impl Decimal {
 
     /// The greatest integer not above the number: points earned are floored.
     pub fn floor(self) -> Result<i64, NumberError> {
+        if let (Ok(small), Some(divisor)) = (i64::try_from(self.mantissa), pow10_i64(self.scale)) {
+            // The same quotient in 64 bits, without 128-bit library calls on wasm32.
+            return Ok(small.div_euclid(divisor));
+        }
         let divisor = pow10(self.scale);
         let quotient = self.mantissa.div_euclid(divisor);
         i64::try_from(quotient).map_err(|_| NumberError(format!("{self} does not fit in 64 bits")))
@@ -182,6 +202,15 @@ impl Decimal {
         if self.mantissa == 0 {
             return Decimal::ZERO;
         }
+        // 128-bit division is a library call on wasm32; amounts and points fit 64 bits.
+        if let Ok(mut small) = i64::try_from(self.mantissa) {
+            while self.scale > 0 && small % 10 == 0 {
+                small /= 10;
+                self.scale -= 1;
+            }
+            self.mantissa = i128::from(small);
+            return self;
+        }
         while self.scale > 0 && self.mantissa % 10 == 0 {
             self.mantissa /= 10;
             self.scale -= 1;
@@ -217,6 +246,11 @@ fn pow10(exponent: u32) -> i128 {
     10_i128.pow(exponent)
 }
 
+/// `10^exponent` when it fits 64 bits (exponent up to 18).
+fn pow10_i64(exponent: u32) -> Option<i64> {
+    10_i64.checked_pow(exponent)
+}
+
 impl From<i64> for Decimal {
     fn from(value: i64) -> Decimal {
         Decimal::from_int(value)
@@ -229,6 +263,53 @@ impl FromStr for Decimal {
     /// Accepts `200`, `-3`, `+1.50`, `19.99`, `.5`, `1e3`, `2.5E-2`, with surrounding spaces.
     /// Refuses thousands separators, `NaN`, infinities and anything else that is not a number.
     fn from_str(text: &str) -> Result<Decimal, NumberError> {
+        if let Some(value) = Decimal::parse(text.as_bytes()) {
+            return Ok(value);
+        }
+        Decimal::from_str_general(text)
+    }
+}
+
+impl Decimal {
+    /// The common forms (`200`, `-19.99`, `+0.125`: an optional sign, at most 18 digits, an
+    /// optional fraction) in one pass over the bytes and in 64 bits; `None` for anything else,
+    /// which [`Decimal::from_str_general`] reads or refuses with its message.
+    fn parse(text: &[u8]) -> Option<Decimal> {
+        let (negative, digits) = match text.first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        if digits.is_empty() || digits.len() > 19 {
+            return None;
+        }
+        let mut mantissa: i64 = 0;
+        let mut count = 0;
+        let mut point = None;
+        for (index, &byte) in digits.iter().enumerate() {
+            match byte {
+                b'0'..=b'9' => {
+                    mantissa = mantissa * 10 + i64::from(byte - b'0');
+                    count += 1;
+                }
+                b'.' if point.is_none() => point = Some(index),
+                _ => return None,
+            }
+        }
+        // At most 18 digits: below 10^18, so the loop above cannot overflow.
+        if count == 0 || count > 18 {
+            return None;
+        }
+        let scale = point.map_or(0, |at| digits.len() - at - 1);
+        let value = Decimal {
+            mantissa: i128::from(if negative { -mantissa } else { mantissa }),
+            // At most 18 decimals, within MAX_SCALE.
+            scale: scale as u32,
+        };
+        Some(value.normalized())
+    }
+
+    fn from_str_general(text: &str) -> Result<Decimal, NumberError> {
         let invalid = || NumberError(format!("{text:?} is not a number"));
         let trimmed = text.trim();
         let (negative, unsigned) = match trimmed.as_bytes().first() {
@@ -281,21 +362,67 @@ impl FromStr for Decimal {
 
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.scale == 0 {
-            return write!(f, "{}", self.mantissa);
-        }
-        let divisor = pow10(self.scale);
-        let sign = if self.mantissa < 0 { "-" } else { "" };
-        let magnitude = self.mantissa.unsigned_abs();
-        let divisor = divisor.unsigned_abs();
-        write!(
-            f,
-            "{sign}{}.{:0width$}",
-            magnitude / divisor,
-            magnitude % divisor,
-            width = self.scale as usize
+        f.write_str(self.write(&mut [0; DECIMAL_TEXT_LEN]))
+    }
+}
+
+/// Room for any decimal: 39 digits of an `i128`, a sign and a point.
+const DECIMAL_TEXT_LEN: usize = 48;
+
+impl Decimal {
+    /// The decimal as text (`-19.99`, `200`, `0.05`), written into `buffer` without
+    /// `core::fmt`: serializing state and decisions does this for every amount.
+    fn write(self, buffer: &mut [u8; DECIMAL_TEXT_LEN]) -> &str {
+        write_fixed(
+            self.mantissa.unsigned_abs(),
+            // Every constructor keeps the scale at most MAX_SCALE (18).
+            self.scale.min(MAX_SCALE) as usize,
+            self.mantissa < 0,
+            buffer,
         )
     }
+}
+
+/// `magnitude / 10^scale` with exactly `scale` decimals, signed, right-aligned in `buffer`.
+fn write_fixed(
+    mut magnitude: u128,
+    scale: usize,
+    negative: bool,
+    buffer: &mut [u8; DECIMAL_TEXT_LEN],
+) -> &str {
+    let mut at = buffer.len();
+    let mut written = 0;
+    loop {
+        // 128-bit division is a library call on wasm32; most magnitudes fit 64 bits.
+        let digit = match u64::try_from(magnitude) {
+            Ok(small) => {
+                magnitude = u128::from(small / 10);
+                small % 10
+            }
+            Err(_) => {
+                let digit = magnitude % 10;
+                magnitude /= 10;
+                digit as u64
+            }
+        };
+        at -= 1;
+        // A digit is below 10, so the cast cannot truncate.
+        buffer[at] = b'0' + digit as u8;
+        written += 1;
+        if written == scale {
+            at -= 1;
+            buffer[at] = b'.';
+        }
+        if magnitude == 0 && written > scale {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        buffer[at] = b'-';
+    }
+    // Only ASCII digits, '.' and '-' were written.
+    std::str::from_utf8(&buffer[at..]).unwrap_or_default()
 }
 
 impl PartialOrd for Decimal {
@@ -317,7 +444,7 @@ impl Ord for Decimal {
 
 impl Serialize for Decimal {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.write(&mut [0; DECIMAL_TEXT_LEN]))
     }
 }
 
@@ -396,26 +523,74 @@ impl Money {
 
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.minor < 0 { "-" } else { "" };
-        let magnitude = self.minor.unsigned_abs();
-        write!(f, "{sign}{}.{:02}", magnitude / 100, magnitude % 100)
+        f.write_str(self.write(&mut [0; DECIMAL_TEXT_LEN]))
+    }
+}
+
+impl Money {
+    /// The amount with two decimals (`19.99`, `200.00`), without `core::fmt`.
+    fn write(self, buffer: &mut [u8; DECIMAL_TEXT_LEN]) -> &str {
+        write_fixed(
+            u128::from(self.minor.unsigned_abs()),
+            Money::SCALE as usize,
+            self.minor < 0,
+            buffer,
+        )
     }
 }
 
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.write(&mut [0; DECIMAL_TEXT_LEN]))
     }
 }
 
 impl<'de> Deserialize<'de> for Money {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Money, D::Error> {
-        let amount = Decimal::deserialize(deserializer)?;
-        Money::from_decimal(amount).map_err(de::Error::custom)
+        // Refused inside the visitor, while the deserializer is still at the amount, so that
+        // an error's position (and the field path the SDK derives from it) is the amount's.
+        deserializer.deserialize_any(MoneyVisitor)
+    }
+}
+
+struct MoneyVisitor;
+
+impl MoneyVisitor {
+    fn money<E: de::Error>(amount: Result<Decimal, E>) -> Result<Money, E> {
+        Money::from_decimal(amount?).map_err(E::custom)
+    }
+}
+
+impl Visitor<'_> for MoneyVisitor {
+    type Value = Money;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        DecimalVisitor.expecting(f)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_i64(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_u64(value))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_f64(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Money, E> {
+        MoneyVisitor::money(DecimalVisitor.visit_str(value))
     }
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
 mod tests {
     use super::*;
 
@@ -492,6 +667,89 @@ mod tests {
         assert_eq!(whole.to_string(), "200.00");
         assert!(serde_json::from_str::<Money>("\"1.999\"").is_err());
         assert!(serde_json::from_str::<Money>("true").is_err());
+    }
+
+    #[test]
+    fn text_is_what_the_formatter_it_replaced_wrote() {
+        // The Display this crate had: `write!` of the mantissa, or the sign, the quotient and
+        // the zero-padded remainder.
+        fn formatted(d: Decimal) -> String {
+            if d.scale == 0 {
+                return format!("{}", d.mantissa);
+            }
+            let divisor = pow10(d.scale).unsigned_abs();
+            let sign = if d.mantissa < 0 { "-" } else { "" };
+            let magnitude = d.mantissa.unsigned_abs();
+            let width = d.scale as usize;
+            format!(
+                "{sign}{}.{:0width$}",
+                magnitude / divisor,
+                magnitude % divisor
+            )
+        }
+        let mantissas = [0, 1, -1, 5, -5, 1999, -1999, 10, 100, i64::MAX, i64::MIN]
+            .map(i128::from)
+            .into_iter()
+            .chain([i128::MAX, i128::MIN + 1, 10_i128.pow(30) + 7]);
+        for mantissa in mantissas {
+            for scale in [0, 1, 2, 5, 18] {
+                let d = Decimal { mantissa, scale };
+                assert_eq!(d.to_string(), formatted(d));
+                assert_eq!(
+                    serde_json::to_string(&d).expect("serializable"),
+                    format!("\"{}\"", formatted(d))
+                );
+            }
+        }
+        for minor in [0, 5, -5, 1999, -20000, i64::MAX, i64::MIN] {
+            let magnitude = minor.unsigned_abs();
+            let sign = if minor < 0 { "-" } else { "" };
+            let expected = format!("{sign}{}.{:02}", magnitude / 100, magnitude % 100);
+            assert_eq!(Money::from_minor(minor).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn the_fast_reader_agrees_with_the_general_one() {
+        let texts = [
+            "0",
+            "-0",
+            "+0",
+            "200",
+            "19.99",
+            "-19.99",
+            ".5",
+            "5.",
+            "-.5",
+            "00012.3400",
+            "0.000000000000000001",
+            "123456789012345678",
+            "1234567890123456789",
+            "12345678901234567.89",
+            "1e3",
+            " 1",
+            "",
+            "-",
+            ".",
+            "+",
+            "1.2.3",
+            "--1",
+            "1,000",
+        ];
+        for text in texts {
+            if let Some(fast) = Decimal::parse(text.as_bytes()) {
+                assert_eq!(Ok(fast), Decimal::from_str_general(text), "{text:?}");
+            }
+            assert_eq!(
+                text.parse::<Decimal>(),
+                Decimal::from_str_general(text),
+                "{text:?}"
+            );
+        }
+        for float in [0.1, 19.99, -0.0, 1e21, 1e-7, 123.456, 2.5e-2] {
+            let printed = format!("{float}");
+            assert_eq!(Decimal::from_f64(float), printed.parse(), "{float}");
+        }
     }
 
     #[test]

@@ -140,28 +140,90 @@ impl FromStr for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let seconds_of_day = self.unix_seconds.rem_euclid(SECONDS_PER_DAY);
-        write!(
-            f,
-            "{}T{:02}:{:02}:{:02}Z",
-            self.date_string(),
-            seconds_of_day / 3600,
-            seconds_of_day / 60 % 60,
-            seconds_of_day % 60
-        )
+        match self.write(&mut [0; RFC3339_LEN]) {
+            Some(text) => f.write_str(text),
+            None => {
+                let seconds_of_day = self.unix_seconds.rem_euclid(SECONDS_PER_DAY);
+                write!(
+                    f,
+                    "{}T{:02}:{:02}:{:02}Z",
+                    self.date_string(),
+                    seconds_of_day / 3600,
+                    seconds_of_day / 60 % 60,
+                    seconds_of_day % 60
+                )
+            }
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+const RFC3339_LEN: usize = 20;
+
+impl Timestamp {
+    /// The timestamp as RFC 3339 written into `buffer` without `core::fmt` (decisions with
+    /// expiring points write one each), for years 0 to 9999; `None` for the rest.
+    fn write(self, buffer: &mut [u8; RFC3339_LEN]) -> Option<&str> {
+        let (year, month, day) = self.date();
+        let year = u32::try_from(year).ok().filter(|year| *year <= 9999)?;
+        // Below 86400, so it fits a u32.
+        let seconds_of_day = self.unix_seconds.rem_euclid(SECONDS_PER_DAY) as u32;
+        let fields = [
+            (0, year / 100),
+            (2, year % 100),
+            (5, month),
+            (8, day),
+            (11, seconds_of_day / 3600),
+            (14, seconds_of_day / 60 % 60),
+            (17, seconds_of_day % 60),
+        ];
+        for (at, value) in fields {
+            // Every field is below 100, so both digits are below 10.
+            buffer[at] = b'0' + (value / 10) as u8;
+            buffer[at + 1] = b'0' + (value % 10) as u8;
+        }
+        for (at, separator) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'Z'),
+        ] {
+            buffer[at] = separator;
+        }
+        std::str::from_utf8(buffer).ok()
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self.write(&mut [0; RFC3339_LEN]) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.collect_str(self),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(de::Error::custom)
+        // Parsed inside the visitor, while the deserializer is still at the string, so that
+        // an error's position (and the field path the SDK derives from it) is the timestamp's.
+        deserializer.deserialize_str(TimestampVisitor)
+    }
+}
+
+struct TimestampVisitor;
+
+impl de::Visitor<'_> for TimestampVisitor {
+    type Value = Timestamp;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Timestamp, E> {
+        text.parse().map_err(E::custom)
     }
 }
 
@@ -209,6 +271,11 @@ fn civil_from_days(days: i64) -> (i32, u32, u32) {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
 mod tests {
     use super::*;
 
@@ -241,6 +308,33 @@ mod tests {
             ts("2026-12-31T10:00:00Z").plus_days(1).to_string(),
             "2027-01-01T10:00:00Z"
         );
+    }
+
+    #[test]
+    fn text_is_what_the_formatter_it_replaced_wrote() {
+        let formatted = |t: Timestamp| {
+            let seconds_of_day = t.unix_seconds().rem_euclid(SECONDS_PER_DAY);
+            format!(
+                "{}T{:02}:{:02}:{:02}Z",
+                t.date_string(),
+                seconds_of_day / 3600,
+                seconds_of_day / 60 % 60,
+                seconds_of_day % 60
+            )
+        };
+        let year_0 = ts("0000-01-01T00:00:00Z").unix_seconds();
+        let year_9999 = ts("9999-12-31T23:59:59Z").unix_seconds();
+        let mut seconds = year_0 - 3 * SECONDS_PER_DAY;
+        while seconds < year_9999 + 3 * SECONDS_PER_DAY {
+            let t = Timestamp::from_unix_seconds(seconds);
+            assert_eq!(t.to_string(), formatted(t));
+            assert_eq!(
+                serde_json::to_string(&t).expect("serializable"),
+                format!("\"{}\"", formatted(t))
+            );
+            // About every 114 days and a few hours, at varying times of day.
+            seconds += 9_876_543;
+        }
     }
 
     #[test]

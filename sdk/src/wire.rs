@@ -104,7 +104,7 @@ pub struct Event {
     /// The action's own attributes.
     pub data: Box<RawValue>,
     #[serde(skip)]
-    parsed: OnceLock<Result<Map<String, Value>, String>>,
+    parsed: OnceLock<Result<Fields, String>>,
 }
 
 impl Clone for Event {
@@ -153,13 +153,34 @@ impl Event {
     }
 
     /// One field of `data`, `None` when absent or `null`.
+    ///
+    /// The first call indexes `data`'s top-level keys without building any value; each
+    /// field is then parsed into a [`Value`] when it is first asked for. A rule that reads
+    /// the total of a checkout never parses its item list.
     pub fn field(&self, name: &str) -> Result<Option<&Value>, Error> {
         let parsed = self.parsed.get_or_init(|| {
-            serde_json::from_str::<Map<String, Value>>(self.data.get())
+            Fields::index(self.data.get())
                 .map_err(|why| format!("event data is not a JSON object: {why}"))
         });
-        match parsed {
-            Ok(map) => Ok(map.get(name).filter(|value| !value.is_null())),
+        let fields = match parsed {
+            Ok(fields) => fields,
+            Err(why) => return Err(Error::new(why.clone())),
+        };
+        // A repeated key keeps its last value, as a JSON object read into a map does.
+        let Some(field) = fields
+            .0
+            .iter()
+            .rev()
+            .find(|field| field.key(self.data.get()) == name)
+        else {
+            return Ok(None);
+        };
+        let value = field.value.get_or_init(|| {
+            serde_json::from_str(&self.data.get()[field.start..field.end])
+                .map_err(|why| format!("event data.{name}: {why}"))
+        });
+        match value {
+            Ok(value) => Ok(Some(value).filter(|value| !value.is_null())),
             Err(why) => Err(Error::new(why.clone())),
         }
     }
@@ -225,6 +246,234 @@ impl Event {
     }
 }
 
+/// The top-level members of an event's `data`, as byte ranges into its JSON, each parsed
+/// on first use.
+#[derive(Debug, Default)]
+struct Fields(Vec<Field>);
+
+#[derive(Debug)]
+struct Field {
+    /// The key as written between its quotes, or unescaped when it has escapes.
+    key: FieldKey,
+    start: usize,
+    end: usize,
+    value: OnceLock<Result<Value, String>>,
+}
+
+#[derive(Debug)]
+enum FieldKey {
+    /// `data[start..end]`.
+    Raw(usize, usize),
+    Unescaped(String),
+}
+
+impl Field {
+    fn key<'a>(&'a self, data: &'a str) -> &'a str {
+        match &self.key {
+            FieldKey::Raw(start, end) => &data[*start..*end],
+            FieldKey::Unescaped(key) => key,
+        }
+    }
+}
+
+impl Fields {
+    /// Indexes the members of the JSON object `data`.
+    ///
+    /// `data` is a `RawValue`, so it is valid JSON (serde_json checked it when it read the
+    /// input): a plain scan finds each top-level key and where its value ends, without checking
+    /// or building anything, which in wasm takes a third of the time serde_json takes to skip
+    /// the same values. Anything the scan does not expect (data that is not an object) goes to
+    /// serde_json, which indexes it or says why it cannot.
+    fn index(data: &str) -> Result<Fields, serde_json::Error> {
+        match scan_object(data) {
+            Some(fields) => Ok(fields),
+            None => serde_json::from_str::<IndexedObject<'_>>(data)
+                .map(|object| Fields::from_members(data, object)),
+        }
+    }
+
+    fn from_members(data: &str, object: IndexedObject<'_>) -> Fields {
+        let base = data.as_ptr() as usize;
+        // Both slices borrow from `data`, so their offsets from its start are their ranges.
+        let range = |part: &str| {
+            let start = part.as_ptr() as usize - base;
+            (start, start + part.len())
+        };
+        let fields = object
+            .0
+            .into_iter()
+            .map(|(key, value)| {
+                let (start, end) = range(value.get());
+                let key = match key.0 {
+                    std::borrow::Cow::Borrowed(key) => {
+                        let (start, end) = range(key);
+                        FieldKey::Raw(start, end)
+                    }
+                    std::borrow::Cow::Owned(key) => FieldKey::Unescaped(key),
+                };
+                Field {
+                    key,
+                    start,
+                    end,
+                    value: OnceLock::new(),
+                }
+            })
+            .collect();
+        Fields(fields)
+    }
+}
+
+/// The members of the JSON object `data` (valid JSON), or `None` when it is not an object.
+fn scan_object(data: &str) -> Option<Fields> {
+    let bytes = data.as_bytes();
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    let mut fields = Vec::new();
+    loop {
+        at = skip_whitespace(bytes, at);
+        match bytes.get(at)? {
+            b'}' => return Some(Fields(fields)),
+            b',' => {
+                at += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = string_end(bytes, at)?;
+        let key = if bytes[at + 1..key_end].contains(&b'\\') {
+            // Rare: a key with escapes is unescaped by serde_json's `Value` reader, which
+            // every plugin has already.
+            match serde_json::from_str::<Value>(data.get(at..=key_end)?) {
+                Ok(Value::String(key)) => FieldKey::Unescaped(key),
+                _ => return None,
+            }
+        } else {
+            FieldKey::Raw(at + 1, key_end)
+        };
+        at = skip_whitespace(bytes, key_end + 1);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = skip_whitespace(bytes, at + 1);
+        let end = value_end(bytes, start)?;
+        fields.push(Field {
+            key,
+            start,
+            end,
+            value: OnceLock::new(),
+        });
+        at = end;
+    }
+}
+
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// The index of the quote that closes the string opening at `open`.
+fn string_end(bytes: &[u8], open: usize) -> Option<usize> {
+    let mut at = open + 1;
+    loop {
+        match bytes.get(at)? {
+            b'"' => return Some(at),
+            b'\\' => at += 2,
+            _ => at += 1,
+        }
+    }
+}
+
+/// The index just past the value starting at `start`.
+fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    match bytes.get(start)? {
+        b'"' => string_end(bytes, start).map(|end| end + 1),
+        b'{' | b'[' => {
+            let mut depth = 0_usize;
+            let mut at = start;
+            loop {
+                match bytes.get(at)? {
+                    b'"' => at = string_end(bytes, at)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        // A number, `true`, `false` or `null`: up to the next delimiter.
+        _ => {
+            let mut at = start;
+            while !matches!(
+                bytes.get(at),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                at += 1;
+            }
+            Some(at)
+        }
+    }
+}
+
+/// A JSON object's members with their values left as raw JSON.
+struct IndexedObject<'de>(Vec<(Key<'de>, &'de RawValue)>);
+
+impl<'de> Deserialize<'de> for IndexedObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = IndexedObject<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // The words serde_json uses for a map, so the message reads as it always did.
+                formatter.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(IndexedObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// An object key, borrowed from the JSON text unless it has escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(key)))
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
 fn value_as_decimal(name: &str, value: &Value) -> Result<Decimal, Error> {
     let parsed = match value {
         Value::Number(number) => match (number.as_i64(), number.as_u64(), number.as_f64()) {
@@ -253,17 +502,123 @@ fn wrong_type(name: &str, expected: &str, found: &Value) -> Error {
     ))
 }
 
-/// Deserializes JSON, naming the path of the first offending field in the error.
+/// Deserializes JSON, naming the path of the first offending field in the error, as
+/// `: why` at the top level or `.items[1].price: why` below it.
+///
+/// The path comes from where serde_json stopped (the line and column of its error), found by
+/// [`json_path_at`] in the text, rather than from tracking every step of the deserialization
+/// with serde_path_to_error: the same paths (a test checks them against it) without a second,
+/// wrapped copy of every `Deserialize` impl in the wasm (about 25 KB) or its cost when
+/// nothing fails. One difference: an error a `Deserialize` impl raises after its value was
+/// read (a `try_from` conversion, a check after `deserialize` returned) is placed by serde_json
+/// at the end of the enclosing object, so the path names that object rather than the field.
+/// The SDK's own types (`Decimal`, `Money`, `Timestamp`) check inside their visitors, so their
+/// errors name the field.
 fn from_json_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        if path == "." {
-            format!(": {}", error.inner())
+    serde_json::from_str(text).map_err(|error| {
+        let path = json_path_at(text, error_offset(text, &error));
+        if path.is_empty() {
+            format!(": {error}")
         } else {
-            format!(".{path}: {}", error.inner())
+            format!(".{path}: {error}")
         }
     })
+}
+
+/// The byte offset in `text` of serde_json's error position (1-based line, column in bytes
+/// from the start of that line); 0 when the error has no position.
+fn error_offset(text: &str, error: &serde_json::Error) -> usize {
+    let line_start = match error.line() {
+        0 => return 0,
+        1 => 0,
+        line => text
+            .match_indices('\n')
+            .nth(line - 2)
+            .map_or(text.len(), |(at, _)| at + 1),
+    };
+    (line_start + error.column()).min(text.len())
+}
+
+/// The path of the value being read at byte `offset` of the JSON `text`, in the form
+/// serde_path_to_error gives (`items[1].price`), empty at the top level.
+///
+/// serde_json reports an error right after what it was reading: after the value of a field
+/// with the wrong type (`items[1].price`), after the key of an unknown field (the key is
+/// named), after the `}` of an object that misses a field (the object is named). So the path
+/// is the chain of open objects and arrays at `offset`, each with its current key or index;
+/// an object whose next key has not been read yet adds nothing.
+fn json_path_at(text: &str, offset: usize) -> String {
+    enum Frame<'a> {
+        Object(Option<&'a str>),
+        Array(usize),
+    }
+    let bytes = text.as_bytes();
+    let mut frames: Vec<Frame<'_>> = Vec::new();
+    let mut expect_key = false;
+    let mut at = 0;
+    while at < offset.min(bytes.len()) {
+        match bytes[at] {
+            b'"' => {
+                let start = at;
+                at += 1;
+                while at < bytes.len() && bytes[at] != b'"' {
+                    at += if bytes[at] == b'\\' { 2 } else { 1 };
+                }
+                if expect_key {
+                    expect_key = false;
+                    if let Some(Frame::Object(key)) = frames.last_mut() {
+                        // Quotes are ASCII, so both ends are character boundaries.
+                        *key = text.get(start + 1..at.min(bytes.len()));
+                    }
+                }
+            }
+            b'{' => {
+                frames.push(Frame::Object(None));
+                expect_key = true;
+            }
+            b'[' => frames.push(Frame::Array(0)),
+            b'}' | b']' => {
+                frames.pop();
+            }
+            b',' => match frames.last_mut() {
+                Some(Frame::Object(key)) => {
+                    *key = None;
+                    expect_key = true;
+                }
+                Some(Frame::Array(index)) => *index += 1,
+                None => {}
+            },
+            _ => {}
+        }
+        at += 1;
+    }
+    let mut path = String::new();
+    for frame in &frames {
+        match frame {
+            Frame::Object(None) => {}
+            Frame::Object(Some(key)) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                if key.contains('\\') {
+                    // A key with escapes is shown unescaped, as serde reads it; read as a
+                    // `Value`, whose parser every plugin has already.
+                    match serde_json::from_str::<Value>(&format!("\"{key}\"")) {
+                        Ok(Value::String(key)) => path.push_str(&key),
+                        _ => path.push_str(key),
+                    }
+                } else {
+                    path.push_str(key);
+                }
+            }
+            Frame::Array(index) => {
+                path.push('[');
+                path.push_str(&index.to_string());
+                path.push(']');
+            }
+        }
+    }
+    path
 }
 
 /// A customer as the host knows them when a plugin runs.
@@ -701,6 +1056,11 @@ impl<'de> Deserialize<'de> for Output {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
 mod tests {
     use serde_json::json;
 
@@ -834,6 +1194,153 @@ mod tests {
             "event data.nope is missing"
         );
         assert_eq!(event.decimal_opt("nope").expect("absent is fine"), None);
+    }
+
+    /// The path serde_path_to_error (still a dependency, as the reference) gives.
+    fn reference_path<T: DeserializeOwned>(text: &str) -> String {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+            Ok(_) => panic!("{text} should not deserialize"),
+            Err(error) => error.path().to_string(),
+        }
+    }
+
+    fn our_path<T: DeserializeOwned + std::fmt::Debug>(text: &str) -> String {
+        let why = from_json_str::<T>(text).expect_err("a bad document");
+        let path = why
+            .strip_prefix('.')
+            .and_then(|rest| rest.split_once(": "))
+            .map_or(".", |(path, _)| path);
+        path.to_owned()
+    }
+
+    #[test]
+    fn error_paths_match_serde_path_to_error() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code, reason = "only the errors are tested")]
+        struct Line {
+            price: Money,
+            #[serde(default)]
+            tags: Vec<String>,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code, reason = "only the errors are tested")]
+        struct Doc {
+            id: String,
+            #[serde(default)]
+            lines: Vec<Line>,
+            #[serde(default)]
+            nested: Option<Box<Doc>>,
+            #[serde(default)]
+            matrix: Vec<Vec<u8>>,
+        }
+        let cases = [
+            r#"{"id": 7}"#,
+            r#"{"id": "a", "lines": [{"price": "1"}, {"price": "oops"}]}"#,
+            r#"{"id": "a", "lines": [{"price": "1", "tags": ["x", 3]}]}"#,
+            r#"{"id": "a", "lines": [{"price": "1"}, {}]}"#,
+            r#"{"id": "a", "lines": [{"price": "1", "colour": "red"}]}"#,
+            r#"{"id": "a", "extra": true}"#,
+            r#"{"lines": []}"#,
+            r#"{"id": "a", "nested": {"id": "b", "nested": {"id": false}}}"#,
+            r#"{"id": "a", "matrix": [[1, 2], [3, 300]]}"#,
+            r#"{"id": "a", "lines": {"price": "1"}}"#,
+            r#"{"id": "a", "lines": [{"price": "1"}, "x"]}"#,
+            "{\n  \"id\": \"a\",\n  \"lines\": [\n    {\"price\": \"1.999\"}\n  ]\n}",
+            r#"{"i\"d": "a", "id": "b", "lines": [{"price": [1]}]}"#,
+            r#"[1, 2]"#,
+            r#""text""#,
+        ];
+        for text in cases {
+            assert_eq!(
+                our_path::<Doc>(text),
+                reference_path::<Doc>(text),
+                "the path of the error in {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_type_error_at_the_top_has_no_path() {
+        let why = from_json_str::<Points>(r#""x""#).expect_err("not an object");
+        assert!(why.starts_with(": invalid type: string"), "{why}");
+    }
+
+    #[test]
+    fn the_scan_indexes_as_serde_json_does() {
+        let documents = [
+            r#"{}"#,
+            r#"{"a":1}"#,
+            " {\n  \"a\" : [1, {\"b\": \"}]\\\"\"}],\n  \"c\":-1.5e3 , \"d\":true,\"e\":null,\"f\":false }\n",
+            r#"{"k\u00e9y": "v", "q\"": {"x": [[], {}]}, "": ""}"#,
+            r#"{"total": "474.50", "items": [{"price": "29.90", "name": "a \"b\" c"}]}"#,
+        ];
+        for data in documents {
+            let scanned = scan_object(data).expect("an object");
+            let read = Fields::from_members(
+                data,
+                serde_json::from_str::<IndexedObject<'_>>(data).expect("an object"),
+            );
+            let describe = |fields: &Fields| {
+                fields
+                    .0
+                    .iter()
+                    .map(|field| {
+                        (
+                            field.key(data).to_owned(),
+                            data[field.start..field.end].to_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(describe(&scanned), describe(&read), "{data}");
+        }
+        for not_an_object in ["[1]", "1", "\"x\"", "null"] {
+            assert!(scan_object(not_an_object).is_none());
+        }
+    }
+
+    #[test]
+    fn fields_are_read_one_by_one() {
+        let event = Event::new(
+            "e1",
+            "checkout",
+            "c1",
+            Timestamp::from_unix_seconds(0),
+            &json!({"total": "200", "items": [{"price": 1}], "note": null, "a\"b": 1}),
+        )
+        .expect("valid");
+        assert_eq!(event.field("total").expect("indexed"), Some(&json!("200")));
+        assert_eq!(
+            event.field("items").expect("indexed"),
+            Some(&json!([{"price": 1}]))
+        );
+        assert_eq!(
+            event.field("note").expect("indexed"),
+            None,
+            "null is absent"
+        );
+        assert_eq!(event.field("nope").expect("indexed"), None);
+        assert_eq!(event.field("a\"b").expect("indexed"), Some(&json!(1)));
+
+        let repeated: Box<RawValue> =
+            RawValue::from_string(r#"{"total": 1, "total": 2}"#.to_owned()).expect("JSON");
+        let mut event = event.clone();
+        event.data = repeated;
+        assert_eq!(
+            event.field("total").expect("indexed"),
+            Some(&json!(2)),
+            "the last of a repeated key wins, as in a map"
+        );
+
+        let mut list = event.clone();
+        list.data = RawValue::from_string("[1]".to_owned()).expect("JSON");
+        assert_eq!(
+            list.field("total").expect_err("not an object").message(),
+            "event data is not a JSON object: invalid type: sequence, expected a map at line 1 column 0"
+        );
     }
 
     #[test]

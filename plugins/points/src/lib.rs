@@ -161,8 +161,9 @@ impl State {
     }
 }
 
+/// The rule; public so that the host's benchmark can run it natively beside the wasm build.
 #[plugin]
-fn rule(input: &Input) -> Result<Decision, Error> {
+pub fn rule(input: &Input) -> Result<Decision, Error> {
     let action = input.event.action.as_str();
     if !matches!(
         action,
