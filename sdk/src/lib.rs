@@ -222,17 +222,31 @@ pub mod __private {
         let read = std::str::from_utf8(input)
             .map_err(|why| why.to_string())
             .and_then(|text| serde_json::from_str::<Input>(text).map_err(|why| why.to_string()));
-        let output = match read {
-            Ok(input) => rule(&input).into_output(),
-            Err(why) => Output::Error(format!("the plugin could not read its input: {why}")),
+        let (input, output) = match read {
+            Ok(input) => {
+                let output = rule(&input).into_output();
+                (Some(input), output)
+            }
+            Err(why) => (
+                None,
+                Output::Error(format!("the plugin could not read its input: {why}")),
+            ),
         };
-        serde_json::to_vec(&output).unwrap_or_else(|why| {
+        let json = serde_json::to_vec(&output).unwrap_or_else(|why| {
             // Only a map with non-string keys fails to serialize; say so rather than trap.
             let message = serde_json::Value::String(format!(
                 "the plugin's decision could not be written: {why}"
             ));
             format!("{{\"error\":{message}}}").into_bytes()
-        })
+        });
+        // In wasm the instance is thrown away after this call and the bump allocator frees
+        // nothing: dropping the input and the decision (the state's maps, every string) would
+        // be work for nothing (measured: 6% of an evaluation).
+        #[cfg(target_arch = "wasm32")]
+        std::mem::forget((input, output));
+        #[cfg(not(target_arch = "wasm32"))]
+        drop((input, output));
+        json
     }
 
     #[cfg(target_arch = "wasm32")]
