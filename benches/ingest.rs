@@ -19,6 +19,11 @@
 //!    one batch is one event per connection, so that is the batch size it commits at under load.
 //!    This is the ceiling of durable storage on this machine.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a benchmark stops loudly when its set-up fails"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
