@@ -433,15 +433,20 @@ fn value_as_decimal(name: &str, value: &Value) -> Result<Decimal, Error> {
     parsed.map_err(|why| Error::new(format!("event data.{name}: {why}")))
 }
 
-fn wrong_type(name: &str, expected: &str, found: &Value) -> Error {
-    let kind = match found {
+/// What kind of JSON value this is, for messages: `"a string"`, `"an array"`, `"null"`, ...
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    };
+    }
+}
+
+fn wrong_type(name: &str, expected: &str, found: &Value) -> Error {
+    let kind = kind_of(found);
     Error::new(format!(
         "event data.{name}: expected {expected}, found {kind}"
     ))

@@ -225,7 +225,7 @@ pub(crate) fn compile(value: &Value, builtin: bool) -> Result<EventType, SchemaE
             "",
             format!(
                 "an event type must be a JSON object with \"id\" and \"jsonSchema\", not {}",
-                json_kind(value)
+                tally_sdk::wire::kind_of(value)
             ),
         ));
     };
@@ -241,7 +241,7 @@ pub(crate) fn compile(value: &Value, builtin: bool) -> Result<EventType, SchemaE
                 "/jsonSchema",
                 format!(
                     "\"jsonSchema\" must be a JSON Schema object, not {}",
-                    json_kind(other)
+                    tally_sdk::wire::kind_of(other)
                 ),
             ));
         }
@@ -290,7 +290,10 @@ fn check_id(id: Option<&Value>) -> Result<String, SchemaError> {
         Some(other) => {
             return Err(SchemaError::event_type(
                 "/id",
-                format!("\"id\" must be a string, not {}", json_kind(other)),
+                format!(
+                    "\"id\" must be a string, not {}",
+                    tally_sdk::wire::kind_of(other)
+                ),
             ));
         }
         None => {
@@ -321,7 +324,10 @@ fn check_display_name(path: &str, value: &Value) -> Result<String, SchemaError> 
         )),
         other => Err(SchemaError::event_type(
             path,
-            format!("\"displayName\" must be a string, not {}", json_kind(other)),
+            format!(
+                "\"displayName\" must be a string, not {}",
+                tally_sdk::wire::kind_of(other)
+            ),
         )),
     }
 }
@@ -333,7 +339,10 @@ fn check_draft(schema: &Map<String, Value>) -> Result<(), SchemaError> {
     let Some(uri) = declared.as_str() else {
         return Err(SchemaError::InvalidSchema {
             path: "/jsonSchema/$schema".to_owned(),
-            message: format!("\"$schema\" must be a string, not {}", json_kind(declared)),
+            message: format!(
+                "\"$schema\" must be a string, not {}",
+                tally_sdk::wire::kind_of(declared)
+            ),
         });
     };
     let trimmed = uri.trim_end_matches('#');
@@ -502,8 +511,10 @@ fn message_of(error: &ValidationError<'_>) -> String {
                     .join(" or "),
             };
             let got = match &**instance {
-                Value::Object(_) | Value::Array(_) | Value::Null => json_kind(instance).to_owned(),
-                other => format!("{} ({})", short(other), json_kind(other)),
+                Value::Object(_) | Value::Array(_) | Value::Null => {
+                    tally_sdk::wire::kind_of(instance).to_owned()
+                }
+                other => format!("{} ({})", short(other), tally_sdk::wire::kind_of(other)),
             };
             return format!("expected {expected}, got {got}");
         }
@@ -537,17 +548,6 @@ fn truncate(mut text: String) -> String {
         text.push('…');
     }
     text
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

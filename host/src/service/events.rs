@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value};
 use tally_sdk::Timestamp;
+pub use tally_sdk::wire::kind_of;
 
 use super::ServiceError;
 use crate::auth;
@@ -213,16 +214,4 @@ pub fn now() -> Timestamp {
             i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
         });
     Timestamp::from_unix_seconds(seconds)
-}
-
-/// "a string", "an array", ... for messages.
-pub fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
