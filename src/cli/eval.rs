@@ -15,13 +15,13 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tally_host::pipeline::{PluginCall, run_plugins};
 use tally_host::runtime::{Limits, Runtime};
+use tally_host::service::now;
 use tally_sdk::{Customer, Event, Timestamp};
 
 /// Options of `tally eval`.
@@ -224,14 +224,6 @@ fn plugin_name(path: &Path) -> String {
     path.file_stem()
         .map(|stem| stem.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".to_owned())
-}
-
-fn now() -> Timestamp {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0);
-    Timestamp::from_unix_seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
 }
 
 /// An id for an event sent without one: stable for the same event at the same second.
