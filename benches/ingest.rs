@@ -73,6 +73,51 @@ struct Figures {
     p99: Duration,
 }
 
+/// CPU time the host's threads spent, by thread name, in nanoseconds. Throughput on a shared
+/// machine is noisy; CPU time per event is what a change to the host actually moves.
+fn host_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        // schedstat: time on CPU (ns), time waiting to run (ns), timeslices.
+        let on_cpu = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *by_name.entry(name.trim().to_owned()).or_insert(0) += on_cpu;
+    }
+    by_name
+}
+
+/// The host's CPU time per event between two `host_cpu` readings, by thread name.
+fn cpu_per_event(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    events: usize,
+) -> String {
+    let mut parts = Vec::new();
+    let mut total = 0;
+    for (name, spent) in after {
+        let spent = spent.saturating_sub(before.get(name).copied().unwrap_or(0));
+        total += spent;
+        if spent > 0 {
+            parts.push(format!(
+                "{name} {:.0}",
+                spent as f64 / events as f64 / 1000.0
+            ));
+        }
+    }
+    format!(
+        "host CPU per event (µs): total {:.0} = {}",
+        total as f64 / events as f64 / 1000.0,
+        parts.join(", ")
+    )
+}
+
 fn checkout(sequence: usize, customers: usize) -> Value {
     let transaction = format!("T-{sequence:08}");
     let items: Vec<Value> = (0..4)
@@ -268,8 +313,14 @@ async fn run_tally(
     }
     let url = format!("{base}/v1/events");
     load(url.clone(), Some(key.clone()), warmup, options.connections).await;
+    let pid = host.child.id();
+    let before = host_cpu(pid);
     let (elapsed, latencies, failures) = load(url, Some(key), bodies, options.connections).await;
     assert_eq!(failures, 0, "every event is accepted");
+    println!(
+        "{}",
+        cpu_per_event(&before, &host_cpu(pid), latencies.len())
+    );
     figures(
         "tally: POST /v1/events, 3 plugins, durable",
         elapsed,

@@ -161,6 +161,15 @@ pub struct Service {
     schemas: SchemaCache,
     writer: Writer,
     config: Config,
+    /// The admin key's hash; it is set when the host opens and not changed while it runs.
+    admin_key_hash: [u8; 32],
+    /// Tenants by the hash of a key that authenticated, so that a request does not read the
+    /// store to learn whose key it carries. Emptied whenever a tenant or a key changes; keys
+    /// that match nobody are not kept, so bad keys cannot grow it.
+    principals: RwLock<HashMap<[u8; 32], TenantRecord>>,
+    /// Each tenant's event-type documents, so that checking an event does not read them all
+    /// from the store. Dropped for a tenant when one of its types changes.
+    type_documents: RwLock<HashMap<String, Arc<Vec<Value>>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -195,22 +204,24 @@ impl Service {
             config.max_batch,
         )
         .map_err(|error| ServiceError::internal(format!("cannot start the writer: {error}")))?;
-        let generated_admin_key = match &config.admin_key {
-            Some(key) => {
-                let hash = auth::hash_key(key);
-                if store.admin_key_hash()? != Some(hash) {
-                    store.set_admin_key_hash(hash)?;
+        let (admin_key_hash, generated_admin_key) =
+            match (&config.admin_key, store.admin_key_hash()?) {
+                (Some(key), stored) => {
+                    let hash = auth::hash_key(key);
+                    if stored != Some(hash) {
+                        store.set_admin_key_hash(hash)?;
+                    }
+                    (hash, None)
                 }
-                None
-            }
-            None if store.admin_key_hash()?.is_none() => {
-                let key = auth::new_admin_key()
-                    .map_err(|error| ServiceError::internal(error.to_string()))?;
-                store.set_admin_key_hash(auth::hash_key(&key))?;
-                Some(key)
-            }
-            None => None,
-        };
+                (None, Some(stored)) => (stored, None),
+                (None, None) => {
+                    let key = auth::new_admin_key()
+                        .map_err(|error| ServiceError::internal(error.to_string()))?;
+                    let hash = auth::hash_key(&key);
+                    store.set_admin_key_hash(hash)?;
+                    (hash, Some(key))
+                }
+            };
         Ok(Opened {
             service: Service {
                 store,
@@ -218,6 +229,9 @@ impl Service {
                 schemas: SchemaCache::new(),
                 writer,
                 config,
+                admin_key_hash,
+                principals: RwLock::new(HashMap::new()),
+                type_documents: RwLock::new(HashMap::new()),
             },
             generated_admin_key,
         })
@@ -233,15 +247,35 @@ impl Service {
         self.writer.shutdown();
     }
 
+    /// Whose key this is, when that is known without reading the store: the admin key, or
+    /// a tenant key seen before. `None` means "ask [`Service::authenticate`]".
+    pub fn known_principal(&self, key: &str) -> Option<Principal> {
+        let hash = auth::hash_key(key);
+        if auth::hashes_equal(&self.admin_key_hash, &hash) {
+            return Some(Principal::Admin);
+        }
+        read_lock(&self.principals)
+            .get(&hash)
+            .cloned()
+            .map(Principal::Tenant)
+    }
+
     /// Whose key this is; `None` for a key that is nobody's.
     pub fn authenticate(&self, key: &str) -> Result<Option<Principal>, ServiceError> {
-        let hash = auth::hash_key(key);
-        if let Some(admin) = self.store.admin_key_hash()?
-            && auth::hashes_equal(&admin, &hash)
-        {
-            return Ok(Some(Principal::Admin));
+        if let Some(known) = self.known_principal(key) {
+            return Ok(Some(known));
         }
-        Ok(self.store.tenant_by_key_hash(hash)?.map(Principal::Tenant))
+        let hash = auth::hash_key(key);
+        let tenant = self.store.tenant_by_key_hash(hash)?;
+        if let Some(tenant) = &tenant {
+            write_lock(&self.principals).insert(hash, tenant.clone());
+        }
+        Ok(tenant.map(Principal::Tenant))
+    }
+
+    /// Forgets every key seen: a tenant or a key changed.
+    fn forget_principals(&self) {
+        write_lock(&self.principals).clear();
     }
 
     // Tenants.
@@ -294,6 +328,7 @@ impl Service {
             record.allow_untyped_events = allow;
         }
         self.store.update_tenant(&record)?;
+        self.forget_principals();
         Ok(record)
     }
 
@@ -302,6 +337,7 @@ impl Service {
         let key = new_tenant_key()?;
         self.store
             .set_tenant_key_hash(tenant, auth::hash_key(&key))?;
+        self.forget_principals();
         Ok(key)
     }
 
@@ -325,6 +361,7 @@ impl Service {
             created_at: now().to_string(),
         };
         self.store.put_event_type(tenant, &record)?;
+        write_lock(&self.type_documents).remove(tenant);
         let compiled = self.schemas.get_or_compile(tenant, &record.document)?;
         Ok((compiled, created))
     }
@@ -346,13 +383,32 @@ impl Service {
         Ok(self.schemas.get_or_compile(tenant, &record.document)?)
     }
 
+    fn cached_types(&self, tenant: &TenantRecord) -> Option<EventTypes> {
+        let documents = read_lock(&self.type_documents).get(&tenant.id).cloned()?;
+        Some(EventTypes::new(
+            &self.schemas,
+            tenant.id.clone(),
+            documents,
+            tenant.allow_untyped_events,
+        ))
+    }
+
     fn types_of(&self, tenant: &TenantRecord) -> Result<EventTypes, ServiceError> {
-        let documents = self
-            .store
-            .event_types(&tenant.id)?
-            .into_iter()
-            .map(|record| record.document)
-            .collect();
+        let cached = read_lock(&self.type_documents).get(&tenant.id).cloned();
+        let documents = match cached {
+            Some(documents) => documents,
+            None => {
+                let documents: Arc<Vec<Value>> = Arc::new(
+                    self.store
+                        .event_types(&tenant.id)?
+                        .into_iter()
+                        .map(|record| record.document)
+                        .collect(),
+                );
+                write_lock(&self.type_documents).insert(tenant.id.clone(), documents.clone());
+                documents
+            }
+        };
         Ok(EventTypes::new(
             &self.schemas,
             tenant.id.clone(),
@@ -524,6 +580,21 @@ impl Service {
 
     // Events.
 
+    /// Checks a posted event as [`Service::prepare_event`] does when that needs nothing from
+    /// the store (the tenant's event types were read before, and are unchanged); otherwise
+    /// gives the event back, to be checked off the async runtime.
+    pub fn prepare_event_now(
+        &self,
+        tenant: &TenantRecord,
+        input: Value,
+        origin: &Origin,
+    ) -> Result<Result<NewEvent, ServiceError>, Value> {
+        match self.cached_types(tenant) {
+            Some(types) => Ok(events::read_event(&tenant.id, &types, input, origin, now())),
+            None => Err(input),
+        }
+    }
+
     /// Checks a posted event (envelope, action, data) for the writer.
     pub fn prepare_event(
         &self,
@@ -684,15 +755,21 @@ impl std::fmt::Debug for PluginCache {
     }
 }
 
+/// A cache's lock for reading. A panic while a cache was locked leaves nothing half-done
+/// (entries are inserted or removed whole), so a poisoned lock is used as it is.
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A cache's lock for writing; see [`read_lock`].
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl PluginCache {
     fn get(&self, tenant: &str, name: &str, version: u32) -> Result<Plugin, String> {
         let key = (tenant.to_owned(), name.to_owned(), version);
-        if let Some(plugin) = self
-            .loaded
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
+        if let Some(plugin) = read_lock(&self.loaded).get(&key) {
             return Ok(plugin.clone());
         }
         let wasm = self
@@ -709,10 +786,7 @@ impl PluginCache {
     }
 
     fn insert(&self, tenant: &str, name: &str, version: u32, plugin: Plugin) {
-        self.loaded
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((tenant.to_owned(), name.to_owned(), version), plugin);
+        write_lock(&self.loaded).insert((tenant.to_owned(), name.to_owned(), version), plugin);
     }
 }
 

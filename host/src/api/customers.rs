@@ -8,6 +8,7 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,7 +19,7 @@ use super::error::ApiError;
 use super::extract::{QueryParams, Tenant, blocking};
 use super::views;
 use crate::service::ErrorKind;
-use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery};
+use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery, StoredEvent};
 
 /// The most items one page may ask for.
 pub const MAX_PAGE_LIMIT: usize = 500;
@@ -36,9 +37,9 @@ async fn profile(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let customer = blocking(&state, move |service| service.customer(&tenant.id, &id)).await?;
-    Ok(axum::Json(views::customer(&customer)))
+    Ok(axum::Json(views::customer(&customer)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,7 +116,7 @@ async fn events(
         service.customer_events(&tenant.id, &id, &event_query)
     })
     .await?;
-    let items: Vec<Value> = page.items.iter().map(views::event).collect();
+    let items: Vec<&StoredEvent> = page.items.iter().map(views::event).collect();
     Ok(axum::Json(
         json!({"items": items, "next_cursor": page.next_cursor}),
     ))

@@ -38,10 +38,17 @@ async fn post_event(
     RequestOrigin(origin): RequestOrigin,
     super::extract::EventBody(input): super::extract::EventBody,
 ) -> Result<Response, ApiError> {
-    let event = blocking(&state, move |service| {
-        service.prepare_event(&tenant, input, &origin)
-    })
-    .await?;
+    // Checking an event is quick computation once the tenant's types are cached; only the
+    // first event after a type changed reads them from the store, off the async runtime.
+    let event = match state.service.prepare_event_now(&tenant, input, &origin) {
+        Ok(checked) => checked?,
+        Err(input) => {
+            blocking(&state, move |service| {
+                service.prepare_event(&tenant, input, &origin)
+            })
+            .await?
+        }
+    };
     let ingested = state.service.ingest(event).await?;
     let status = if ingested.replayed {
         StatusCode::OK
@@ -146,7 +153,9 @@ async fn ingest_all(
         .iter()
         .map(|answer| match answer {
             Ok(ingested) => {
-                let mut body = views::ingested(ingested);
+                // A view always serializes: it is made of JSON values and plain fields.
+                let mut body = serde_json::to_value(views::ingested(ingested))
+                    .unwrap_or_else(|_| json!({"event": {"id": ingested.event.id}}));
                 let status = if ingested.replayed {
                     replayed += 1;
                     StatusCode::OK

@@ -3,20 +3,31 @@
 //! Request handlers validate an event, then hand it to the writer through a bounded queue
 //! with a oneshot for the answer. The writer runs on its own OS thread (redb writes and wasm
 //! evaluation block): it takes the first waiting event, drains everything else waiting up to
-//! a maximum batch, and runs one [`Store::write_batch`] for all of them. Inside it, in arrival
-//! order, each event is checked for a repeated id (idempotent replay), evaluated by the
-//! tenant's plugins on the customer as the batch has left them so far, and appended with its
-//! ledger entries, customer, plugin states and triggers. Only after the batch commits
-//! (durably) is any request answered, so a success means the event is on disk; a failed
-//! commit answers every event of the batch with an error, and nothing of it was stored.
+//! a maximum batch, and runs one [`Store::write_batch`] for all of them. Inside it:
 //!
-//! One writer applying events in queue order is what gives "events of one customer in
-//! arrival order, no lost updates" without locks: no two evaluations of a customer overlap.
+//! 1. reads, in arrival order: each id is checked for a replay (stored before, or earlier in
+//!    the batch), and each customer's new events become a *chain* that starts from the
+//!    customer and plugin states as stored;
+//! 2. evaluation: each chain's events run through the tenant's plugins one after another,
+//!    each on the customer the previous one left; chains of different customers share
+//!    nothing, so they run in parallel on every core (the writer's thread included);
+//! 3. writes, in arrival order: each event with its ledger entries, customer, plugin states
+//!    and triggers, through [`BatchTxn::append`], which checks each against what is stored.
+//!
+//! Only after the batch commits (durably) is any request answered, so a success means the
+//! event is on disk; a failed commit answers every event of the batch with an error, and
+//! nothing of it was stored.
+//!
+//! One writer, and one chain per customer within a batch, is what gives "events of one
+//! customer in arrival order, no lost updates" without locks: no two evaluations of a
+//! customer overlap, and a batch starts from everything the previous one committed.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tally_sdk::{Customer, Event, Timestamp};
@@ -138,11 +149,11 @@ struct Job {
     reply: Reply,
 }
 
-/// The handle to the writer thread: submit events, and shut it down.
+/// The handle to the writer: submit events, and shut it down.
 #[derive(Debug)]
 pub struct Writer {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -154,8 +165,8 @@ impl std::fmt::Debug for Job {
 }
 
 impl Writer {
-    /// Starts the writer thread with a queue of `capacity` events and batches of at most
-    /// `max_batch`.
+    /// Starts the writer's two threads with a queue of `capacity` events and batches of at
+    /// most `max_batch`.
     pub fn start(
         store: Arc<dyn Store>,
         plugins: Arc<dyn PluginSource>,
@@ -163,12 +174,32 @@ impl Writer {
         max_batch: usize,
     ) -> std::io::Result<Writer> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        let thread = std::thread::Builder::new()
+        // Evaluated batches wait here while a commit runs, and the next commit takes them all.
+        // Bounded, so that events taken off the queue cannot pile up without limit.
+        let (evaluated_sender, evaluated_receiver) =
+            std::sync::mpsc::sync_channel(MAX_BATCHES_WAITING);
+        let progress = Arc::new(Progress::default());
+        let evaluator = {
+            let (store, progress) = (store.clone(), progress.clone());
+            std::thread::Builder::new()
+                .name("tally-evaluator".to_owned())
+                .spawn(move || {
+                    run_evaluator(
+                        receiver,
+                        store.as_ref(),
+                        plugins.as_ref(),
+                        max_batch.max(1),
+                        &evaluated_sender,
+                        &progress,
+                    );
+                })?
+        };
+        let committer = std::thread::Builder::new()
             .name("tally-writer".to_owned())
-            .spawn(move || run(receiver, store.as_ref(), plugins.as_ref(), max_batch.max(1)))?;
+            .spawn(move || run_committer(&evaluated_receiver, store.as_ref(), &progress))?;
         Ok(Writer {
             sender: Mutex::new(Some(sender)),
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(vec![evaluator, committer]),
         })
     }
 
@@ -196,22 +227,20 @@ impl Writer {
     /// Stops taking events, lets the writer commit and answer everything queued, and waits
     /// for it to finish. Call it after the server stopped accepting requests.
     pub fn shutdown(&self) {
-        // Dropping the last sender ends the writer's loop once the queue is empty.
+        // Dropping the last sender ends the evaluator's loop once the queue is empty, which
+        // ends the committer's once it has committed what the evaluator handed it.
         drop(
             self.sender
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("the writer thread panicked");
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a writer thread panicked");
+            }
         }
     }
 }
@@ -222,35 +251,410 @@ impl Drop for Writer {
     }
 }
 
-fn run(
+/// How many evaluated batches may wait for the committer.
+const MAX_BATCHES_WAITING: usize = 16;
+
+/// How far the committer has got, shared by the writer's two threads.
+///
+/// Batches are numbered from 1 in the order the evaluator hands them over, and the committer
+/// takes them in that order. `generation` grows each time a batch fails to commit: every
+/// batch evaluated before the evaluator learned of it was built on state that is not on
+/// disk, and the committer refuses it.
+#[derive(Debug, Default)]
+struct Progress {
+    state: Mutex<ProgressState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ProgressState {
+    /// The last batch the committer finished, committed or failed.
+    finished: u64,
+    generation: u64,
+}
+
+impl Progress {
+    fn now(&self) -> ProgressState {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn finished(&self, batch: u64, failed: bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.finished = batch;
+        if failed {
+            state.generation += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `batch` is finished.
+    fn wait_for(&self, batch: u64) -> ProgressState {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.finished < batch {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *state
+    }
+}
+
+/// What the evaluator has handed the committer and the committer has not finished: the
+/// customers, plugin states and event ids of those batches, by the last batch that wrote
+/// them. Reads look here before the store, so a batch is evaluated on everything before it
+/// even while the previous batch is still committing.
+#[derive(Debug, Default)]
+struct Overlay {
+    customers: HashMap<(String, String), (CustomerRecord, u64)>,
+    states: HashMap<(String, String, String), (Option<Value>, u64)>,
+    ids: HashMap<(String, String), u64>,
+}
+
+impl Overlay {
+    /// Drops what batches up to `finished` wrote: it is in the store now.
+    fn forget_up_to(&mut self, finished: u64) {
+        self.customers.retain(|_, (_, batch)| *batch > finished);
+        self.states.retain(|_, (_, batch)| *batch > finished);
+        self.ids.retain(|_, batch| *batch > finished);
+    }
+
+    fn clear(&mut self) {
+        self.customers.clear();
+        self.states.clear();
+        self.ids.clear();
+    }
+
+    /// Records what an evaluated batch will write.
+    fn record(&mut self, batch: u64, jobs: &[Job], evaluated: &[Option<Evaluation>]) {
+        for (job, evaluation) in jobs.iter().zip(evaluated) {
+            let Some(Ok(append)) = evaluation else {
+                continue;
+            };
+            let (tenant, customer) = (&append.tenant, &append.customer.customer.id);
+            self.ids
+                .insert((tenant.clone(), job.event.id.clone()), batch);
+            self.customers.insert(
+                (tenant.clone(), customer.clone()),
+                (append.customer.clone(), batch),
+            );
+            for (plugin, state) in &append.plugin_states {
+                self.states.insert(
+                    (tenant.clone(), plugin.clone(), customer.clone()),
+                    (state.clone(), batch),
+                );
+            }
+        }
+    }
+}
+
+/// The evaluator's reads: the overlay first, then what the store has committed.
+struct Reader<'a> {
+    store: &'a dyn Store,
+    overlay: &'a Overlay,
+}
+
+impl Reader<'_> {
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
+        match self
+            .overlay
+            .customers
+            .get(&(tenant.to_owned(), id.to_owned()))
+        {
+            Some((customer, _)) => Ok(Some(customer.clone())),
+            None => self.store.customer(tenant, id),
+        }
+    }
+
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let key = (tenant.to_owned(), plugin.to_owned(), customer.to_owned());
+        match self.overlay.states.get(&key) {
+            Some((state, _)) => Ok(state.clone()),
+            None => self.store.plugin_state(tenant, plugin, customer),
+        }
+    }
+}
+
+/// A batch on its way from the evaluator to the committer.
+struct EvaluatedBatch {
+    number: u64,
+    /// The generation the evaluator built it on.
+    generation: u64,
+    jobs: Vec<Job>,
+    /// Why the whole batch failed before it was evaluated (a read failed).
+    failed: Option<StoreError>,
+    plans: Vec<Plan>,
+    evaluated: Vec<Option<Evaluation>>,
+    timings: Timings,
+}
+
+/// Takes batches off the queue, reads what they start from and evaluates them, and hands
+/// them to the committer in order.
+fn run_evaluator(
     mut receiver: mpsc::Receiver<Job>,
     store: &dyn Store,
     plugins: &dyn PluginSource,
     max_batch: usize,
+    committer: &std::sync::mpsc::SyncSender<EvaluatedBatch>,
+    progress: &Progress,
 ) {
-    let mut batch = Vec::with_capacity(max_batch);
+    let mut overlay = Overlay::default();
+    let mut generation = progress.now().generation;
+    let mut number = 0;
     // `blocking_recv` answers `None` once every sender is dropped and the queue is empty.
     while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
+        let mut jobs = Vec::with_capacity(max_batch);
+        jobs.push(first);
+        while jobs.len() < max_batch {
             match receiver.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        let jobs = std::mem::take(&mut batch);
+        number += 1;
+        let now = progress.now();
+        if now.generation == generation {
+            overlay.forget_up_to(now.finished);
+        } else {
+            // A batch failed to commit: what the overlay holds may never reach the store.
+            overlay.clear();
+            generation = now.generation;
+        }
         let count = jobs.len();
         // A bug in one batch must not stop the writer: its requests get an error (their reply
         // senders are dropped) and the next batch runs.
-        let outcome = catch_unwind(AssertUnwindSafe(|| commit_batch(store, plugins, jobs)));
-        if outcome.is_err() {
-            tracing::error!(
-                count,
-                "the writer panicked on a batch; its events were not stored"
-            );
+        let evaluated = catch_unwind(AssertUnwindSafe(|| {
+            evaluate_batch(
+                store,
+                plugins,
+                progress,
+                &mut overlay,
+                number,
+                generation,
+                jobs,
+            )
+        }));
+        match evaluated {
+            Ok(batch) => {
+                if committer.send(batch).is_err() {
+                    tracing::error!("the committer has stopped; the writer stops");
+                    return;
+                }
+            }
+            Err(_) => {
+                tracing::error!(
+                    count,
+                    "the writer panicked on a batch; its events were not stored"
+                );
+                // The overlay may hold part of the batch.
+                overlay.clear();
+                // The committer still gets the number, so that batch numbers stay contiguous.
+                let empty = EvaluatedBatch {
+                    number,
+                    generation,
+                    jobs: Vec::new(),
+                    failed: None,
+                    plans: Vec::new(),
+                    evaluated: Vec::new(),
+                    timings: Timings::default(),
+                };
+                if committer.send(empty).is_err() {
+                    return;
+                }
+            }
         }
     }
-    tracing::debug!("the writer has committed everything queued and stops");
+    tracing::debug!("the evaluator has handed over everything queued and stops");
+}
+
+/// Reads and evaluates one batch, and records what it will write in the overlay.
+fn evaluate_batch(
+    store: &dyn Store,
+    plugins: &dyn PluginSource,
+    progress: &Progress,
+    overlay: &mut Overlay,
+    number: u64,
+    generation: u64,
+    jobs: Vec<Job>,
+) -> EvaluatedBatch {
+    let started = Instant::now();
+    // Plugins are looked up (and compiled, on a cold cache) per batch: settings changed from
+    // here on apply to the next batch.
+    let mut by_tenant: HashMap<String, Result<Vec<ActivePlugin>, StoreError>> = HashMap::new();
+    for job in &jobs {
+        if !by_tenant.contains_key(&job.event.tenant) {
+            let tenant = job.event.tenant.clone();
+            let loaded = plugins.active_plugins(&tenant);
+            by_tenant.insert(tenant, loaded);
+        }
+    }
+    // An id in a batch the committer has not finished: wait for it, so that the store says
+    // whether it was stored. Rare: the same event posted twice at the same moment.
+    let pending = jobs
+        .iter()
+        .filter_map(|job| {
+            overlay
+                .ids
+                .get(&(job.event.tenant.clone(), job.event.id.clone()))
+                .copied()
+        })
+        .max();
+    if let Some(batch) = pending {
+        let now = progress.wait_for(batch);
+        if now.generation == generation {
+            overlay.forget_up_to(now.finished);
+        }
+        // Otherwise the committer refuses this batch: it was begun on state that failed.
+    }
+    let mut timings = Timings::default();
+    let reader = Reader { store, overlay };
+    let (plans, chains) = match plan_batch(&reader, &jobs, &by_tenant) {
+        Ok(planned) => planned,
+        Err(error) => {
+            return EvaluatedBatch {
+                number,
+                generation,
+                jobs,
+                failed: Some(error),
+                plans: Vec::new(),
+                evaluated: Vec::new(),
+                timings,
+            };
+        }
+    };
+    timings.reads = started.elapsed();
+    let evaluating = Instant::now();
+    let evaluated = evaluate_chains(&chains, &jobs);
+    timings.evaluation = evaluating.elapsed();
+    drop(chains);
+    overlay.record(number, &jobs, &evaluated);
+    EvaluatedBatch {
+        number,
+        generation,
+        jobs,
+        failed: None,
+        plans,
+        evaluated,
+        timings,
+    }
+}
+
+/// Takes evaluated batches in order and writes every batch waiting in one durable
+/// transaction: while one commit waits for the disk the evaluator gets ahead, and the next
+/// commit takes all it did, so the commit's fixed cost is shared by more events the busier
+/// the host is.
+fn run_committer(
+    batches: &std::sync::mpsc::Receiver<EvaluatedBatch>,
+    store: &dyn Store,
+    progress: &Progress,
+) {
+    while let Ok(first) = batches.recv() {
+        let mut group = vec![first];
+        while let Ok(next) = batches.try_recv() {
+            group.push(next);
+        }
+        let last = group.last().map_or(0, |batch| batch.number);
+        let outcome = catch_unwind(AssertUnwindSafe(|| commit_group(store, progress, group)));
+        let failed = match outcome {
+            Ok(committed) => !committed,
+            Err(_) => {
+                tracing::error!(batch = last, "the writer panicked while committing");
+                true
+            }
+        };
+        progress.finished(last, failed);
+    }
+    tracing::debug!("the committer has committed everything handed over and stops");
+}
+
+/// Writes a group of batches in one transaction and answers their events; `false` when
+/// the commit failed and nothing of it was stored.
+fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatch>) -> bool {
+    let generation = progress.now().generation;
+    let mut writing = Vec::with_capacity(group.len());
+    for mut batch in group {
+        // A batch built on one that failed to commit is refused whole; so is one whose reads
+        // failed.
+        let refused = batch.failed.take().or_else(|| {
+            (batch.generation != generation).then(|| {
+                StoreError::backend(
+                    "an earlier batch of events could not be committed, and these were \
+                     evaluated after it",
+                )
+            })
+        });
+        match refused {
+            Some(error) => {
+                tracing::error!(%error, count = batch.jobs.len(), "a batch of events was not stored");
+                for job in batch.jobs {
+                    let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
+                }
+            }
+            None => writing.push(batch),
+        }
+    }
+    if writing.is_empty() {
+        return true;
+    }
+    let started = Instant::now();
+    let mut answers: Vec<Vec<Pending>> = Vec::with_capacity(writing.len());
+    let mut written = Duration::ZERO;
+    let committed = store.write_batch(&mut |txn| {
+        answers.clear();
+        for batch in &mut writing {
+            answers.push(write_batch(
+                txn,
+                &batch.jobs,
+                &batch.plans,
+                &mut batch.evaluated,
+            )?);
+        }
+        written = started.elapsed();
+        Ok(())
+    });
+    let count: usize = writing.iter().map(|batch| batch.jobs.len()).sum();
+    match committed {
+        Ok(()) => {
+            let batches = writing.len();
+            let (mut reads, mut evaluation) = (Duration::ZERO, Duration::ZERO);
+            for (batch, answers) in writing.into_iter().zip(answers) {
+                reads += batch.timings.reads;
+                evaluation += batch.timings.evaluation;
+                for (job, answer) in batch.jobs.into_iter().zip(answers) {
+                    let reply = match answer {
+                        Pending::Stored(ingested) => Ok(*ingested),
+                        Pending::Refused(error) => Err(error),
+                    };
+                    // The client may have gone away; the event is stored all the same.
+                    let _ = job.reply.send(reply);
+                }
+            }
+            tracing::debug!(
+                count,
+                batches,
+                ?reads,
+                ?evaluation,
+                writes = ?written,
+                commit = ?started.elapsed().saturating_sub(written),
+                "batch committed"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, count, "a batch of events could not be committed");
+            for batch in writing {
+                for job in batch.jobs {
+                    let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
+                }
+            }
+            false
+        }
+    }
 }
 
 /// The answer an event gets once its batch has committed.
@@ -260,117 +664,273 @@ enum Pending {
     Refused(IngestError),
 }
 
-fn commit_batch(store: &dyn Store, plugins: &dyn PluginSource, jobs: Vec<Job>) {
-    let count = jobs.len();
-    let started = std::time::Instant::now();
-    // Plugins are looked up (and compiled, on a cold cache) before the write transaction, so
-    // a slow compile does not hold it open. Settings changed from here on apply next batch.
-    let mut by_tenant: HashMap<String, Result<Vec<ActivePlugin>, StoreError>> = HashMap::new();
-    for job in &jobs {
-        if !by_tenant.contains_key(&job.event.tenant) {
-            let tenant = job.event.tenant.clone();
-            let loaded = plugins.active_plugins(&tenant);
-            by_tenant.insert(tenant, loaded);
-        }
-    }
-    let mut answers: Vec<Pending> = Vec::with_capacity(count);
-    let committed = store.write_batch(&mut |txn| {
-        // `write_batch` does not retry, but clearing keeps the answers right if it ever did.
-        answers.clear();
-        for job in &jobs {
-            let tenant_plugins = match by_tenant.get(&job.event.tenant) {
-                Some(Ok(list)) => list.as_slice(),
-                Some(Err(error)) => return Err(error.clone()),
-                None => &[],
-            };
-            answers.push(apply_event(txn, &job.event, tenant_plugins)?);
-        }
-        Ok(())
-    });
-    match committed {
-        Ok(()) => {
-            for (job, answer) in jobs.into_iter().zip(answers) {
-                let reply = match answer {
-                    Pending::Stored(ingested) => Ok(*ingested),
-                    Pending::Refused(error) => Err(error),
-                };
-                // The client may have gone away; the event is stored all the same.
-                let _ = job.reply.send(reply);
-            }
-            tracing::debug!(count, elapsed = ?started.elapsed(), "batch committed");
-        }
-        Err(error) => {
-            tracing::error!(%error, count, "a batch of events could not be committed");
-            for job in jobs {
-                let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
-            }
-        }
-    }
+/// Where a batch's time went before the committer, for the debug log.
+#[derive(Debug, Default)]
+struct Timings {
+    reads: Duration,
+    evaluation: Duration,
 }
 
-/// Evaluates one event inside the batch and appends it. `Err` aborts the whole batch (a
-/// storage failure); an event that is refused on its own gets `Ok(Pending::Refused)`.
-fn apply_event(
+/// What the writer does with each event of a batch, decided before any is evaluated.
+enum Plan {
+    /// A new event: evaluated in the chain of its customer.
+    New,
+    /// Its id was stored before this batch: answered with the stored event.
+    Stored(Box<StoredEvent>),
+    /// Its id is that of the earlier event `first` of this batch: answered as `first` is.
+    SameAs { first: usize },
+}
+
+/// The new events of one customer in a batch, in arrival order, with what they start from.
+/// Each event is evaluated on the customer and plugin states the previous one left; chains
+/// of different customers share nothing, so they are evaluated in parallel.
+struct Chain<'a> {
+    tenant: &'a str,
+    plugins: &'a [ActivePlugin],
+    /// The customer as the batches before left them.
+    customer: CustomerRecord,
+    /// Every subscribed plugin's state for the customer as the batches before left it.
+    states: HashMap<&'a str, Option<Value>>,
+    /// Indexes into the batch.
+    events: Vec<usize>,
+}
+
+/// A new event after evaluation: what to append, or why it is refused.
+type Evaluation = Result<AppendEvent, IngestError>;
+
+/// Reads, in arrival order, what a batch starts from: replays (stored before, or earlier in
+/// the batch), and for each customer the state its chain of new events starts from.
+fn plan_batch<'a>(
+    reader: &Reader<'_>,
+    jobs: &'a [Job],
+    by_tenant: &'a HashMap<String, Result<Vec<ActivePlugin>, StoreError>>,
+) -> Result<(Vec<Plan>, Vec<Chain<'a>>), StoreError> {
+    let mut plans = Vec::with_capacity(jobs.len());
+    let mut chains: Vec<Chain<'a>> = Vec::new();
+    let mut chain_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut first_with_id: HashMap<(&str, &str), usize> = HashMap::new();
+    for (index, job) in jobs.iter().enumerate() {
+        let new = &job.event;
+        let (tenant, id) = (new.tenant.as_str(), new.id.as_str());
+        if let Some(&first) = first_with_id.get(&(tenant, id)) {
+            plans.push(Plan::SameAs { first });
+            continue;
+        }
+        first_with_id.insert((tenant, id), index);
+        if let Some(stored) = reader.store.event(tenant, id)? {
+            plans.push(Plan::Stored(Box::new(stored)));
+            continue;
+        }
+        let plugins = match by_tenant.get(tenant) {
+            Some(Ok(list)) => list.as_slice(),
+            Some(Err(error)) => return Err(error.clone()),
+            None => &[],
+        };
+        let chain = match chain_of.get(&(tenant, new.customer.as_str())) {
+            Some(&chain) => chain,
+            None => {
+                let customer = reader
+                    .customer(tenant, &new.customer)?
+                    .unwrap_or_else(|| empty_customer(&new.customer, &new.received_at));
+                chains.push(Chain {
+                    tenant,
+                    plugins,
+                    customer,
+                    states: HashMap::new(),
+                    events: Vec::new(),
+                });
+                chain_of.insert((tenant, new.customer.as_str()), chains.len() - 1);
+                chains.len() - 1
+            }
+        };
+        let chain = &mut chains[chain];
+        for active in plugins.iter().filter(|p| p.runs_for(&new.action)) {
+            let name = active.record.name.as_str();
+            if !chain.states.contains_key(name) {
+                let state = reader.plugin_state(tenant, name, &new.customer)?;
+                chain.states.insert(name, state);
+            }
+        }
+        chain.events.push(index);
+        plans.push(Plan::New);
+    }
+    Ok((plans, chains))
+}
+
+/// Appends a batch's new events in arrival order, then works out the answers that need the
+/// batch's final state (replays). `Err` aborts the whole batch (a storage failure); an event
+/// refused on its own gets [`Pending::Refused`].
+fn write_batch(
     txn: &mut dyn BatchTxn,
-    new: &NewEvent,
-    plugins: &[ActivePlugin],
-) -> Result<Pending, StoreError> {
-    let tenant = new.tenant.as_str();
-    if let Some(event) = txn.event(tenant, &new.id)? {
-        let customer = txn
-            .customer(tenant, &event.customer)?
-            .unwrap_or_else(|| empty_customer(&event.customer, &new.received_at));
-        return Ok(Pending::Stored(Box::new(Ingested {
-            event,
-            customer,
-            replayed: true,
-        })));
+    jobs: &[Job],
+    plans: &[Plan],
+    evaluated: &mut [Option<Evaluation>],
+) -> Result<Vec<Pending>, StoreError> {
+    let mut answers: Vec<Pending> = Vec::with_capacity(jobs.len());
+    for ((job, plan), evaluation) in jobs.iter().zip(plans).zip(evaluated.iter_mut()) {
+        let answer = match (plan, evaluation.take()) {
+            (Plan::New, Some(Ok(append))) => append_event(txn, &job.event, append)?,
+            (Plan::New, Some(Err(refused))) => Pending::Refused(refused),
+            (Plan::New, None) => Pending::Refused(IngestError::Internal(format!(
+                "event {} was not evaluated",
+                job.event.id
+            ))),
+            // Filled in below, once every new event of the batch is appended.
+            (Plan::Stored(_) | Plan::SameAs { .. }, _) => {
+                Pending::Refused(IngestError::Internal(String::new()))
+            }
+        };
+        answers.push(answer);
     }
-    let before = txn
-        .customer(tenant, &new.customer)?
-        .unwrap_or_else(|| empty_customer(&new.customer, &new.received_at));
+    for (index, (job, plan)) in jobs.iter().zip(plans).enumerate() {
+        let stored = match plan {
+            Plan::New => continue,
+            Plan::Stored(event) => Ok(event.as_ref().clone()),
+            Plan::SameAs { first } => match &answers[*first] {
+                Pending::Stored(first) => Ok(first.event.clone()),
+                Pending::Refused(error) => Err(error.clone()),
+            },
+        };
+        answers[index] = match stored {
+            Ok(event) => {
+                let tenant = job.event.tenant.as_str();
+                // A replay answers with the customer as they are now.
+                let customer = txn
+                    .customer(tenant, &event.customer)?
+                    .unwrap_or_else(|| empty_customer(&event.customer, &job.event.received_at));
+                Pending::Stored(Box::new(Ingested {
+                    event,
+                    customer,
+                    replayed: true,
+                }))
+            }
+            Err(error) => Pending::Refused(error),
+        };
+    }
+    Ok(answers)
+}
 
-    let subscribed: Vec<&ActivePlugin> =
-        plugins.iter().filter(|p| p.runs_for(&new.action)).collect();
-    let mut states = Vec::with_capacity(subscribed.len());
-    for active in &subscribed {
-        states.push(txn.plugin_state(tenant, &active.record.name, &new.customer)?);
+/// Evaluates every chain, on as many threads as the machine has cores (the writer's own
+/// included); answers by batch index, `None` for events that are not new.
+fn evaluate_chains(chains: &[Chain<'_>], jobs: &[Job]) -> Vec<Option<Evaluation>> {
+    let mut evaluated: Vec<Option<Evaluation>> = Vec::new();
+    evaluated.resize_with(jobs.len(), || None);
+    let new_events: usize = chains.iter().map(|chain| chain.events.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(chains.len());
+    // A thread costs tens of microseconds to start: not worth it for a handful of events.
+    if threads <= 1 || new_events < MIN_EVENTS_TO_SPLIT {
+        for chain in chains {
+            for (index, evaluation) in evaluate_chain(chain, jobs) {
+                evaluated[index] = Some(evaluation);
+            }
+        }
+        return evaluated;
     }
-    let event = match wire_event(new) {
-        Ok(event) => event,
-        Err(why) => return Ok(Pending::Refused(IngestError::Internal(why))),
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let taken = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chain) = chains.get(taken) else {
+                return done;
+            };
+            done.extend(evaluate_chain(chain, jobs));
+        }
     };
-    let results = evaluate(tenant, &event, &before.customer, &subscribed, &states);
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for helper in helpers {
+            match helper.join() {
+                Ok(done) => all.extend(done),
+                // The helper's events stay unevaluated and are refused; the panic is logged.
+                Err(_) => tracing::error!("an evaluation thread panicked"),
+            }
+        }
+        for (index, evaluation) in all {
+            evaluated[index] = Some(evaluation);
+        }
+    });
+    evaluated
+}
 
+/// Below this many new events in a batch, they are evaluated on the writer thread alone.
+const MIN_EVENTS_TO_SPLIT: usize = 8;
+
+/// Evaluates a chain's events one after another, each on the customer and plugin states the
+/// one before left. A refused event leaves them as they were.
+fn evaluate_chain(chain: &Chain<'_>, jobs: &[Job]) -> Vec<(usize, Evaluation)> {
+    let mut customer = chain.customer.clone();
+    let mut states = chain.states.clone();
+    let mut done = Vec::with_capacity(chain.events.len());
+    for &index in &chain.events {
+        let new = &jobs[index].event;
+        let subscribed: Vec<&ActivePlugin> = chain
+            .plugins
+            .iter()
+            .filter(|p| p.runs_for(&new.action))
+            .collect();
+        let inputs: Vec<Option<Value>> = subscribed
+            .iter()
+            .map(|p| states.get(p.record.name.as_str()).cloned().flatten())
+            .collect();
+        let evaluation = evaluate_event(chain.tenant, new, &customer, &subscribed, &inputs);
+        if let Ok(append) = &evaluation {
+            customer.clone_from(&append.customer);
+            for (name, state) in &append.plugin_states {
+                if let Some(kept) = states.get_mut(name.as_str()) {
+                    kept.clone_from(state);
+                }
+            }
+        }
+        done.push((index, evaluation));
+    }
+    done
+}
+
+/// Runs the subscribed plugins on one event and builds what to append, or refuses the event
+/// when a plugin with `on_error = reject` failed.
+fn evaluate_event(
+    tenant: &str,
+    new: &NewEvent,
+    before: &CustomerRecord,
+    subscribed: &[&ActivePlugin],
+    states: &[Option<Value>],
+) -> Evaluation {
+    let event = wire_event(new).map_err(IngestError::Internal)?;
+    let results = evaluate(tenant, &event, &before.customer, subscribed, states);
     for (active, result) in subscribed.iter().zip(&results.results) {
         if let Err(error) = &result.outcome
             && active.record.on_error == OnError::Reject
         {
-            return Ok(Pending::Refused(IngestError::PluginRejected {
+            return Err(IngestError::PluginRejected {
                 plugin: result.name.clone(),
                 version: result.version,
                 code: error.code().to_owned(),
                 message: error.to_string(),
-            }));
+            });
         }
     }
+    Ok(build_append(new, before.clone(), results))
+}
 
-    let append = build_append(new, before, results);
+/// Appends one evaluated event. `Err` aborts the whole batch (a storage failure).
+fn append_event(
+    txn: &mut dyn BatchTxn,
+    new: &NewEvent,
+    append: AppendEvent,
+) -> Result<Pending, StoreError> {
+    let customer = append.customer.clone();
     match txn.append(append) {
-        Ok(event) => {
-            let customer = txn.customer(tenant, &new.customer)?.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "customer {} vanished after an append",
-                    new.customer
-                ))
-            })?;
-            Ok(Pending::Stored(Box::new(Ingested {
-                event,
-                customer,
-                replayed: false,
-            })))
-        }
+        Ok(event) => Ok(Pending::Stored(Box::new(Ingested {
+            event,
+            customer,
+            replayed: false,
+        }))),
         // The store refused what the pipeline built (a bug): this event only, nothing written.
+        // Later events of its customer in this batch were built on it and are refused too.
         Err(
             error
             @ (StoreError::Inconsistent(_) | StoreError::Conflict(_) | StoreError::Invalid(_)),

@@ -147,7 +147,7 @@ impl Resolved {
 pub struct EventTypes {
     cache: SchemaCache,
     tenant: String,
-    documents: Vec<Value>,
+    documents: Arc<Vec<Value>>,
     allow_untyped: bool,
 }
 
@@ -162,13 +162,13 @@ impl EventTypes {
     pub fn new(
         cache: &SchemaCache,
         tenant: impl Into<String>,
-        documents: Vec<Value>,
+        documents: impl Into<Arc<Vec<Value>>>,
         allow_untyped: bool,
     ) -> Self {
         Self {
             cache: cache.clone(),
             tenant: tenant.into(),
-            documents,
+            documents: documents.into(),
             allow_untyped,
         }
     }
@@ -231,7 +231,7 @@ impl EventTypes {
     /// A stored document that no longer compiles.
     pub fn list(&self) -> Result<Vec<Arc<EventType>>, SchemaError> {
         let mut all: Vec<_> = builtins().to_vec();
-        for doc in &self.documents {
+        for doc in self.documents.iter() {
             all.push(self.cache.get_or_compile(&self.tenant, doc)?);
         }
         Ok(all)
