@@ -1,0 +1,314 @@
+//! The group-commit writer on its own: a real redb file and the real `points` plugin, with
+//! events submitted faster than one batch commits, so that batches are evaluated while the
+//! previous one is still being written.
+//!
+//! What it pins down: events of one customer chain across batches without lost updates
+//! (each balance is the sum of its ledger, each count the number of events); an id posted
+//! twice at once is stored once; and when a commit fails, nothing of it is stored and the
+//! events evaluated on top of it are either refused or start again from what is on disk.
+//!
+//! Run: `cargo test -p tally-host --test pipeline_writer`
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+use tally_host::pipeline::writer::{
+    ActivePlugin, IngestError, Ingested, NewEvent, PluginSource, Writer,
+};
+use tally_host::runtime::{Limits, Plugin, Runtime};
+use tally_host::storage::{
+    BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RedbStore, Store,
+    StoreError, TenantRecord,
+};
+use tally_sdk::Timestamp;
+
+const TENANT: &str = "acme";
+
+/// The `points` plugin, one point per currency unit, for every action.
+struct Points(Plugin);
+
+impl PluginSource for Points {
+    fn active_plugins(&self, _tenant: &str) -> Result<Vec<ActivePlugin>, StoreError> {
+        Ok(vec![ActivePlugin {
+            record: PluginRecord {
+                name: "points".to_owned(),
+                versions: vec![PluginVersion {
+                    version: 1,
+                    sha256: String::new(),
+                    size: 0,
+                    uploaded_at: "2026-11-23T00:00:00Z".to_owned(),
+                }],
+                active_version: 1,
+                config: Value::Null,
+                actions: None,
+                priority: 0,
+                enabled: true,
+                on_error: OnError::Skip,
+            },
+            plugin: Ok(self.0.clone()),
+        }])
+    }
+}
+
+/// A redb store whose next `fail_next` commits fail.
+struct Flaky {
+    store: RedbStore,
+    fail_next: AtomicUsize,
+}
+
+macro_rules! delegate {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        $(fn $name(&self, $($arg: $ty),*) -> $out { self.store.$name($($arg),*) })*
+    };
+}
+
+impl Store for Flaky {
+    delegate! {
+        create_tenant(tenant: &TenantRecord, hash: [u8; 32]) -> Result<(), StoreError>;
+        tenant(id: &str) -> Result<Option<TenantRecord>, StoreError>;
+        tenants() -> Result<Vec<TenantRecord>, StoreError>;
+        tenant_by_key_hash(hash: [u8; 32]) -> Result<Option<TenantRecord>, StoreError>;
+        update_tenant(tenant: &TenantRecord) -> Result<(), StoreError>;
+        set_tenant_key_hash(tenant: &str, hash: [u8; 32]) -> Result<(), StoreError>;
+        admin_key_hash() -> Result<Option<[u8; 32]>, StoreError>;
+        set_admin_key_hash(hash: [u8; 32]) -> Result<(), StoreError>;
+        put_event_type(tenant: &str, record: &tally_host::storage::EventTypeRecord) -> Result<(), StoreError>;
+        event_type(tenant: &str, id: &str) -> Result<Option<tally_host::storage::EventTypeRecord>, StoreError>;
+        event_types(tenant: &str) -> Result<Vec<tally_host::storage::EventTypeRecord>, StoreError>;
+        add_plugin_version(tenant: &str, name: &str, wasm: &[u8], sha256: &str, uploaded_at: &str) -> Result<PluginRecord, StoreError>;
+        update_plugin(tenant: &str, plugin: &PluginRecord) -> Result<(), StoreError>;
+        plugin(tenant: &str, name: &str) -> Result<Option<PluginRecord>, StoreError>;
+        plugins(tenant: &str) -> Result<Vec<PluginRecord>, StoreError>;
+        plugin_wasm(tenant: &str, name: &str, version: u32) -> Result<Option<Vec<u8>>, StoreError>;
+        plugin_state(tenant: &str, plugin: &str, customer: &str) -> Result<Option<Value>, StoreError>;
+        event(tenant: &str, id: &str) -> Result<Option<tally_host::storage::StoredEvent>, StoreError>;
+        customer(tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
+        customer_events(tenant: &str, customer: &str, query: &EventQuery) -> Result<tally_host::storage::Page<tally_host::storage::StoredEvent>, StoreError>;
+        ledger(tenant: &str, customer: &str, limit: usize, cursor: Option<&str>) -> Result<tally_host::storage::Page<tally_host::storage::LedgerEntry>, StoreError>;
+        outbox(tenant: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::OutboxTrigger>, StoreError>;
+    }
+
+    fn write_batch(
+        &self,
+        work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let fail = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            // Do the work, then fail as a commit would: nothing of it is kept.
+            let _ = self.store.write_batch(&mut |txn| {
+                work(txn)?;
+                Err(StoreError::backend("the disk is full"))
+            });
+            return Err(StoreError::backend("the disk is full"));
+        }
+        self.store.write_batch(work)
+    }
+}
+
+struct Host {
+    store: Arc<Flaky>,
+    writer: Writer,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn host() -> Host {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = Arc::new(Flaky {
+        store: RedbStore::open(dir.path().join("tally.redb")).expect("a store"),
+        fail_next: AtomicUsize::new(0),
+    });
+    store
+        .create_tenant(
+            &TenantRecord {
+                id: TENANT.to_owned(),
+                name: "Acme".to_owned(),
+                created_at: "2026-11-23T00:00:00Z".to_owned(),
+                allow_untyped_events: false,
+            },
+            [7; 32],
+        )
+        .expect("a tenant");
+    let runtime = Runtime::new(Limits::default()).expect("a runtime");
+    let points = Points(
+        runtime
+            .load(tally_plugin_wasm::POINTS.wasm)
+            .expect("points loads"),
+    );
+    // A small batch limit, so that the events below make many batches.
+    let writer = Writer::start(store.clone(), Arc::new(points), 4096, 8).expect("a writer");
+    Host {
+        store,
+        writer,
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a tokio runtime"),
+        _dir: dir,
+    }
+}
+
+fn checkout(id: &str, customer: &str, total: u32) -> NewEvent {
+    NewEvent {
+        tenant: TENANT.to_owned(),
+        id: id.to_owned(),
+        action: "checkout".to_owned(),
+        label: None,
+        customer: customer.to_owned(),
+        timestamp: "2026-11-23T10:00:00Z".parse::<Timestamp>().expect("a time"),
+        source: "api".to_owned(),
+        ip_address: None,
+        user_agent: None,
+        data: json!({"transaction_id": id, "total": total, "items": []}),
+        received_at: "2026-11-23T10:00:00Z".to_owned(),
+        contact_card: Vec::new(),
+    }
+}
+
+impl Host {
+    /// Submits every event at once, then waits for every answer.
+    fn post_all(&self, events: Vec<NewEvent>) -> Vec<Result<Ingested, IngestError>> {
+        let waiting: Vec<_> = events
+            .into_iter()
+            .map(|event| self.writer.submit(event).expect("queued"))
+            .collect();
+        self.runtime.block_on(async {
+            let mut answers = Vec::new();
+            for answer in waiting {
+                answers.push(answer.await.expect("answered"));
+            }
+            answers
+        })
+    }
+
+    /// Balance and event count agree with the ledger and the history.
+    fn assert_consistent(&self, customer: &str) -> CustomerRecord {
+        let record = self
+            .store
+            .customer(TENANT, customer)
+            .expect("readable")
+            .expect("stored");
+        let ledger = self
+            .store
+            .ledger(TENANT, customer, 10_000, None)
+            .expect("a ledger");
+        let sum: i64 = ledger.items.iter().map(|entry| entry.amount).sum();
+        assert_eq!(record.customer.points.balance, sum, "{customer}'s balance");
+        let history = self
+            .store
+            .customer_events(
+                TENANT,
+                customer,
+                &EventQuery {
+                    limit: 10_000,
+                    ..EventQuery::default()
+                },
+            )
+            .expect("a history");
+        assert_eq!(
+            record.event_count,
+            history.items.len() as u64,
+            "{customer}'s count"
+        );
+        record
+    }
+}
+
+#[test]
+fn events_of_one_customer_chain_across_pipelined_batches() {
+    let host = host();
+    let events: Vec<NewEvent> = (0..300)
+        .map(|n| checkout(&format!("e{n}"), &format!("c{}", n % 5), 10))
+        .collect();
+    let answers = host.post_all(events);
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer.as_ref().is_ok_and(|a| !a.replayed))
+    );
+    for customer in 0..5 {
+        let record = host.assert_consistent(&format!("c{customer}"));
+        assert_eq!(record.event_count, 60);
+        assert_eq!(record.customer.points.balance, 600);
+    }
+    // Each answer carries the customer as that event left them: counts 1..=60 per customer.
+    let mut counts: Vec<u64> = answers
+        .iter()
+        .filter_map(|answer| answer.as_ref().ok())
+        .filter(|answer| answer.customer.customer.id == "c0")
+        .map(|answer| answer.customer.event_count)
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=60).collect::<Vec<u64>>());
+}
+
+#[test]
+fn an_id_posted_twice_at_once_is_stored_once() {
+    let host = host();
+    let answers = host.post_all(vec![
+        checkout("same", "ada", 10),
+        checkout("same", "ada", 10),
+        checkout("other", "ada", 5),
+        checkout("same", "ada", 10),
+    ]);
+    let answers: Vec<&Ingested> = answers.iter().map(|a| a.as_ref().expect("ok")).collect();
+    assert!(!answers[0].replayed);
+    assert!(answers[1].replayed && answers[3].replayed);
+    assert_eq!(answers[1].event.seq, answers[0].event.seq);
+    let record = host.assert_consistent("ada");
+    assert_eq!(record.event_count, 2);
+    assert_eq!(record.customer.points.balance, 15);
+}
+
+#[test]
+fn a_failed_commit_stores_nothing_and_what_follows_starts_from_disk() {
+    let host = host();
+    host.post_all(vec![checkout("before", "ada", 100)])
+        .remove(0)
+        .expect("stored");
+
+    host.store.fail_next.store(1, Ordering::SeqCst);
+    let failed = host.post_all(vec![checkout("lost", "ada", 10)]);
+    assert!(matches!(failed[0], Err(IngestError::Storage(_))));
+    assert!(
+        host.store
+            .event(TENANT, "lost")
+            .expect("readable")
+            .is_none()
+    );
+    host.assert_consistent("ada");
+
+    // Many at once, the first commit failing: batches evaluated on top of it while it was
+    // being written are refused; the others start from what is on disk.
+    host.store.fail_next.store(1, Ordering::SeqCst);
+    let answers = host.post_all(
+        (0..40)
+            .map(|n| checkout(&format!("after{n}"), "ada", 1))
+            .collect(),
+    );
+    let refused = answers
+        .iter()
+        .filter(|answer| matches!(answer, Err(IngestError::Storage(_))))
+        .count();
+    let stored = answers.iter().filter(|answer| answer.is_ok()).count();
+    assert!(refused >= 1, "the failed commit's events are refused");
+    assert_eq!(refused + stored, 40);
+    let record = host.assert_consistent("ada");
+    assert_eq!(record.event_count, 1 + stored as u64);
+    assert_eq!(record.customer.points.balance, 100 + stored as i64);
+
+    // And the writer goes on as before.
+    host.post_all(vec![checkout("later", "ada", 1)])
+        .remove(0)
+        .expect("stored");
+    host.assert_consistent("ada");
+}
