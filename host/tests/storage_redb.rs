@@ -1089,7 +1089,7 @@ mod storage {
         assert!(
             error
                 .to_string()
-                .ends_with("has storage format 99; this build reads format 1"),
+                .ends_with("has storage format 99; this build reads format 2"),
             "{error}"
         );
     }
