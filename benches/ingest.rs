@@ -314,12 +314,20 @@ async fn run_tally(
     let url = format!("{base}/v1/events");
     load(url.clone(), Some(key.clone()), warmup, options.connections).await;
     let pid = host.child.id();
-    let before = host_cpu(pid);
+    let (before, generator_before) = (host_cpu(pid), host_cpu(std::process::id()));
     let (elapsed, latencies, failures) = load(url, Some(key), bodies, options.connections).await;
     assert_eq!(failures, 0, "every event is accepted");
     println!(
         "{}",
         cpu_per_event(&before, &host_cpu(pid), latencies.len())
+    );
+    let generator = host_cpu(std::process::id())
+        .values()
+        .sum::<u64>()
+        .saturating_sub(generator_before.values().sum::<u64>());
+    println!(
+        "load generator CPU per event (µs): {:.0}",
+        generator as f64 / latencies.len() as f64 / 1000.0
     );
     figures(
         "tally: POST /v1/events, 3 plugins, durable",

@@ -5,10 +5,12 @@
 //! decision changes a customer) before the next plugin runs. A plugin that fails changes
 //! nothing; its error is kept in its result and the next plugin runs.
 
-use serde_json::Value;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tally_sdk::{ABI_VERSION, Customer, Decision, Event, Input, PluginInfo};
+#[cfg(doc)]
+use tally_sdk::Input;
+use tally_sdk::{ABI_VERSION, Customer, Decision, Event};
 
 use crate::runtime::{EvalError, LogLine, Plugin};
 
@@ -21,10 +23,10 @@ pub struct PluginCall<'a> {
     pub version: u32,
     /// The loaded module.
     pub plugin: &'a Plugin,
-    /// The tenant's configuration for it, `None` when unset.
-    pub config: Option<&'a Value>,
-    /// Its state for this customer, `None` when it has none.
-    pub state: Option<&'a Value>,
+    /// The tenant's configuration for it as JSON text, `None` when unset.
+    pub config: Option<&'a RawValue>,
+    /// Its state for this customer as JSON text, `None` when it has none.
+    pub state: Option<&'a RawValue>,
 }
 
 /// What one plugin did.
@@ -79,17 +81,17 @@ pub fn run_plugins(
     let mut merged = Decision::new();
     let mut results = Vec::with_capacity(plugins.len());
     for call in plugins {
-        let input = Input {
+        let input = InputRef {
             abi: ABI_VERSION,
-            tenant: tenant.to_owned(),
-            plugin: PluginInfo {
-                name: call.name.to_owned(),
+            tenant,
+            plugin: PluginInfoRef {
+                name: call.name,
                 version: call.version,
-                config: raw(call.config),
+                config: call.config.filter(|raw| raw.get() != "null"),
             },
-            event: event.clone(),
-            customer: customer.clone(),
-            state: raw(call.state),
+            event,
+            customer: &customer,
+            state: call.state.filter(|raw| raw.get() != "null"),
             seed: seed(tenant, call.name, &event.id),
         };
         let evaluation = call.plugin.evaluate(&input);
@@ -121,11 +123,28 @@ fn merge(merged: &mut Decision, decision: &Decision) {
     }
 }
 
-fn raw(value: Option<&Value>) -> Option<Box<RawValue>> {
-    // A `Value` always serializes; `None` for JSON null keeps "no config" and "null" alike.
-    value
-        .filter(|value| !value.is_null())
-        .and_then(|value| serde_json::value::to_raw_value(value).ok())
+/// [`Input`] as the host writes it: the same fields under the same names, borrowed, so that
+/// running three plugins does not copy the event and the customer three times. The test
+/// below holds the two to the same JSON.
+#[derive(Serialize)]
+struct InputRef<'a> {
+    abi: i32,
+    tenant: &'a str,
+    plugin: PluginInfoRef<'a>,
+    event: &'a Event,
+    customer: &'a Customer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a RawValue>,
+    seed: String,
+}
+
+/// [`tally_sdk::PluginInfo`], borrowed.
+#[derive(Serialize)]
+struct PluginInfoRef<'a> {
+    name: &'a str,
+    version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<&'a RawValue>,
 }
 
 /// The seed a plugin gets for an event: the same tenant, plugin and event id always give
@@ -141,3 +160,63 @@ pub fn seed(tenant: &str, plugin: &str, event_id: &str) -> String {
 }
 
 pub mod writer;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failing test should panic")]
+mod tests {
+    use serde_json::json;
+    use tally_sdk::{Input, PluginInfo};
+
+    use super::*;
+
+    #[test]
+    fn the_borrowed_input_writes_the_same_json_as_the_sdk_input() {
+        let event = Event::new(
+            "e1",
+            "checkout",
+            "ada",
+            "2026-11-23T10:00:00Z".parse().unwrap(),
+            &json!({"total": "12.50", "items": [{"sku": "A"}]}),
+        )
+        .unwrap();
+        let customer = Customer {
+            id: "ada".to_owned(),
+            tier: Some("gold".to_owned()),
+            ..Customer::default()
+        };
+        let config = RawValue::from_string(r#"{"rate":2}"#.to_owned()).unwrap();
+        let state = RawValue::from_string(r#"{"seen":[1,2]}"#.to_owned()).unwrap();
+        for (config, state) in [(Some(&*config), Some(&*state)), (None, None)] {
+            let owned = Input {
+                abi: ABI_VERSION,
+                tenant: "acme".to_owned(),
+                plugin: PluginInfo {
+                    name: "points".to_owned(),
+                    version: 3,
+                    config: config.map(ToOwned::to_owned),
+                },
+                event: event.clone(),
+                customer: customer.clone(),
+                state: state.map(ToOwned::to_owned),
+                seed: "0123456789abcdef".to_owned(),
+            };
+            let borrowed = InputRef {
+                abi: ABI_VERSION,
+                tenant: "acme",
+                plugin: PluginInfoRef {
+                    name: "points",
+                    version: 3,
+                    config,
+                },
+                event: &event,
+                customer: &customer,
+                state,
+                seed: "0123456789abcdef".to_owned(),
+            };
+            assert_eq!(
+                serde_json::to_string(&borrowed).unwrap(),
+                serde_json::to_string(&owned).unwrap()
+            );
+        }
+    }
+}

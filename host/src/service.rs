@@ -31,7 +31,7 @@ use crate::pipeline::{PluginCall, run_plugins};
 use crate::runtime::{EvalError, LogLine, Plugin, Runtime};
 use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
 use crate::storage::{
-    CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError, Page, PluginRecord,
+    CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError, Page, PluginRecord, RawJson,
     RedbStore, Store, StoreError, StoredEvent, TenantRecord,
 };
 
@@ -553,12 +553,13 @@ impl Service {
             .customer;
         let state = self.store.plugin_state(&tenant.id, name, &event.customer)?;
         let wire = wire_event(&event).map_err(ServiceError::internal)?;
+        let config = RawJson::from_value(&record.config);
         let call = PluginCall {
             name,
             version,
             plugin: &plugin,
-            config: Some(&record.config),
-            state: state.as_ref(),
+            config: Some(config.as_raw()),
+            state: state.as_ref().map(RawJson::as_raw),
         };
         let mut outcome = run_plugins(&tenant.id, &wire, customer.clone(), &[call]);
         let result = outcome
@@ -571,7 +572,7 @@ impl Service {
             event,
             customer_before: customer,
             customer_after: outcome.customer,
-            state_before: state,
+            state_before: state.as_ref().map(RawJson::to_value),
             outcome: result.outcome,
             logs: result.logs,
             fuel_used: result.fuel_used,
@@ -803,7 +804,7 @@ impl PluginSource for PluginCache {
                 } else {
                     Err("disabled".to_owned())
                 };
-                ActivePlugin { record, plugin }
+                ActivePlugin::new(record, plugin)
             })
             .collect())
     }

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use tally_host::pipeline::{PipelineOutcome, PluginCall, run_plugins};
 use tally_host::runtime::{Limits, Plugin, Runtime};
+use tally_host::storage::RawJson;
 use tally_plugin_wasm::REFERENCE;
 use tally_sdk::{Customer, Event};
 
@@ -65,6 +66,11 @@ impl Journey {
             &data,
         )
         .expect("an object");
+        let states: HashMap<&str, RawJson> = self
+            .states
+            .iter()
+            .map(|(name, state)| (*name, RawJson::from_value(state)))
+            .collect();
         let calls: Vec<PluginCall<'_>> = self
             .plugins
             .iter()
@@ -73,7 +79,7 @@ impl Journey {
                 version: 1,
                 plugin,
                 config: None,
-                state: self.states.get(name),
+                state: states.get(name).map(RawJson::as_raw),
             })
             .collect();
         let outcome = run_plugins("acme", &event, self.customer.clone(), &calls);

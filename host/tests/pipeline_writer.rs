@@ -24,8 +24,8 @@ use tally_host::pipeline::writer::{
 };
 use tally_host::runtime::{Limits, Plugin, Runtime};
 use tally_host::storage::{
-    BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RedbStore, Store,
-    StoreError, TenantRecord,
+    BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RawJson, RedbStore,
+    Store, StoreError, TenantRecord,
 };
 use tally_sdk::Timestamp;
 
@@ -36,8 +36,8 @@ struct Points(Plugin);
 
 impl PluginSource for Points {
     fn active_plugins(&self, _tenant: &str) -> Result<Vec<ActivePlugin>, StoreError> {
-        Ok(vec![ActivePlugin {
-            record: PluginRecord {
+        Ok(vec![ActivePlugin::new(
+            PluginRecord {
                 name: "points".to_owned(),
                 versions: vec![PluginVersion {
                     version: 1,
@@ -52,8 +52,8 @@ impl PluginSource for Points {
                 enabled: true,
                 on_error: OnError::Skip,
             },
-            plugin: Ok(self.0.clone()),
-        }])
+            Ok(self.0.clone()),
+        )])
     }
 }
 
@@ -87,7 +87,7 @@ impl Store for Flaky {
         plugin(tenant: &str, name: &str) -> Result<Option<PluginRecord>, StoreError>;
         plugins(tenant: &str) -> Result<Vec<PluginRecord>, StoreError>;
         plugin_wasm(tenant: &str, name: &str, version: u32) -> Result<Option<Vec<u8>>, StoreError>;
-        plugin_state(tenant: &str, plugin: &str, customer: &str) -> Result<Option<Value>, StoreError>;
+        plugin_state(tenant: &str, plugin: &str, customer: &str) -> Result<Option<RawJson>, StoreError>;
         event(tenant: &str, id: &str) -> Result<Option<tally_host::storage::StoredEvent>, StoreError>;
         customer(tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
         customer_events(tenant: &str, customer: &str, query: &EventQuery) -> Result<tally_host::storage::Page<tally_host::storage::StoredEvent>, StoreError>;
@@ -168,7 +168,7 @@ fn checkout(id: &str, customer: &str, total: u32) -> NewEvent {
         source: "api".to_owned(),
         ip_address: None,
         user_agent: None,
-        data: json!({"transaction_id": id, "total": total, "items": []}),
+        data: RawJson::from_value(&json!({"transaction_id": id, "total": total, "items": []})),
         received_at: "2026-11-23T10:00:00Z".to_owned(),
         contact_card: Vec::new(),
     }

@@ -9,10 +9,10 @@
 mod storage {
     use std::collections::BTreeMap;
 
-    use serde_json::{Map, Value, json};
+    use serde_json::{Map, json};
     use tally_host::storage::{
         AppendEvent, BatchTxn, CustomerRecord, EventOutcome, EventQuery, NewLedgerEntry,
-        NewTrigger, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
+        NewTrigger, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
     use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points, Timestamp, Trigger};
 
@@ -63,7 +63,7 @@ mod storage {
         /// (tenant, event id) → customer.
         events: BTreeMap<(String, String), String>,
         /// (tenant, plugin, customer) → state.
-        states: BTreeMap<(String, String, String), Value>,
+        states: BTreeMap<(String, String, String), RawJson>,
         /// tenant → (trigger name, event id), in order.
         outbox: BTreeMap<String, Vec<(String, String)>>,
         /// tenant → last event seq.
@@ -78,7 +78,7 @@ mod storage {
         action: &'static str,
         at: i64,
         points: Vec<PointEntry>,
-        states: Vec<(String, Option<Value>)>,
+        states: Vec<(String, Option<RawJson>)>,
         triggers: Vec<NewTrigger>,
     }
 
@@ -106,7 +106,10 @@ mod storage {
         for plugin in PLUGINS {
             match rng.below(4) {
                 0 => states.push((plugin.to_owned(), None)),
-                1 => states.push((plugin.to_owned(), Some(json!({"n": rng.below(1000)})))),
+                1 => states.push((
+                    plugin.to_owned(),
+                    Some(RawJson::from_value(&json!({"n": rng.below(1000)}))),
+                )),
                 _ => {}
             }
         }
@@ -168,7 +171,7 @@ mod storage {
                 source: "import".to_owned(),
                 ip_address: None,
                 user_agent: None,
-                data: json!({}),
+                data: RawJson::from_value(&json!({})),
                 received_at,
                 outcome: EventOutcome {
                     points: planned.points.clone(),

@@ -9,13 +9,17 @@ mod storage {
     use sha2::{Digest, Sha256};
     use tally_host::storage::{
         AppendEvent, BatchTxn, CustomerRecord, EventOutcome, EventQuery, EventTypeRecord,
-        NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun, PluginStatus, RedbStore,
-        Store, StoreError, StoredEvent, TenantRecord,
+        NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun, PluginStatus, RawJson,
+        RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
     use tally_sdk::{Customer, Decision, Perk, PointEntry, PointKind, Points, Timestamp, Trigger};
     use tempfile::TempDir;
 
     const T0: i64 = 1_790_000_000; // 2026-09-21
+
+    fn raw(value: Value) -> RawJson {
+        RawJson::from_value(&value)
+    }
 
     fn open() -> (TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -91,7 +95,7 @@ mod storage {
                 source: "api".to_owned(),
                 ip_address: None,
                 user_agent: None,
-                data: json!({"id": id}),
+                data: raw(json!({"id": id})),
                 received_at,
                 outcome: EventOutcome {
                     points: points.to_vec(),
@@ -441,7 +445,7 @@ mod storage {
                        "event_id": "e1", "at": "2026-09-21T00:00:00Z"}),
                 );
                 append.plugin_states = vec![
-                    ("points".to_owned(), Some(json!({"purchases": 1}))),
+                    ("points".to_owned(), Some(raw(json!({"purchases": 1})))),
                     ("tiers".to_owned(), None),
                 ];
                 append.triggers = vec![
@@ -565,7 +569,7 @@ mod storage {
             .write_batch(&mut |txn: &mut dyn BatchTxn| {
                 assert_eq!(
                     txn.plugin_state("acme", "points", "c1")?,
-                    Some(json!({"purchases": 1}))
+                    Some(raw(json!({"purchases": 1})))
                 );
                 assert_eq!(txn.plugin_state("acme", "tiers", "c1")?, None);
                 assert_eq!(txn.plugin_state("acme", "points", "c2")?, None);
@@ -589,7 +593,7 @@ mod storage {
                         T0 + n,
                         &[earn(10)],
                     );
-                    append.plugin_states = vec![("points".to_owned(), Some(json!(n)))];
+                    append.plugin_states = vec![("points".to_owned(), Some(raw(json!(n))))];
                     append.triggers = vec![NewTrigger {
                         plugin: "points".to_owned(),
                         trigger: Trigger {
@@ -636,7 +640,7 @@ mod storage {
             .write_batch(&mut |txn: &mut dyn BatchTxn| {
                 let mut first =
                     evaluate(txn, "acme", "e1", "c1", "checkout", T0 + 10, &[earn(100)]);
-                first.plugin_states = vec![("points".to_owned(), Some(json!({"n": 1})))];
+                first.plugin_states = vec![("points".to_owned(), Some(raw(json!({"n": 1}))))];
                 assert_eq!(txn.append(first)?.seq, 2);
 
                 // The second event of the batch is evaluated on the first one's result.
@@ -646,7 +650,7 @@ mod storage {
                 assert_eq!(txn.event("acme", "e1")?.unwrap().seq, 2);
                 assert_eq!(
                     txn.plugin_state("acme", "points", "c1")?,
-                    Some(json!({"n": 1}))
+                    Some(raw(json!({"n": 1})))
                 );
                 let mut second = evaluate(txn, "acme", "e2", "c1", "redeem", T0 + 20, &[spend(30)]);
                 second.plugin_states = vec![("points".to_owned(), None)];

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tally_host::pipeline::{PluginCall, run_plugins};
 use tally_host::runtime::{Limits, Runtime};
 use tally_host::service::now;
+use tally_host::storage::RawJson;
 use tally_sdk::{Customer, Event, Timestamp};
 
 /// Options of `tally eval`.
@@ -153,8 +154,10 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
             .map_err(|error| format!("{}: {error}", path.display()))?;
         loaded.push((plugin_name(path), plugin));
     }
-    let configs = read_all(&args.configs)?;
-    let states = read_all(&args.states)?;
+    let as_text =
+        |values: Vec<Value>| -> Vec<RawJson> { values.iter().map(RawJson::from_value).collect() };
+    let configs = as_text(read_all(&args.configs)?);
+    let states = as_text(read_all(&args.states)?);
     let calls: Vec<PluginCall<'_>> = loaded
         .iter()
         .enumerate()
@@ -162,8 +165,8 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
             name,
             version: 1,
             plugin,
-            config: configs.get(index),
-            state: states.get(index),
+            config: configs.get(index).map(RawJson::as_raw),
+            state: states.get(index).map(RawJson::as_raw),
         })
         .collect();
 

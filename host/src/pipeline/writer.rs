@@ -38,7 +38,8 @@ use crate::runtime::{EvalError, Plugin};
 use crate::schema::ContactCardValue;
 use crate::storage::{
     AppendEvent, BatchTxn, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger, OnError,
-    PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, Store, StoreError, StoredEvent,
+    PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store, StoreError,
+    StoredEvent,
 };
 
 /// A validated event on its way to the writer.
@@ -63,7 +64,7 @@ pub struct NewEvent {
     /// The sender's user agent.
     pub user_agent: Option<String>,
     /// The action's attributes, checked against its type.
-    pub data: Value,
+    pub data: RawJson,
     /// When the host received it, RFC 3339.
     pub received_at: String,
     /// The contact-card fields of its type present in `data`.
@@ -122,9 +123,21 @@ pub struct ActivePlugin {
     pub record: PluginRecord,
     /// Its active version, loaded; or why it could not be.
     pub plugin: Result<Plugin, String>,
+    /// `record.config` as JSON text, written once rather than for every evaluation.
+    config: Option<RawJson>,
 }
 
 impl ActivePlugin {
+    /// A plugin with its settings and its loaded module (or why it could not be loaded).
+    pub fn new(record: PluginRecord, plugin: Result<Plugin, String>) -> ActivePlugin {
+        let config = (!record.config.is_null()).then(|| RawJson::from_value(&record.config));
+        ActivePlugin {
+            record,
+            plugin,
+            config,
+        }
+    }
+
     /// Whether it runs for events of `action`.
     pub fn runs_for(&self, action: &str) -> bool {
         self.record.enabled
@@ -307,7 +320,7 @@ impl Progress {
 #[derive(Debug, Default)]
 struct Overlay {
     customers: HashMap<(String, String), (CustomerRecord, u64)>,
-    states: HashMap<(String, String, String), (Option<Value>, u64)>,
+    states: HashMap<(String, String, String), (Option<RawJson>, u64)>,
     ids: HashMap<(String, String), u64>,
 }
 
@@ -325,25 +338,31 @@ impl Overlay {
         self.ids.clear();
     }
 
-    /// Records what an evaluated batch will write.
-    fn record(&mut self, batch: u64, jobs: &[Job], evaluated: &[Option<Evaluation>]) {
+    /// Records what an evaluated batch will write: the ids of its new events, and where each
+    /// chain left its customer.
+    fn record(
+        &mut self,
+        batch: u64,
+        jobs: &[Job],
+        evaluated: &[Option<Evaluation>],
+        ends: Vec<ChainEnd>,
+    ) {
         for (job, evaluation) in jobs.iter().zip(evaluated) {
-            let Some(Ok(append)) = evaluation else {
+            if let Some(Ok(_)) = evaluation {
+                self.ids
+                    .insert((job.event.tenant.clone(), job.event.id.clone()), batch);
+            }
+        }
+        for end in ends {
+            let Some(customer) = end.customer else {
                 continue;
             };
-            let (tenant, customer) = (&append.tenant, &append.customer.customer.id);
-            self.ids
-                .insert((tenant.clone(), job.event.id.clone()), batch);
-            self.customers.insert(
-                (tenant.clone(), customer.clone()),
-                (append.customer.clone(), batch),
-            );
-            for (plugin, state) in &append.plugin_states {
-                self.states.insert(
-                    (tenant.clone(), plugin.clone(), customer.clone()),
-                    (state.clone(), batch),
-                );
+            let id = customer.customer.id.clone();
+            for (plugin, state) in end.states {
+                self.states
+                    .insert((end.tenant.clone(), plugin, id.clone()), (state, batch));
             }
+            self.customers.insert((end.tenant, id), (customer, batch));
         }
     }
 }
@@ -371,7 +390,7 @@ impl Reader<'_> {
         tenant: &str,
         plugin: &str,
         customer: &str,
-    ) -> Result<Option<Value>, StoreError> {
+    ) -> Result<Option<RawJson>, StoreError> {
         let key = (tenant.to_owned(), plugin.to_owned(), customer.to_owned());
         match self.overlay.states.get(&key) {
             Some((state, _)) => Ok(state.clone()),
@@ -529,10 +548,10 @@ fn evaluate_batch(
     };
     timings.reads = started.elapsed();
     let evaluating = Instant::now();
-    let evaluated = evaluate_chains(&chains, &jobs);
+    let (evaluated, ends) = evaluate_chains(&chains, &jobs);
     timings.evaluation = evaluating.elapsed();
     drop(chains);
-    overlay.record(number, &jobs, &evaluated);
+    overlay.record(number, &jobs, &evaluated, ends);
     EvaluatedBatch {
         number,
         generation,
@@ -690,7 +709,7 @@ struct Chain<'a> {
     /// The customer as the batches before left them.
     customer: CustomerRecord,
     /// Every subscribed plugin's state for the customer as the batches before left it.
-    states: HashMap<&'a str, Option<Value>>,
+    states: HashMap<&'a str, Option<RawJson>>,
     /// Indexes into the batch.
     events: Vec<usize>,
 }
@@ -810,11 +829,27 @@ fn write_batch(
     Ok(answers)
 }
 
-/// Evaluates every chain, on as many threads as the machine has cores (the writer's own
-/// included); answers by batch index, `None` for events that are not new.
-fn evaluate_chains(chains: &[Chain<'_>], jobs: &[Job]) -> Vec<Option<Evaluation>> {
+/// Where a chain left its customer: the customer and the plugin states its events changed,
+/// for the overlay. `customer` is `None` when none of its events was stored.
+struct ChainEnd {
+    tenant: String,
+    customer: Option<CustomerRecord>,
+    states: Vec<(String, Option<RawJson>)>,
+}
+
+/// Evaluates every chain, on as many threads as the machine has cores (the evaluator's own
+/// included); answers by batch index (`None` for events that are not new), and where each
+/// chain ended.
+fn evaluate_chains(chains: &[Chain<'_>], jobs: &[Job]) -> (Vec<Option<Evaluation>>, Vec<ChainEnd>) {
     let mut evaluated: Vec<Option<Evaluation>> = Vec::new();
     evaluated.resize_with(jobs.len(), || None);
+    let mut ends = Vec::with_capacity(chains.len());
+    let mut keep = |done: Vec<(usize, Evaluation)>, end: ChainEnd| {
+        for (index, evaluation) in done {
+            evaluated[index] = Some(evaluation);
+        }
+        ends.push(end);
+    };
     let new_events: usize = chains.iter().map(|chain| chain.events.len()).sum();
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -822,11 +857,10 @@ fn evaluate_chains(chains: &[Chain<'_>], jobs: &[Job]) -> Vec<Option<Evaluation>
     // A thread costs tens of microseconds to start: not worth it for a handful of events.
     if threads <= 1 || new_events < MIN_EVENTS_TO_SPLIT {
         for chain in chains {
-            for (index, evaluation) in evaluate_chain(chain, jobs) {
-                evaluated[index] = Some(evaluation);
-            }
+            let (done, end) = evaluate_chain(chain, jobs);
+            keep(done, end);
         }
-        return evaluated;
+        return (evaluated, ends);
     }
     let next = AtomicUsize::new(0);
     let work = || {
@@ -836,7 +870,7 @@ fn evaluate_chains(chains: &[Chain<'_>], jobs: &[Job]) -> Vec<Option<Evaluation>
             let Some(chain) = chains.get(taken) else {
                 return done;
             };
-            done.extend(evaluate_chain(chain, jobs));
+            done.push(evaluate_chain(chain, jobs));
         }
     };
     std::thread::scope(|scope| {
@@ -849,21 +883,23 @@ fn evaluate_chains(chains: &[Chain<'_>], jobs: &[Job]) -> Vec<Option<Evaluation>
                 Err(_) => tracing::error!("an evaluation thread panicked"),
             }
         }
-        for (index, evaluation) in all {
-            evaluated[index] = Some(evaluation);
+        for (done, end) in all {
+            keep(done, end);
         }
     });
-    evaluated
+    (evaluated, ends)
 }
 
-/// Below this many new events in a batch, they are evaluated on the writer thread alone.
+/// Below this many new events in a batch, they are evaluated on the evaluator thread alone.
 const MIN_EVENTS_TO_SPLIT: usize = 8;
 
 /// Evaluates a chain's events one after another, each on the customer and plugin states the
 /// one before left. A refused event leaves them as they were.
-fn evaluate_chain(chain: &Chain<'_>, jobs: &[Job]) -> Vec<(usize, Evaluation)> {
+fn evaluate_chain(chain: &Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, ChainEnd) {
     let mut customer = chain.customer.clone();
     let mut states = chain.states.clone();
+    let mut changed: Vec<&str> = Vec::new();
+    let mut stored_any = false;
     let mut done = Vec::with_capacity(chain.events.len());
     for &index in &chain.events {
         let new = &jobs[index].event;
@@ -872,22 +908,39 @@ fn evaluate_chain(chain: &Chain<'_>, jobs: &[Job]) -> Vec<(usize, Evaluation)> {
             .iter()
             .filter(|p| p.runs_for(&new.action))
             .collect();
-        let inputs: Vec<Option<Value>> = subscribed
-            .iter()
-            .map(|p| states.get(p.record.name.as_str()).cloned().flatten())
-            .collect();
-        let evaluation = evaluate_event(chain.tenant, new, &customer, &subscribed, &inputs);
+        let evaluation = {
+            let inputs: Vec<Option<&RawJson>> = subscribed
+                .iter()
+                .map(|p| states.get(p.record.name.as_str()).and_then(Option::as_ref))
+                .collect();
+            evaluate_event(chain.tenant, new, &customer, &subscribed, &inputs)
+        };
         if let Ok(append) = &evaluation {
+            stored_any = true;
             customer.clone_from(&append.customer);
             for (name, state) in &append.plugin_states {
-                if let Some(kept) = states.get_mut(name.as_str()) {
-                    kept.clone_from(state);
+                // Every state a plugin can return was read when the chain was planned.
+                if let Some((&key, _)) = chain.states.get_key_value(name.as_str()) {
+                    if let Some(kept) = states.get_mut(key) {
+                        kept.clone_from(state);
+                    }
+                    if !changed.contains(&key) {
+                        changed.push(key);
+                    }
                 }
             }
         }
         done.push((index, evaluation));
     }
-    done
+    let end = ChainEnd {
+        tenant: chain.tenant.to_owned(),
+        states: changed
+            .into_iter()
+            .map(|name| (name.to_owned(), states.remove(name).flatten()))
+            .collect(),
+        customer: stored_any.then_some(customer),
+    };
+    (done, end)
 }
 
 /// Runs the subscribed plugins on one event and builds what to append, or refuses the event
@@ -897,7 +950,7 @@ fn evaluate_event(
     new: &NewEvent,
     before: &CustomerRecord,
     subscribed: &[&ActivePlugin],
-    states: &[Option<Value>],
+    states: &[Option<&RawJson>],
 ) -> Evaluation {
     let event = wire_event(new).map_err(IngestError::Internal)?;
     let results = evaluate(tenant, &event, &before.customer, subscribed, states);
@@ -956,7 +1009,7 @@ fn evaluate(
     event: &Event,
     customer: &Customer,
     subscribed: &[&ActivePlugin],
-    states: &[Option<Value>],
+    states: &[Option<&RawJson>],
 ) -> Evaluated {
     let mut results = Vec::with_capacity(subscribed.len());
     let mut customer = customer.clone();
@@ -978,8 +1031,8 @@ fn evaluate(
                         name: &active.record.name,
                         version: active.record.active_version,
                         plugin,
-                        config: Some(&active.record.config),
-                        state: state.as_ref(),
+                        config: active.config.as_ref().map(RawJson::as_raw),
+                        state: state.map(RawJson::as_raw),
                     })
                 })
                 .collect();
@@ -1006,12 +1059,12 @@ fn evaluate(
 
 /// The event as plugins see it.
 pub fn wire_event(new: &NewEvent) -> Result<Event, String> {
-    let mut event = Event::new(
+    let mut event = Event::from_raw(
         new.id.clone(),
         new.action.clone(),
         new.customer.clone(),
         new.timestamp,
-        &new.data,
+        new.data.as_raw().to_owned(),
     )
     .map_err(|error| error.to_string())?;
     event.label.clone_from(&new.label);
@@ -1055,7 +1108,7 @@ fn build_append(new: &NewEvent, before: CustomerRecord, evaluated: Evaluated) ->
                 }
                 if let Some(state) = &decision.state {
                     // `null` clears the state; anything else replaces it.
-                    let kept = (!state.is_null()).then(|| state.clone());
+                    let kept = (!state.is_null()).then(|| RawJson::from_value(state));
                     plugin_states.push((result.name.clone(), kept));
                 }
                 outcome.points.extend(decision.points.iter().cloned());
@@ -1156,8 +1209,9 @@ fn record_attributes(attributes: &mut Map<String, Value>, new: &NewEvent) {
     const PROFILE_FIELDS: [&str; 5] = ["email", "first_name", "last_name", "phone", "language"];
     match new.action.as_str() {
         "opt_in" => {
+            let data = new.data.to_value();
             for field in PROFILE_FIELDS {
-                if let Some(value) = new.data.get(field).filter(|v| !v.is_null()) {
+                if let Some(value) = data.get(field).filter(|v| !v.is_null()) {
                     attributes.insert(field.to_owned(), value.clone());
                 }
             }
@@ -1216,7 +1270,7 @@ mod tests {
             source: "api".to_owned(),
             ip_address: None,
             user_agent: None,
-            data,
+            data: RawJson::from_value(&data),
             received_at: "2026-11-23T00:00:00Z".to_owned(),
             contact_card: Vec::new(),
         }

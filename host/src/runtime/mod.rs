@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tally_sdk::{Decision, Input, Output};
+use tally_sdk::{Decision, Output};
 use wasmtime::{
     Caller, Config, Enabled, Engine, Extern, InstancePre, Linker, Module, ModuleExport, OptLevel,
     PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc, WasmBacktrace,
@@ -338,8 +338,8 @@ impl Plugin {
         &self.sha256
     }
 
-    /// Evaluates one input.
-    pub fn evaluate(&self, input: &Input) -> Evaluation {
+    /// Evaluates one input: a [`tally_sdk::Input`], or anything that serializes as one.
+    pub fn evaluate(&self, input: &impl serde::Serialize) -> Evaluation {
         match serde_json::to_vec(input) {
             Ok(json) => self.evaluate_json(&json),
             Err(error) => Evaluation {

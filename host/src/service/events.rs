@@ -10,6 +10,7 @@ use super::ServiceError;
 use crate::auth;
 use crate::pipeline::writer::NewEvent;
 use crate::schema::EventTypes;
+use crate::storage::RawJson;
 
 /// The longest customer id.
 pub const MAX_CUSTOMER_LEN: usize = 256;
@@ -148,7 +149,7 @@ pub(super) fn read_event(
         source: origin.source.clone(),
         ip_address: origin.ip_address.clone(),
         user_agent: origin.user_agent.clone(),
-        data,
+        data: RawJson::from_value(&data),
         received_at: now.to_string(),
         contact_card,
     })

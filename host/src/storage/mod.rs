@@ -30,12 +30,11 @@ use std::error::Error;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::Value;
 use tally_sdk::{PointEntry, Timestamp, Trigger};
 
 pub use self::model::{
     CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry, OnError, OutboxTrigger,
-    PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, PluginVersion, StoredEvent,
+    PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, PluginVersion, RawJson, StoredEvent,
     TenantRecord,
 };
 pub use self::redb::RedbStore;
@@ -133,7 +132,7 @@ pub struct AppendEvent {
     /// Points entries to append to the customer's ledger, in order.
     pub ledger: Vec<NewLedgerEntry>,
     /// Plugin states to replace: `(plugin, Some(state))` sets, `(plugin, None)` deletes.
-    pub plugin_states: Vec<(String, Option<Value>)>,
+    pub plugin_states: Vec<(String, Option<RawJson>)>,
     /// Outbound triggers to put in the tenant's outbox, in order.
     pub triggers: Vec<NewTrigger>,
 }
@@ -172,7 +171,7 @@ pub trait BatchTxn {
         tenant: &str,
         plugin: &str,
         customer: &str,
-    ) -> Result<Option<Value>, StoreError>;
+    ) -> Result<Option<RawJson>, StoreError>;
 
     /// Appends an evaluated event and everything it changes; returns the event as stored,
     /// with its `seq`.
@@ -268,7 +267,7 @@ pub trait Store: Send + Sync {
         tenant: &str,
         plugin: &str,
         customer: &str,
-    ) -> Result<Option<Value>, StoreError>;
+    ) -> Result<Option<RawJson>, StoreError>;
 
     /// The event `id` of `tenant`.
     fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError>;

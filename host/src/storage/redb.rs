@@ -61,7 +61,8 @@ use tally_sdk::{Customer, Decision, Points};
 
 use super::{
     AppendEvent, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError,
-    OutboxTrigger, Page, PluginRecord, PluginVersion, Store, StoreError, StoredEvent, TenantRecord,
+    OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store, StoreError, StoredEvent,
+    TenantRecord,
 };
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
@@ -446,7 +447,7 @@ impl Store for RedbStore {
         tenant: &str,
         plugin: &str,
         customer: &str,
-    ) -> Result<Option<Value>, StoreError> {
+    ) -> Result<Option<RawJson>, StoreError> {
         let txn = self.read()?;
         get_json(
             &txn.open_table(PLUGIN_STATE)?,
@@ -815,10 +816,7 @@ impl<'txn> RedbBatch<'txn> {
             let key = (tenant, customer_id, plugin.as_str());
             match state {
                 Some(state) => {
-                    let bytes = encode(&state, || {
-                        format!("state of plugin {plugin} for customer {customer_id}")
-                    })?;
-                    self.plugin_state.insert(key, bytes.as_slice())?;
+                    self.plugin_state.insert(key, state.get().as_bytes())?;
                 }
                 None => {
                     self.plugin_state.remove(key)?;
@@ -879,7 +877,7 @@ impl BatchTxn for RedbBatch<'_> {
         tenant: &str,
         plugin: &str,
         customer: &str,
-    ) -> Result<Option<Value>, StoreError> {
+    ) -> Result<Option<RawJson>, StoreError> {
         get_json(&self.plugin_state, (tenant, customer, plugin), || {
             format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
         })
