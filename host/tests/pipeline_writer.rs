@@ -24,8 +24,8 @@ use tally_host::pipeline::writer::{
 };
 use tally_host::runtime::{Limits, Plugin, Runtime};
 use tally_host::storage::{
-    BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RawJson, RedbStore,
-    Store, StoreError, TenantRecord,
+    BatchRead, BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RawJson,
+    RedbStore, Store, StoreError, TenantRecord,
 };
 use tally_sdk::Timestamp;
 
@@ -93,6 +93,7 @@ impl Store for Flaky {
         customer_events(tenant: &str, customer: &str, query: &EventQuery) -> Result<tally_host::storage::Page<tally_host::storage::StoredEvent>, StoreError>;
         ledger(tenant: &str, customer: &str, limit: usize, cursor: Option<&str>) -> Result<tally_host::storage::Page<tally_host::storage::LedgerEntry>, StoreError>;
         outbox(tenant: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::OutboxTrigger>, StoreError>;
+        read_batch(work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>) -> Result<(), StoreError>;
     }
 
     fn write_batch(

@@ -37,8 +37,8 @@ use super::{PluginCall, PluginResult, run_plugins};
 use crate::runtime::{EvalError, Plugin};
 use crate::schema::ContactCardValue;
 use crate::storage::{
-    AppendEvent, BatchTxn, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger, OnError,
-    PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store, StoreError,
+    AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger,
+    OnError, PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store, StoreError,
     StoredEvent,
 };
 
@@ -369,7 +369,7 @@ impl Overlay {
 
 /// The evaluator's reads: the overlay first, then what the store has committed.
 struct Reader<'a> {
-    store: &'a dyn Store,
+    snapshot: &'a dyn BatchRead,
     overlay: &'a Overlay,
 }
 
@@ -381,7 +381,7 @@ impl Reader<'_> {
             .get(&(tenant.to_owned(), id.to_owned()))
         {
             Some((customer, _)) => Ok(Some(customer.clone())),
-            None => self.store.customer(tenant, id),
+            None => self.snapshot.customer(tenant, id),
         }
     }
 
@@ -394,7 +394,7 @@ impl Reader<'_> {
         let key = (tenant.to_owned(), plugin.to_owned(), customer.to_owned());
         match self.overlay.states.get(&key) {
             Some((state, _)) => Ok(state.clone()),
-            None => self.store.plugin_state(tenant, plugin, customer),
+            None => self.snapshot.plugin_state(tenant, plugin, customer),
         }
     }
 }
@@ -531,8 +531,17 @@ fn evaluate_batch(
         // Otherwise the committer refuses this batch: it was begun on state that failed.
     }
     let mut timings = Timings::default();
-    let reader = Reader { store, overlay };
-    let (plans, chains) = match plan_batch(&reader, &jobs, &by_tenant) {
+    let mut planned = None;
+    let read = store.read_batch(&mut |snapshot| {
+        let reader = Reader { snapshot, overlay };
+        planned = Some(plan_batch(&reader, &jobs, &by_tenant)?);
+        Ok(())
+    });
+    let (plans, chains) = match read.and_then(|()| {
+        planned
+            .take()
+            .ok_or_else(|| StoreError::backend("the batch's reads did not run"))
+    }) {
         Ok(planned) => planned,
         Err(error) => {
             return EvaluatedBatch {
@@ -736,7 +745,7 @@ fn plan_batch<'a>(
             continue;
         }
         first_with_id.insert((tenant, id), index);
-        if let Some(stored) = reader.store.event(tenant, id)? {
+        if let Some(stored) = reader.snapshot.event(tenant, id)? {
             plans.push(Plan::Stored(Box::new(stored)));
             continue;
         }

@@ -155,24 +155,27 @@ pub struct NewTrigger {
     pub trigger: Trigger,
 }
 
-/// The view of one write transaction that [`Store::write_batch`] hands to its `work`.
-///
-/// Reads see every write made earlier in the same batch.
-pub trait BatchTxn {
-    /// The event `id` of `tenant`, if it is stored or appended earlier in this batch.
+/// The reads the pipeline makes for a batch of events, all from one snapshot: the one
+/// [`Store::read_batch`] takes, or the write transaction of [`Store::write_batch`], whose
+/// reads see every write made earlier in the same batch.
+pub trait BatchRead {
+    /// The event `id` of `tenant`.
     fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError>;
 
-    /// The customer `id` of `tenant`, as the batch has left them so far.
+    /// The customer `id` of `tenant`.
     fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
 
-    /// `plugin`'s private state for `customer`, as the batch has left it so far.
+    /// `plugin`'s private state for `customer`.
     fn plugin_state(
         &self,
         tenant: &str,
         plugin: &str,
         customer: &str,
     ) -> Result<Option<RawJson>, StoreError>;
+}
 
+/// The view of one write transaction that [`Store::write_batch`] hands to its `work`.
+pub trait BatchTxn: BatchRead {
     /// Appends an evaluated event and everything it changes; returns the event as stored,
     /// with its `seq`.
     ///
@@ -300,6 +303,14 @@ pub trait Store: Send + Sync {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<OutboxTrigger>, StoreError>;
+
+    /// Runs `work` on one snapshot of what is committed, with the tables it reads opened
+    /// once: the pipeline reads a whole batch's replays, customers and plugin states this
+    /// way rather than opening a transaction per read.
+    fn read_batch(
+        &self,
+        work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 
     /// Runs `work` in one write transaction and commits it durably once, when `work` returns
     /// `Ok`. When `work` returns `Err`, nothing it wrote is kept and the error is returned.

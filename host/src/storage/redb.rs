@@ -50,8 +50,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ::redb::{
-    Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    WriteTransaction,
+    Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -60,9 +60,9 @@ use sha2::{Digest, Sha256};
 use tally_sdk::{Customer, Decision, Points};
 
 use super::{
-    AppendEvent, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError,
-    OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store, StoreError, StoredEvent,
-    TenantRecord,
+    AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry,
+    OnError, OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store, StoreError,
+    StoredEvent, TenantRecord,
 };
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
@@ -449,11 +449,7 @@ impl Store for RedbStore {
         customer: &str,
     ) -> Result<Option<RawJson>, StoreError> {
         let txn = self.read()?;
-        get_json(
-            &txn.open_table(PLUGIN_STATE)?,
-            (tenant, customer, plugin),
-            || format!("state of plugin {plugin} for customer {customer} of tenant {tenant}"),
-        )
+        get_plugin_state(&txn.open_table(PLUGIN_STATE)?, tenant, plugin, customer)
     }
 
     fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
@@ -595,6 +591,19 @@ impl Store for RedbStore {
             })?);
         }
         Ok(triggers)
+    }
+
+    fn read_batch(
+        &self,
+        work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.read()?;
+        let snapshot = RedbSnapshot {
+            events: txn.open_table(EVENTS)?,
+            customers: txn.open_table(CUSTOMERS)?,
+            plugin_state: txn.open_table(PLUGIN_STATE)?,
+        };
+        work(&snapshot)
     }
 
     fn write_batch(
@@ -863,7 +872,7 @@ impl<'txn> RedbBatch<'txn> {
     }
 }
 
-impl BatchTxn for RedbBatch<'_> {
+impl BatchRead for RedbBatch<'_> {
     fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         get_event(&self.events, tenant, id)
     }
@@ -878,11 +887,37 @@ impl BatchTxn for RedbBatch<'_> {
         plugin: &str,
         customer: &str,
     ) -> Result<Option<RawJson>, StoreError> {
-        get_json(&self.plugin_state, (tenant, customer, plugin), || {
-            format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
-        })
+        get_plugin_state(&self.plugin_state, tenant, plugin, customer)
+    }
+}
+
+/// One read snapshot with the tables a batch reads opened once.
+struct RedbSnapshot {
+    events: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    customers: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    plugin_state: ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+}
+
+impl BatchRead for RedbSnapshot {
+    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        get_event(&self.events, tenant, id)
     }
 
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
+        get_customer(&self.customers, tenant, id)
+    }
+
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<RawJson>, StoreError> {
+        get_plugin_state(&self.plugin_state, tenant, plugin, customer)
+    }
+}
+
+impl BatchTxn for RedbBatch<'_> {
     fn append(&mut self, append: AppendEvent) -> Result<StoredEvent, StoreError> {
         if let Some(error) = &self.poisoned {
             return Err(error.clone());
@@ -932,6 +967,17 @@ fn get_customer(
 ) -> Result<Option<CustomerRecord>, StoreError> {
     get_json(table, (tenant, id), || {
         format!("customer {id} of tenant {tenant}")
+    })
+}
+
+fn get_plugin_state(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    plugin: &str,
+    customer: &str,
+) -> Result<Option<RawJson>, StoreError> {
+    get_json(table, (tenant, customer, plugin), || {
+        format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
     })
 }
 
