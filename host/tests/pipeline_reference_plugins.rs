@@ -23,7 +23,7 @@ use tally_sdk::{Customer, Event};
 
 struct Journey {
     plugins: Vec<(&'static str, Plugin)>,
-    states: HashMap<&'static str, Value>,
+    states: HashMap<&'static str, RawJson>,
     customer: Customer,
     clock: i64,
     next_id: u32,
@@ -66,11 +66,6 @@ impl Journey {
             &data,
         )
         .expect("an object");
-        let states: HashMap<&str, RawJson> = self
-            .states
-            .iter()
-            .map(|(name, state)| (*name, RawJson::from_value(state)))
-            .collect();
         let calls: Vec<PluginCall<'_>> = self
             .plugins
             .iter()
@@ -79,7 +74,7 @@ impl Journey {
                 version: 1,
                 plugin,
                 config: None,
-                state: states.get(name).map(RawJson::as_raw),
+                state: self.states.get(name).map(RawJson::as_raw),
             })
             .collect();
         let outcome = run_plugins("acme", &event, self.customer.clone(), &calls);

@@ -660,19 +660,88 @@ pub struct Decision {
     /// Outbound notifications such as `TierEarned` or `CouponAwarded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
-    /// The plugin's new private state for this customer: `None` keeps the old state,
-    /// `Some(Value::Null)` clears it.
+    /// The plugin's new private state for this customer, as JSON text (set it with
+    /// [`Decision::state`]): `None` keeps the old state, `Some` of JSON `null` clears it.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    pub state: Option<Value>,
+    pub state: Option<RawJson>,
 }
 
-/// Keeps an explicit `null` as `Some(Value::Null)` so that it can clear state.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(deserializer).map(Some)
+/// Keeps an explicit `null` as `Some` of `null` so that it can clear state.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<RawJson>, D::Error> {
+    RawJson::deserialize(deserializer).map(Some)
+}
+
+/// A JSON value kept as its text.
+///
+/// Plugin state is written by the plugin, stored by the host and read back by the plugin on
+/// the customer's next event; nothing in between needs it as a tree of values. Keeping the
+/// text means neither side builds one (a plugin's state of a thousand remembered
+/// transactions is read and written on every event). Equal when the texts are equal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// The text of `value`.
+    pub fn from_value(value: &Value) -> RawJson {
+        // Serializing a `Value` cannot fail: its map keys are strings.
+        RawJson(
+            serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()),
+        )
+    }
+
+    /// `value` written as JSON.
+    pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<RawJson, Error> {
+        serde_json::value::to_raw_value(value)
+            .map(RawJson)
+            .map_err(|why| Error::new(why.to_string()))
+    }
+
+    /// Takes JSON text as it is; `None` when it is not JSON.
+    pub fn from_text(text: String) -> Option<RawJson> {
+        RawValue::from_string(text).ok().map(RawJson)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// As a raw value.
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// The value, parsed (`null` if the text were not JSON, which it always is).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+
+    /// The value as `T`, with the path of what does not fit.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        from_json_str(self.0.get()).map_err(|why| Error::new(format!("JSON value{why}")))
+    }
+
+    /// Whether it is JSON `null`.
+    pub fn is_null(&self) -> bool {
+        self.0.get() == "null"
+    }
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(raw: Box<RawValue>) -> RawJson {
+        RawJson(raw)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
 }
 
 impl Decision {
@@ -732,9 +801,9 @@ impl Decision {
 
     /// Replaces this plugin's state for the customer.
     pub fn state<T: Serialize>(mut self, state: &T) -> Result<Decision, Error> {
-        let value = serde_json::to_value(state)
-            .map_err(|why| Error::new(format!("plugin state: {why}")))?;
-        self.state = Some(value);
+        let text = RawJson::to_json(state)
+            .map_err(|why| Error::new(format!("plugin state: {}", why.message())))?;
+        self.state = Some(text);
         Ok(self)
     }
 
@@ -991,7 +1060,7 @@ struct OutputFields {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    state: Option<Value>,
+    state: Option<RawJson>,
 }
 
 impl Serialize for Output {

@@ -1117,7 +1117,7 @@ fn build_append(new: &NewEvent, before: CustomerRecord, evaluated: Evaluated) ->
                 }
                 if let Some(state) = &decision.state {
                     // `null` clears the state; anything else replaces it.
-                    let kept = (!state.is_null()).then(|| RawJson::from_value(state));
+                    let kept = (!state.is_null()).then(|| state.clone());
                     plugin_states.push((result.name.clone(), kept));
                 }
                 outcome.points.extend(decision.points.iter().cloned());

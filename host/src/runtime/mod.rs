@@ -472,11 +472,7 @@ fn decode_output(output: &[u8], limits: &Limits) -> Result<Decision, EvalError> 
             reason: violation.0,
         })?;
     if let Some(state) = &decision.state {
-        // Counted as it is written, without building the JSON.
-        let mut counter = ByteCounter(0);
-        let size = serde_json::to_writer(&mut counter, state)
-            .map(|()| counter.0)
-            .unwrap_or(usize::MAX);
+        let size = state.get().len();
         if size > limits.max_state_bytes {
             return Err(EvalError::StateTooLarge {
                 size,
@@ -508,20 +504,6 @@ fn describe_bad_output(output: &[u8]) -> EvalError {
         },
     };
     EvalError::BadOutput { reason }
-}
-
-/// An `io::Write` that only counts: the size of some JSON without its bytes.
-struct ByteCounter(usize);
-
-impl std::io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Maps a failed call to its typed error: wasmtime's [`Trap`] first, then what the sandbox

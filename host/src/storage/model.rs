@@ -6,64 +6,12 @@
 //! build still read.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+// Event data and plugin state travel as JSON text from the request to the plugins and into
+// the store, without being rebuilt as a `Value` tree at each step (cloning, re-encoding and
+// dropping those trees was a fifth of the writer's time).
+pub use tally_sdk::RawJson;
 use tally_sdk::{Customer, Perk, PointEntry, PointKind, Timestamp, Trigger};
-
-/// A JSON value kept as its text: event data and plugin state travel from the request to
-/// the plugins and into the store without being rebuilt as a `Value` tree at each step
-/// (cloning, re-encoding and dropping those trees was a fifth of the writer's time).
-/// Compared by text, which is how it is stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson(Box<RawValue>);
-
-impl RawJson {
-    /// The text of `value`.
-    pub fn from_value(value: &Value) -> RawJson {
-        // Serializing a `Value` cannot fail: its map keys are strings.
-        RawJson(
-            serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()),
-        )
-    }
-
-    /// Takes JSON text as it is; `None` when it is not JSON.
-    pub fn from_text(text: String) -> Option<RawJson> {
-        RawValue::from_string(text).ok().map(RawJson)
-    }
-
-    /// The JSON text.
-    pub fn get(&self) -> &str {
-        self.0.get()
-    }
-
-    /// As a raw value, for the plugin input.
-    pub fn as_raw(&self) -> &RawValue {
-        &self.0
-    }
-
-    /// The value, parsed.
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
-    }
-
-    /// Whether it is JSON `null`.
-    pub fn is_null(&self) -> bool {
-        self.0.get() == "null"
-    }
-}
-
-impl From<Box<RawValue>> for RawJson {
-    fn from(raw: Box<RawValue>) -> RawJson {
-        RawJson(raw)
-    }
-}
-
-impl PartialEq for RawJson {
-    fn eq(&self, other: &RawJson) -> bool {
-        self.get() == other.get()
-    }
-}
 
 /// A tenant (brand). Its API key is kept apart, hashed, and never in this record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

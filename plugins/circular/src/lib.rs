@@ -354,9 +354,15 @@ mod tests {
     }
 
     fn counted(decision: &Decision) -> u64 {
-        serde_json::from_value::<State>(decision.state.clone().expect("state is written"))
-            .expect("state reads back")
-            .circular_actions
+        serde_json::from_value::<State>(
+            decision
+                .state
+                .as_ref()
+                .expect("state is written")
+                .to_value(),
+        )
+        .expect("state reads back")
+        .circular_actions
     }
 
     #[test]

@@ -392,8 +392,14 @@ mod tests {
     }
 
     fn state_of(decision: &Decision) -> State {
-        serde_json::from_value(decision.state.clone().expect("state is written"))
-            .expect("state reads back")
+        serde_json::from_value(
+            decision
+                .state
+                .as_ref()
+                .expect("state is written")
+                .to_value(),
+        )
+        .expect("state reads back")
     }
 
     fn trigger<'a>(decision: &'a Decision, name: &str) -> Option<&'a Trigger> {

@@ -407,8 +407,14 @@ mod tests {
     }
 
     fn state_of(decision: &Decision) -> State {
-        serde_json::from_value(decision.state.clone().expect("state is written"))
-            .expect("state reads back")
+        serde_json::from_value(
+            decision
+                .state
+                .as_ref()
+                .expect("state is written")
+                .to_value(),
+        )
+        .expect("state reads back")
     }
 
     /// One entry: its amount and kind.
@@ -818,7 +824,7 @@ mod tests {
         let decision = run(checkout_input(json!({"total": 10, "transaction_id": "t"}))
             .config(json!({"rate": "1.5"})));
         assert_eq!(
-            decision.state,
+            decision.state.map(|state| state.to_value()),
             Some(json!({"transactions": [{"id": "t", "points": 15, "factor": "1.5"}]}))
         );
     }

@@ -369,7 +369,10 @@ mod tests {
                 "points_above_tier_minimum": 40,
             })
         );
-        assert_eq!(decision.state, Some(json!({"lifetime": 2040})));
+        assert_eq!(
+            decision.state.map(|state| state.to_value()),
+            Some(json!({"lifetime": 2040}))
+        );
     }
 
     #[test]
