@@ -93,6 +93,19 @@ fn host_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
     by_name
 }
 
+/// Bytes the host has had written to the disk (`write_bytes` of `/proc/<pid>/io`): with
+/// redb's copy-on-write pages, what an event costs the disk is mostly whole pages rewritten.
+fn host_disk_writes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("write_bytes: "))
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The host's CPU time per event between two `host_cpu` readings, by thread name.
 fn cpu_per_event(
     before: &std::collections::BTreeMap<String, u64>,
@@ -315,11 +328,18 @@ async fn run_tally(
     load(url.clone(), Some(key.clone()), warmup, options.connections).await;
     let pid = host.child.id();
     let (before, generator_before) = (host_cpu(pid), host_cpu(std::process::id()));
+    let written_before = host_disk_writes(pid);
     let (elapsed, latencies, failures) = load(url, Some(key), bodies, options.connections).await;
     assert_eq!(failures, 0, "every event is accepted");
     println!(
         "{}",
         cpu_per_event(&before, &host_cpu(pid), latencies.len())
+    );
+    println!(
+        "host disk writes per event: {:.1} KiB",
+        host_disk_writes(pid).saturating_sub(written_before) as f64
+            / latencies.len() as f64
+            / 1024.0
     );
     let generator = host_cpu(std::process::id())
         .values()
