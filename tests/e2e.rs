@@ -1270,3 +1270,26 @@ async fn a_full_queue_answers_503_with_retry_after() {
     );
     host.stop();
 }
+
+/// The host keeps keys and event types in memory; a change to either takes effect on the
+/// very next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_posted_after_events_applies_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let key = host.tenant("acme").await;
+    let repair = repair_event("r1", "ada", "2026-11-20T10:00:00Z");
+
+    // Checked once without the type (which caches the tenant's types)...
+    let (status, body) = host.event(&key, &repair).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unknown_action")
+    );
+    // ... then the type is posted, and the same event is taken.
+    let (status, body) = post_type(&host, &key, REPAIR_TYPE).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = host.event(&key, &repair).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    host.stop();
+}

@@ -3,8 +3,11 @@
 //! the compiled event types and the group-commit writer.
 //!
 //! Methods that touch storage or compile wasm block: the API calls them off the async
-//! runtime. [`Service::ingest`] is the one async method: it queues a validated event for the
-//! writer and waits until its batch has committed.
+//! runtime. Two answer from memory and never block, so that posting an event needs no
+//! blocking hop: [`Service::known_principal`] (keys seen before, kept by their hash) and
+//! [`Service::prepare_event_now`] (checking an event once its tenant's types are cached).
+//! [`Service::ingest`] is the one async method: it queues a validated event for the writer
+//! and waits until its batch has committed.
 //!
 //! Data flows one way: api -> service -> pipeline (writer) -> runtime + storage.
 

@@ -1,26 +1,38 @@
-//! Group commit: the one writer of events.
+//! Group commit: the one writer of events, in two threads.
 //!
 //! Request handlers validate an event, then hand it to the writer through a bounded queue
-//! with a oneshot for the answer. The writer runs on its own OS thread (redb writes and wasm
-//! evaluation block): it takes the first waiting event, drains everything else waiting up to
-//! a maximum batch, and runs one [`Store::write_batch`] for all of them. Inside it:
+//! with a oneshot for the answer. Redb writes and wasm evaluation block, so the writer runs
+//! on OS threads of its own:
 //!
-//! 1. reads, in arrival order: each id is checked for a replay (stored before, or earlier in
-//!    the batch), and each customer's new events become a *chain* that starts from the
-//!    customer and plugin states as stored;
-//! 2. evaluation: each chain's events run through the tenant's plugins one after another,
-//!    each on the customer the previous one left; chains of different customers share
-//!    nothing, so they run in parallel on every core (the writer's thread included);
-//! 3. writes, in arrival order: each event with its ledger entries, customer, plugin states
-//!    and triggers, through [`BatchTxn::append`], which checks each against what is stored.
+//! - the **evaluator** takes the first waiting event and everything else waiting (up to a
+//!   maximum batch) and
+//!   1. reads, in arrival order and from one store snapshot: each id is checked for a replay
+//!      (stored before, or earlier in the batch), and each customer's new events become a
+//!      *chain* that starts from the customer and plugin states as the batches before left
+//!      them;
+//!   2. evaluates: each chain's events run through the tenant's plugins one after another,
+//!      each on the customer the previous one left; chains of different customers share
+//!      nothing, so they run in parallel on every core (the evaluator's thread included);
+//!   3. hands the batch to the committer and goes on with the next;
+//! - the **committer** takes every evaluated batch waiting, appends their events in arrival
+//!   order (each with its ledger entries, customer, plugin states and triggers, through
+//!   [`BatchTxn::append`], which checks each against what is stored) in one
+//!   [`Store::write_batch`], commits durably, and only then answers their requests.
 //!
-//! Only after the batch commits (durably) is any request answered, so a success means the
-//! event is on disk; a failed commit answers every event of the batch with an error, and
-//! nothing of it was stored.
+//! So a success means the event is on disk, and while one commit waits for the disk the next
+//! batch is already being evaluated. A failed commit answers every event in it with an error,
+//! and nothing of it was stored.
 //!
-//! One writer, and one chain per customer within a batch, is what gives "events of one
-//! customer in arrival order, no lost updates" without locks: no two evaluations of a
-//! customer overlap, and a batch starts from everything the previous one committed.
+//! Between the two threads, the *overlay* holds what the batches handed over will write
+//! (customers, plugin states, event ids) until the committer has finished them: the
+//! evaluator reads it before the store, so each batch is evaluated on everything before it.
+//! A failed commit bumps a generation number; the evaluator then forgets the overlay, and the
+//! committer refuses every batch that was evaluated on top of the failure (its clients may
+//! retry) rather than store it on state that is not on disk.
+//!
+//! One evaluator, one committer, and one chain per customer within a batch are what give
+//! "events of one customer in arrival order, no lost updates" without locks: no two
+//! evaluations of a customer overlap, and each starts from the one before.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -332,6 +344,13 @@ impl Overlay {
         self.ids.retain(|_, batch| *batch > finished);
     }
 
+    /// Drops what one batch wrote (a batch that will not be written after all).
+    fn forget_batch(&mut self, number: u64) {
+        self.customers.retain(|_, (_, batch)| *batch != number);
+        self.states.retain(|_, (_, batch)| *batch != number);
+        self.ids.retain(|_, batch| *batch != number);
+    }
+
     fn clear(&mut self) {
         self.customers.clear();
         self.states.clear();
@@ -470,8 +489,8 @@ fn run_evaluator(
                     count,
                     "the writer panicked on a batch; its events were not stored"
                 );
-                // The overlay may hold part of the batch.
-                overlay.clear();
+                // Whatever of the batch the overlay took in is not going to be written.
+                overlay.forget_batch(number);
                 // The committer still gets the number, so that batch numbers stay contiguous.
                 let empty = EvaluatedBatch {
                     number,
