@@ -9,13 +9,25 @@
 //! ```
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::{Customer, Event, Input, PluginInfo, Timestamp};
+use crate::{Customer, Decision, Event, Input, PluginInfo, Timestamp};
 
 /// The timestamp test events get unless one is set: 2026-11-23T10:00:00Z.
 pub const DEFAULT_TIMESTAMP: i64 = 1_795_428_000;
+
+/// The state `decision` writes, read back as `T`; panics (failing the test) when it writes
+/// none or one that does not read as `T`.
+pub fn state_of<T: DeserializeOwned>(decision: &Decision) -> T {
+    let Some(state) = &decision.state else {
+        panic!("the decision writes no state: {decision:?}");
+    };
+    state
+        .parse()
+        .unwrap_or_else(|error| panic!("the state {} does not read back: {error}", state.get()))
+}
 
 /// Starts an input for an event of `action` with `data` (a JSON object).
 pub fn input(action: &str, data: Value) -> InputBuilder {

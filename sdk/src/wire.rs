@@ -133,16 +133,7 @@ impl Event {
     ) -> Result<Event, Error> {
         let data = serde_json::value::to_raw_value(data)
             .map_err(|why| Error::new(format!("event data: {why}")))?;
-        Ok(Event {
-            id: id.into(),
-            action: action.into(),
-            label: None,
-            customer: customer.into(),
-            timestamp,
-            source: "api".to_owned(),
-            data,
-            parsed: OnceLock::new(),
-        })
+        Event::from_raw(id, action, customer, timestamp, data)
     }
 
     /// An event whose `data` is given as JSON text, which must be an object; the host builds

@@ -872,49 +872,43 @@ impl<'txn> RedbBatch<'txn> {
     }
 }
 
-impl BatchRead for RedbBatch<'_> {
-    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        get_event(&self.events, tenant, id)
-    }
+/// The batch reads of a type with `events`, `customers` and `plugin_state` tables: a write
+/// batch reads its own writes, a snapshot what was committed, through the same lookups.
+macro_rules! batch_read_from_tables {
+    ($type:ty) => {
+        impl BatchRead for $type {
+            fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+                get_event(&self.events, tenant, id)
+            }
 
-    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
-        get_customer(&self.customers, tenant, id)
-    }
+            fn customer(
+                &self,
+                tenant: &str,
+                id: &str,
+            ) -> Result<Option<CustomerRecord>, StoreError> {
+                get_customer(&self.customers, tenant, id)
+            }
 
-    fn plugin_state(
-        &self,
-        tenant: &str,
-        plugin: &str,
-        customer: &str,
-    ) -> Result<Option<RawJson>, StoreError> {
-        get_plugin_state(&self.plugin_state, tenant, plugin, customer)
-    }
+            fn plugin_state(
+                &self,
+                tenant: &str,
+                plugin: &str,
+                customer: &str,
+            ) -> Result<Option<RawJson>, StoreError> {
+                get_plugin_state(&self.plugin_state, tenant, plugin, customer)
+            }
+        }
+    };
 }
+
+batch_read_from_tables!(RedbBatch<'_>);
+batch_read_from_tables!(RedbSnapshot);
 
 /// One read snapshot with the tables a batch reads opened once.
 struct RedbSnapshot {
     events: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     customers: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     plugin_state: ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
-}
-
-impl BatchRead for RedbSnapshot {
-    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        get_event(&self.events, tenant, id)
-    }
-
-    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
-        get_customer(&self.customers, tenant, id)
-    }
-
-    fn plugin_state(
-        &self,
-        tenant: &str,
-        plugin: &str,
-        customer: &str,
-    ) -> Result<Option<RawJson>, StoreError> {
-        get_plugin_state(&self.plugin_state, tenant, plugin, customer)
-    }
 }
 
 impl BatchTxn for RedbBatch<'_> {

@@ -354,15 +354,7 @@ mod tests {
     }
 
     fn counted(decision: &Decision) -> u64 {
-        serde_json::from_value::<State>(
-            decision
-                .state
-                .as_ref()
-                .expect("state is written")
-                .to_value(),
-        )
-        .expect("state reads back")
-        .circular_actions
+        testing::state_of::<State>(decision).circular_actions
     }
 
     #[test]

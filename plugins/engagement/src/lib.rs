@@ -391,17 +391,6 @@ mod tests {
             .to_owned()
     }
 
-    fn state_of(decision: &Decision) -> State {
-        serde_json::from_value(
-            decision
-                .state
-                .as_ref()
-                .expect("state is written")
-                .to_value(),
-        )
-        .expect("state reads back")
-    }
-
     fn trigger<'a>(decision: &'a Decision, name: &str) -> Option<&'a Trigger> {
         decision
             .triggers
@@ -430,7 +419,7 @@ mod tests {
             trigger(&decision, "EngagementScored").expect("scored").data,
             json!({"action": "wishlist", "value": 5, "total": 45})
         );
-        assert_eq!(state_of(&decision).engagement_total, 45);
+        assert_eq!(testing::state_of::<State>(&decision).engagement_total, 45);
     }
 
     #[test]
@@ -555,7 +544,7 @@ mod tests {
                 .config(json!({"max_reviews_per_day": 3}))
                 .timestamp(timestamp)
                 .state(&state));
-            state = state_of(&decision);
+            state = testing::state_of::<State>(&decision);
             earned.push(decision.points_total());
         }
         assert_eq!(earned, [10, 10, 10, 0, 10, 0]);
@@ -573,7 +562,7 @@ mod tests {
                 .timestamp(&format!("2026-11-{day:02}T10:00:00Z"))
                 .state(&state));
             assert_eq!(decision.points_total(), 10);
-            state = state_of(&decision);
+            state = testing::state_of::<State>(&decision);
         }
         assert_eq!(state.review_days.len(), REVIEW_DAYS_KEPT);
         assert!(state.review_days.contains_key("2026-11-20"));
@@ -593,7 +582,7 @@ mod tests {
             json!({"referred_email": "Ann@Example.com", "referred_first_name": "Ann",
                    "referred_last_name": "Lee"})
         );
-        let state = state_of(&first);
+        let state = testing::state_of::<State>(&first);
         assert_eq!(state.referred.len(), 1);
         assert!(!state.referred[0].contains('@'), "no address in state");
 
@@ -641,7 +630,7 @@ mod tests {
         };
         let decision =
             run(testing::input("referral", json!({"referred_email": "new@x.io"})).state(&state));
-        let referred = state_of(&decision).referred;
+        let referred = testing::state_of::<State>(&decision).referred;
         assert_eq!(referred.len(), REFERRALS_KEPT);
         assert_eq!(referred[0], format!("{:016x}", 1));
         assert_eq!(referred.last(), Some(&email_hash("new@x.io")));

@@ -406,17 +406,6 @@ mod tests {
             .to_owned()
     }
 
-    fn state_of(decision: &Decision) -> State {
-        serde_json::from_value(
-            decision
-                .state
-                .as_ref()
-                .expect("state is written")
-                .to_value(),
-        )
-        .expect("state reads back")
-    }
-
     /// One entry: its amount and kind.
     fn entries(decision: &Decision) -> Vec<(i64, PointKind, &str)> {
         decision
@@ -440,7 +429,7 @@ mod tests {
             }
             let decision = run(builder);
             if decision.state.is_some() {
-                state = state_of(&decision);
+                state = testing::state_of::<State>(&decision);
             }
             decisions.push(decision);
         }
@@ -456,7 +445,7 @@ mod tests {
         })));
         assert_eq!(entries(&decision), vec![(200, PointKind::Earn, "checkout")]);
         assert_eq!(decision.points[0].expires_at, None);
-        let state = state_of(&decision);
+        let state = testing::state_of::<State>(&decision);
         assert_eq!(state.transactions.len(), 1);
         assert_eq!(state.transactions[0].id, "5475-4343-4343-4343-3333");
         assert_eq!(state.transactions[0].points, 200);
@@ -514,7 +503,10 @@ mod tests {
             decision.points.is_empty(),
             "an entry of 0 points is not allowed"
         );
-        assert_eq!(state_of(&decision).transactions[0].points, 0);
+        assert_eq!(
+            testing::state_of::<State>(&decision).transactions[0].points,
+            0
+        );
     }
 
     #[test]
@@ -567,7 +559,10 @@ mod tests {
     #[test]
     fn numeric_transaction_ids_are_accepted() {
         let decision = run(checkout_input(json!({"total": 1, "transaction_id": 42})));
-        assert_eq!(state_of(&decision).transactions[0].id, "42");
+        assert_eq!(
+            testing::state_of::<State>(&decision).transactions[0].id,
+            "42"
+        );
     }
 
     #[test]
@@ -610,7 +605,7 @@ mod tests {
             entries(&decisions[3]),
             vec![(-130, PointKind::Reverse, "checkout_reject")]
         );
-        let state = state_of(&decisions[3]);
+        let state = testing::state_of::<State>(&decisions[3]);
         assert!(state.transactions[0].rejected);
         assert!(!state.transactions[1].rejected, "t2 is untouched");
         assert_eq!(
@@ -651,7 +646,7 @@ mod tests {
             .config(config.clone())
             .tier("bronze"));
         assert_eq!(first.points_total(), 100);
-        let state = state_of(&first);
+        let state = testing::state_of::<State>(&first);
         // The purchase made the customer gold; a correction must still price it at bronze.
         let update = run(testing::input(
             "checkout_update",
@@ -664,7 +659,10 @@ mod tests {
             entries(&update),
             vec![(-20, PointKind::Reverse, "checkout_update")]
         );
-        assert_eq!(state_of(&update).transactions[0].points, 80);
+        assert_eq!(
+            testing::state_of::<State>(&update).transactions[0].points,
+            80
+        );
     }
 
     #[test]
@@ -716,7 +714,7 @@ mod tests {
             .collect();
         let decisions = replay(&events, json!({"remember_transactions": 3}), None);
         let ids = |decision: &Decision| -> Vec<String> {
-            state_of(decision)
+            testing::state_of::<State>(decision)
                 .transactions
                 .iter()
                 .map(|award| award.id.clone())
