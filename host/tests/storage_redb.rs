@@ -1073,6 +1073,60 @@ mod storage {
         assert!(matches!(error, StoreError::Invalid(_)), "{error}");
     }
 
+    /// Format 1 keyed plugin state (tenant, plugin, customer); opening such a file re-keys
+    /// it to (tenant, customer, plugin) and keeps every state.
+    #[test]
+    fn a_format_1_file_is_migrated_with_its_plugin_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.redb");
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
+                    redb::TableDefinition::new("meta");
+                let mut meta = txn.open_table(meta_table).unwrap();
+                meta.insert("format", 1_u32.to_le_bytes().as_slice())
+                    .unwrap();
+                let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
+                    redb::TableDefinition::new("plugin_state");
+                let mut states = txn.open_table(states_table).unwrap();
+                for (plugin, customer, state) in [
+                    ("points", "ada", r#"{"n":1}"#),
+                    ("points", "bob", r#"{"n":2}"#),
+                    ("tiers", "ada", r#"{"lifetime":3}"#),
+                ] {
+                    states
+                        .insert(("acme", plugin, customer), state.as_bytes())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let state = |plugin, customer| {
+            store
+                .plugin_state("acme", plugin, customer)
+                .unwrap()
+                .map(|state| state.get().to_owned())
+        };
+        assert_eq!(state("points", "ada").as_deref(), Some(r#"{"n":1}"#));
+        assert_eq!(state("points", "bob").as_deref(), Some(r#"{"n":2}"#));
+        assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
+        assert_eq!(state("tiers", "bob"), None);
+        drop(store);
+        // Opened again, it is format 2 and stays as it is.
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            store
+                .plugin_state("acme", "tiers", "ada")
+                .unwrap()
+                .map(|state| state.get().to_owned())
+                .as_deref(),
+            Some(r#"{"lifetime":3}"#)
+        );
+    }
+
     #[test]
     fn a_file_of_another_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -32,7 +32,7 @@
 //! start with (tenant, customer), so one event dirties one leaf page per table: a batch's
 //! commit writes, checksums and frees every page it touched, and under load that is most of
 //! the commit's work. (Format 1 keyed `plugin_state` by plugin first, which put one
-//! customer's states of three plugins on three pages.)
+//! customer's states of three plugins on three pages; opening a format-1 file re-keys it.)
 //!
 //! # Encoding
 //!
@@ -141,6 +141,14 @@ impl RedbStore {
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                 }
                 Some(FORMAT_VERSION) => {}
+                Some(1) => {
+                    migrate_plugin_state_keys(&txn)?;
+                    meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+                    tracing::info!(
+                        path = %path.display(),
+                        "storage format 1 migrated to {FORMAT_VERSION}"
+                    );
+                }
                 Some(other) => {
                     return Err(StoreError::backend(format!(
                         "{} has storage format {other}; this build reads format {FORMAT_VERSION}",
@@ -962,6 +970,33 @@ fn get_customer(
     get_json(table, (tenant, id), || {
         format!("customer {id} of tenant {tenant}")
     })
+}
+
+/// Format 1 -> 2: `plugin_state` rows re-keyed from (tenant, plugin, customer) to (tenant,
+/// customer, plugin), in the transaction that opens the file, so a crash leaves format 1 as
+/// it was.
+fn migrate_plugin_state_keys(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(PLUGIN_STATE)?;
+    let mut rows: Vec<((String, String, String), Vec<u8>)> = Vec::new();
+    for row in table.iter()? {
+        let (key, value) = row?;
+        let (tenant, plugin, customer) = key.value();
+        rows.push((
+            (tenant.to_owned(), plugin.to_owned(), customer.to_owned()),
+            value.value().to_vec(),
+        ));
+    }
+    // Old and new keys share the table, so every old row goes before any new one is written.
+    for ((tenant, plugin, customer), _) in &rows {
+        table.remove((tenant.as_str(), plugin.as_str(), customer.as_str()))?;
+    }
+    for ((tenant, plugin, customer), state) in &rows {
+        table.insert(
+            (tenant.as_str(), customer.as_str(), plugin.as_str()),
+            state.as_slice(),
+        )?;
+    }
+    Ok(())
 }
 
 fn get_plugin_state(
