@@ -169,10 +169,10 @@ pub struct Service {
     /// Tenants by the hash of a key that authenticated, so that a request does not read the
     /// store to learn whose key it carries. Emptied whenever a tenant or a key changes; keys
     /// that match nobody are not kept, so bad keys cannot grow it.
-    principals: RwLock<HashMap<[u8; 32], TenantRecord>>,
+    principals: StoreCache<[u8; 32], TenantRecord>,
     /// Each tenant's event-type documents, so that checking an event does not read them all
     /// from the store. Dropped for a tenant when one of its types changes.
-    type_documents: RwLock<HashMap<String, Arc<Vec<Value>>>>,
+    type_documents: StoreCache<String, Arc<Vec<Value>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -233,8 +233,8 @@ impl Service {
                 writer,
                 config,
                 admin_key_hash,
-                principals: RwLock::new(HashMap::new()),
-                type_documents: RwLock::new(HashMap::new()),
+                principals: StoreCache::default(),
+                type_documents: StoreCache::default(),
             },
             generated_admin_key,
         })
@@ -257,10 +257,7 @@ impl Service {
         if auth::hashes_equal(&self.admin_key_hash, &hash) {
             return Some(Principal::Admin);
         }
-        read_lock(&self.principals)
-            .get(&hash)
-            .cloned()
-            .map(Principal::Tenant)
+        self.principals.get(&hash).map(Principal::Tenant)
     }
 
     /// Whose key this is; `None` for a key that is nobody's.
@@ -269,16 +266,17 @@ impl Service {
             return Ok(Some(known));
         }
         let hash = auth::hash_key(key);
+        let epoch = self.principals.epoch();
         let tenant = self.store.tenant_by_key_hash(hash)?;
         if let Some(tenant) = &tenant {
-            write_lock(&self.principals).insert(hash, tenant.clone());
+            self.principals.insert(epoch, hash, tenant.clone());
         }
         Ok(tenant.map(Principal::Tenant))
     }
 
     /// Forgets every key seen: a tenant or a key changed.
     fn forget_principals(&self) {
-        write_lock(&self.principals).clear();
+        self.principals.forget_all();
     }
 
     // Tenants.
@@ -364,7 +362,7 @@ impl Service {
             created_at: now().to_string(),
         };
         self.store.put_event_type(tenant, &record)?;
-        write_lock(&self.type_documents).remove(tenant);
+        self.type_documents.forget(tenant);
         let compiled = self.schemas.get_or_compile(tenant, &record.document)?;
         Ok((compiled, created))
     }
@@ -387,7 +385,7 @@ impl Service {
     }
 
     fn cached_types(&self, tenant: &TenantRecord) -> Option<EventTypes> {
-        let documents = read_lock(&self.type_documents).get(&tenant.id).cloned()?;
+        let documents = self.type_documents.get(&tenant.id)?;
         Some(EventTypes::new(
             &self.schemas,
             tenant.id.clone(),
@@ -397,10 +395,11 @@ impl Service {
     }
 
     fn types_of(&self, tenant: &TenantRecord) -> Result<EventTypes, ServiceError> {
-        let cached = read_lock(&self.type_documents).get(&tenant.id).cloned();
+        let cached = self.type_documents.get(&tenant.id);
         let documents = match cached {
             Some(documents) => documents,
             None => {
+                let epoch = self.type_documents.epoch();
                 let documents: Arc<Vec<Value>> = Arc::new(
                     self.store
                         .event_types(&tenant.id)?
@@ -408,7 +407,8 @@ impl Service {
                         .map(|record| record.document)
                         .collect(),
                 );
-                write_lock(&self.type_documents).insert(tenant.id.clone(), documents.clone());
+                self.type_documents
+                    .insert(epoch, tenant.id.clone(), documents.clone());
                 documents
             }
         };
@@ -759,6 +759,64 @@ impl std::fmt::Debug for PluginCache {
     }
 }
 
+/// A cache of what the store holds, filled on reads and emptied (in part or whole) by the
+/// writes that change it.
+///
+/// A read that misses takes the cache's epoch, reads the store, and keeps what it read only if
+/// no write has emptied the cache since: a write stores first and empties the cache after,
+/// so a value read before the write can never be kept after it (a rotated key never works
+/// again, a new event type is always seen).
+#[derive(Debug)]
+struct StoreCache<K, V> {
+    entries: RwLock<(u64, HashMap<K, V>)>,
+}
+
+impl<K, V> Default for StoreCache<K, V> {
+    fn default() -> Self {
+        StoreCache {
+            entries: RwLock::new((0, HashMap::new())),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> StoreCache<K, V> {
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        read_lock(&self.entries).1.get(key).cloned()
+    }
+
+    /// Take it before reading the store, and give it to [`StoreCache::insert`].
+    fn epoch(&self) -> u64 {
+        read_lock(&self.entries).0
+    }
+
+    fn insert(&self, epoch: u64, key: K, value: V) {
+        let mut entries = write_lock(&self.entries);
+        if entries.0 == epoch {
+            entries.1.insert(key, value);
+        }
+    }
+
+    fn forget<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let mut entries = write_lock(&self.entries);
+        entries.0 += 1;
+        entries.1.remove(key);
+    }
+
+    fn forget_all(&self) {
+        let mut entries = write_lock(&self.entries);
+        entries.0 += 1;
+        entries.1.clear();
+    }
+}
+
 /// A cache's lock for reading. A panic while a cache was locked leaves nothing half-done
 /// (entries are inserted or removed whole), so a poisoned lock is used as it is.
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -810,5 +868,34 @@ impl PluginSource for PluginCache {
                 ActivePlugin::new(record, plugin)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_read_after_the_last_write_is_kept_obeyed() {
+        let cache = StoreCache::<String, u32>::default();
+        let epoch = cache.epoch();
+        cache.insert(epoch, "acme".to_owned(), 1);
+        assert_eq!(cache.get("acme"), Some(1));
+        cache.forget("acme");
+        assert_eq!(cache.get("acme"), None);
+    }
+
+    #[test]
+    fn a_value_read_before_a_write_is_not_kept_violated() {
+        let cache = StoreCache::<String, u32>::default();
+        // A read misses and takes the epoch; a write lands while it reads the store.
+        let epoch = cache.epoch();
+        cache.forget_all();
+        cache.insert(epoch, "acme".to_owned(), 1);
+        assert_eq!(cache.get("acme"), None, "the stale value is dropped");
+        // The next read is kept.
+        let epoch = cache.epoch();
+        cache.insert(epoch, "acme".to_owned(), 2);
+        assert_eq!(cache.get("acme"), Some(2));
     }
 }
