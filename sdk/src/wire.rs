@@ -692,11 +692,6 @@ impl RawJson {
             .map_err(|why| Error::new(why.to_string()))
     }
 
-    /// Takes JSON text as it is; `None` when it is not JSON.
-    pub fn from_text(text: String) -> Option<RawJson> {
-        RawValue::from_string(text).ok().map(RawJson)
-    }
-
     /// The JSON text.
     pub fn get(&self) -> &str {
         self.0.get()
