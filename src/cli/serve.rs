@@ -33,15 +33,35 @@ pub struct ServeArgs {
     /// Events that may wait for the writer; one more is answered 503 with Retry-After.
     #[arg(long, env = "TALLY_QUEUE_CAPACITY", default_value_t = 4096)]
     queue_capacity: usize,
-    /// The most events committed in one transaction.
+    /// The most events evaluated as one batch.
     #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 256)]
     max_batch: usize,
+    /// Threads serving HTTP; by default one fewer than the machine has cores (at least one).
+    #[arg(long, env = "TALLY_HTTP_THREADS")]
+    http_threads: Option<usize>,
+}
+
+/// The HTTP threads when none are asked for. Answering a request takes a fraction of what
+/// evaluating and committing its event take, and those run on threads of their own (the
+/// evaluator spreads over every core): one core's worth of HTTP threads fewer means less
+/// switching between them. Measured on 2 cores with `benches/ingest.rs`, 128 connections,
+/// two interleaved pairs: 1 thread 6,923 and 6,458 events/s, 2 threads 5,611 and 6,097.
+fn default_http_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .saturating_sub(1)
+        .max(1)
 }
 
 /// Runs the host until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs) -> ExitCode {
     init_logging();
+    let http_threads = args
+        .http_threads
+        .filter(|&threads| threads > 0)
+        .unwrap_or_else(default_http_threads);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(http_threads)
         .enable_all()
         .thread_name("tally-http")
         .build()
