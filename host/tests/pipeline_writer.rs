@@ -69,6 +69,14 @@ macro_rules! delegate {
     };
 }
 
+impl BatchRead for Flaky {
+    delegate! {
+        plugin_state(tenant: &str, plugin: &str, customer: &str) -> Result<Option<RawJson>, StoreError>;
+        event(tenant: &str, id: &str) -> Result<Option<tally_host::storage::StoredEvent>, StoreError>;
+        customer(tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
+    }
+}
+
 impl Store for Flaky {
     delegate! {
         create_tenant(tenant: &TenantRecord, hash: [u8; 32]) -> Result<(), StoreError>;
@@ -87,9 +95,6 @@ impl Store for Flaky {
         plugin(tenant: &str, name: &str) -> Result<Option<PluginRecord>, StoreError>;
         plugins(tenant: &str) -> Result<Vec<PluginRecord>, StoreError>;
         plugin_wasm(tenant: &str, name: &str, version: u32) -> Result<Option<Vec<u8>>, StoreError>;
-        plugin_state(tenant: &str, plugin: &str, customer: &str) -> Result<Option<RawJson>, StoreError>;
-        event(tenant: &str, id: &str) -> Result<Option<tally_host::storage::StoredEvent>, StoreError>;
-        customer(tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
         customer_events(tenant: &str, customer: &str, query: &EventQuery) -> Result<tally_host::storage::Page<tally_host::storage::StoredEvent>, StoreError>;
         ledger(tenant: &str, customer: &str, limit: usize, cursor: Option<&str>) -> Result<tally_host::storage::Page<tally_host::storage::LedgerEntry>, StoreError>;
         outbox(tenant: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::OutboxTrigger>, StoreError>;

@@ -11,7 +11,7 @@ mod storage {
 
     use serde_json::{Map, json};
     use tally_host::storage::{
-        AppendEvent, BatchTxn, CustomerRecord, EventOutcome, EventQuery, NewLedgerEntry,
+        AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery, NewLedgerEntry,
         NewTrigger, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
     use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points, Timestamp, Trigger};

@@ -8,9 +8,9 @@ mod storage {
     use serde_json::{Map, Value, json};
     use sha2::{Digest, Sha256};
     use tally_host::storage::{
-        AppendEvent, BatchTxn, CustomerRecord, EventOutcome, EventQuery, EventTypeRecord,
-        NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun, PluginStatus, RawJson,
-        RedbStore, Store, StoreError, StoredEvent, TenantRecord,
+        AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery,
+        EventTypeRecord, NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun,
+        PluginStatus, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
     use tally_sdk::{Customer, Decision, Perk, PointEntry, PointKind, Points, Timestamp, Trigger};
     use tempfile::TempDir;

@@ -191,7 +191,10 @@ pub trait BatchTxn: BatchRead {
 /// Lookups answer `Ok(None)` for what does not exist; updates of what does not exist answer
 /// [`StoreError::NotFound`]. Every method but [`Store::write_batch`] is one transaction of its
 /// own, durable when it returns `Ok`.
-pub trait Store: Send + Sync {
+///
+/// The reads of single records (an event, a customer, a plugin's state) are [`BatchRead`]'s:
+/// on the store itself each is a transaction of its own and sees what was last committed.
+pub trait Store: BatchRead + Send + Sync {
     /// Creates a tenant whose API key hashes to `api_key_hash`. [`StoreError::Conflict`] when
     /// the id or the key is taken.
     fn create_tenant(
@@ -262,21 +265,6 @@ pub trait Store: Send + Sync {
         name: &str,
         version: u32,
     ) -> Result<Option<Vec<u8>>, StoreError>;
-
-    /// `plugin`'s private state for `customer`, as last committed (for simulations, which
-    /// evaluate without writing).
-    fn plugin_state(
-        &self,
-        tenant: &str,
-        plugin: &str,
-        customer: &str,
-    ) -> Result<Option<RawJson>, StoreError>;
-
-    /// The event `id` of `tenant`.
-    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError>;
-
-    /// The customer `id` of `tenant`.
-    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
 
     /// A page of a customer's events.
     fn customer_events(

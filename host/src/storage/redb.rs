@@ -185,6 +185,29 @@ impl RedbStore {
     }
 }
 
+/// Single-record reads on the store: each its own read transaction.
+impl BatchRead for RedbStore {
+    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let txn = self.read()?;
+        get_event(&txn.open_table(EVENTS)?, tenant, id)
+    }
+
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
+        let txn = self.read()?;
+        get_customer(&txn.open_table(CUSTOMERS)?, tenant, id)
+    }
+
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<RawJson>, StoreError> {
+        let txn = self.read()?;
+        get_plugin_state(&txn.open_table(PLUGIN_STATE)?, tenant, plugin, customer)
+    }
+}
+
 impl Store for RedbStore {
     fn create_tenant(
         &self,
@@ -448,26 +471,6 @@ impl Store for RedbStore {
         Ok(table
             .get((tenant, name, version))?
             .map(|bytes| bytes.value().to_vec()))
-    }
-
-    fn plugin_state(
-        &self,
-        tenant: &str,
-        plugin: &str,
-        customer: &str,
-    ) -> Result<Option<RawJson>, StoreError> {
-        let txn = self.read()?;
-        get_plugin_state(&txn.open_table(PLUGIN_STATE)?, tenant, plugin, customer)
-    }
-
-    fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let txn = self.read()?;
-        get_event(&txn.open_table(EVENTS)?, tenant, id)
-    }
-
-    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
-        let txn = self.read()?;
-        get_customer(&txn.open_table(CUSTOMERS)?, tenant, id)
     }
 
     fn customer_events(
