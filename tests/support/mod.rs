@@ -346,27 +346,9 @@ pub const REPAIR_TYPE: &str = include_str!("../../examples/event-types/repair.js
 /// Voyado's recycled schema, with its `//` comment swallowing the closing braces' line.
 pub const RECYCLED_TYPE: &str = include_str!("../../examples/event-types/recycled.json");
 
-/// The Antavo checkout of seeds/002 as it stands (numbers written as strings), inside the
-/// braces the page leaves out.
-pub const ANTAVO_CHECKOUT: &str = r#"{"customer": "374397439743",
-"action": "checkout",
-"data" : {
-    "total": "200",
-    "transaction_id": "5475-4343-4343-4343-3333",
-    "items" : [
-        {
-          "transaction_id": "5475-4343-4343-4343-3333",
-          "product_id": "UFA-8888-94394-EN/38/YELLOW",
-          "product_name": "Yellow T-Shirt",
-          "product_url": "https://example.com/yellow-t-shirt",
-          "quantity": "1",
-          "subtotal": "200",
-          "price": "200",
-          "product_category": "t-shirts"
-        }
-    ]
-}
-}"#;
+/// The Antavo checkout of seeds/002 (numbers written as strings), inside the braces the page
+/// leaves out.
+pub const ANTAVO_CHECKOUT: &str = include_str!("../../examples/events/antavo-checkout.json");
 
 /// The Antavo form-encoded checkout of seeds/002, byte for byte.
 pub const ANTAVO_FORM: &str = include_str!("../../examples/events/antavo-checkout.form");

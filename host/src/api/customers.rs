@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::extract::{QueryParams, Tenant, blocking};
 use super::views;
 use crate::service::ErrorKind;
-use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery, StoredEvent};
+use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery};
 
 /// The most items one page may ask for.
 pub const MAX_PAGE_LIMIT: usize = 500;
@@ -116,9 +116,8 @@ async fn events(
         service.customer_events(&tenant.id, &id, &event_query)
     })
     .await?;
-    let items: Vec<&StoredEvent> = page.items.iter().map(views::event).collect();
     Ok(axum::Json(
-        json!({"items": items, "next_cursor": page.next_cursor}),
+        json!({"items": page.items, "next_cursor": page.next_cursor}),
     ))
 }
 

@@ -193,7 +193,7 @@ async fn get_event(
 ) -> Result<axum::Json<Value>, ApiError> {
     let event = blocking(&state, move |service| service.event(&tenant.id, &id)).await?;
     Ok(axum::Json(json!({
-        "event": views::event(&event),
+        "event": event,
         "errors": views::plugin_errors(&event),
     })))
 }

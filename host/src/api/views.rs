@@ -1,5 +1,7 @@
 //! The JSON shapes the API answers with, built from the service's records in one place so
-//! that a customer or an event looks the same on every route.
+//! that a customer or an event looks the same on every route. An event is answered as its
+//! [`StoredEvent`] serializes: its attributes (id, action, label, date, timestamp, customer,
+//! points, source, ip_address, user_agent), its data and what the plugins made of it.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -44,13 +46,6 @@ pub fn customer(record: &CustomerRecord) -> CustomerView<'_> {
         created_at: &record.created_at,
         updated_at: &record.updated_at,
     }
-}
-
-/// An event with its attributes (id, action, label, date, timestamp, customer, points,
-/// source, ip_address, user_agent), its data and what the plugins made of it:
-/// [`StoredEvent`] serializes with exactly these names.
-pub fn event(event: &StoredEvent) -> &StoredEvent {
-    event
 }
 
 /// A plugin's failure on an event.

@@ -728,10 +728,7 @@ impl<'txn> RedbBatch<'txn> {
                 event.id, append.customer.customer.id
             )));
         }
-        let previous: Option<StoredCounters> =
-            get_json(&self.customers, (tenant, customer_id), || {
-                format!("customer {customer_id} of tenant {tenant}")
-            })?;
+        let previous: Option<StoredCounters> = get_customer(&self.customers, tenant, customer_id)?;
         let (count_before, points_before) = previous.map_or((0, Points::default()), |p| {
             (p.event_count, p.customer.points)
         });
@@ -928,7 +925,9 @@ impl BatchTxn for RedbBatch<'_> {
             return Err(error.clone());
         }
         let checked = self.check(&append)?;
-        self.known_tenants.insert(append.tenant.clone());
+        if !self.known_tenants.contains(&append.tenant) {
+            self.known_tenants.insert(append.tenant.clone());
+        }
         self.write(append, checked).inspect_err(|error| {
             self.poisoned = Some(error.clone());
         })
@@ -965,11 +964,13 @@ fn get_event(
     })
 }
 
-fn get_customer(
+/// The customer record under (tenant, id), decoded as `T`: the whole [`CustomerRecord`], or
+/// only the part a check needs.
+fn get_customer<T: DeserializeOwned>(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     tenant: &str,
     id: &str,
-) -> Result<Option<CustomerRecord>, StoreError> {
+) -> Result<Option<T>, StoreError> {
     get_json(table, (tenant, id), || {
         format!("customer {id} of tenant {tenant}")
     })
