@@ -12,7 +12,8 @@
 //!      them;
 //!   2. evaluates: each chain's events run through the tenant's plugins one after another,
 //!      each on the customer the previous one left; chains of different customers share
-//!      nothing, so they run in parallel on every core (the evaluator's thread included);
+//!      nothing, so they run in parallel on a pool of one thread per core, kept for the
+//!      host's life;
 //!   3. hands the batch to the committer and goes on with the next;
 //! - the **committer** takes every evaluated batch waiting, appends their events in arrival
 //!   order (each with its ledger entries, customer, plugin states and triggers, through
@@ -36,7 +37,6 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -204,19 +204,19 @@ impl Writer {
         let (evaluated_sender, evaluated_receiver) =
             std::sync::mpsc::sync_channel(MAX_BATCHES_WAITING);
         let progress = Arc::new(Progress::default());
+        let pool = evaluation_pool()?;
         let evaluator = {
             let (store, progress) = (store.clone(), progress.clone());
             std::thread::Builder::new()
                 .name("tally-evaluator".to_owned())
                 .spawn(move || {
-                    run_evaluator(
-                        receiver,
-                        store.as_ref(),
-                        plugins.as_ref(),
-                        max_batch.max(1),
-                        &evaluated_sender,
-                        &progress,
-                    );
+                    let sources = Sources {
+                        store: store.as_ref(),
+                        plugins: plugins.as_ref(),
+                        pool: &pool,
+                        progress: &progress,
+                    };
+                    run_evaluator(receiver, &sources, max_batch.max(1), &evaluated_sender);
                 })?
         };
         let committer = std::thread::Builder::new()
@@ -435,12 +435,11 @@ struct EvaluatedBatch {
 /// them to the committer in order.
 fn run_evaluator(
     mut receiver: mpsc::Receiver<Job>,
-    store: &dyn Store,
-    plugins: &dyn PluginSource,
+    sources: &Sources<'_>,
     max_batch: usize,
     committer: &std::sync::mpsc::SyncSender<EvaluatedBatch>,
-    progress: &Progress,
 ) {
+    let progress = sources.progress;
     let mut overlay = Overlay::default();
     let mut generation = progress.now().generation;
     let mut number = 0;
@@ -467,15 +466,7 @@ fn run_evaluator(
         // A bug in one batch must not stop the writer: its requests get an error (their reply
         // senders are dropped) and the next batch runs.
         let evaluated = catch_unwind(AssertUnwindSafe(|| {
-            evaluate_batch(
-                store,
-                plugins,
-                progress,
-                &mut overlay,
-                number,
-                generation,
-                jobs,
-            )
+            evaluate_batch(sources, &mut overlay, number, generation, jobs)
         }));
         match evaluated {
             Ok(batch) => {
@@ -510,16 +501,29 @@ fn run_evaluator(
     tracing::debug!("the evaluator has handed over everything queued and stops");
 }
 
+/// What the evaluator works with: where it reads, the plugins it runs, the threads it runs
+/// them on, and the committer's progress.
+struct Sources<'a> {
+    store: &'a dyn Store,
+    plugins: &'a dyn PluginSource,
+    pool: &'a rayon::ThreadPool,
+    progress: &'a Progress,
+}
+
 /// Reads and evaluates one batch, and records what it will write in the overlay.
 fn evaluate_batch(
-    store: &dyn Store,
-    plugins: &dyn PluginSource,
-    progress: &Progress,
+    sources: &Sources<'_>,
     overlay: &mut Overlay,
     number: u64,
     generation: u64,
     jobs: Vec<Job>,
 ) -> EvaluatedBatch {
+    let Sources {
+        store,
+        plugins,
+        pool,
+        progress,
+    } = *sources;
     let started = Instant::now();
     // Plugins are looked up (and compiled, on a cold cache) per batch: settings changed from
     // here on apply to the next batch.
@@ -576,7 +580,7 @@ fn evaluate_batch(
     };
     timings.reads = started.elapsed();
     let evaluating = Instant::now();
-    let (evaluated, ends) = evaluate_chains(&chains, &jobs);
+    let (evaluated, ends) = evaluate_chains(pool, &chains, &jobs);
     timings.evaluation = evaluating.elapsed();
     drop(chains);
     overlay.record(number, &jobs, &evaluated, ends);
@@ -865,56 +869,50 @@ struct ChainEnd {
     states: Vec<(String, Option<RawJson>)>,
 }
 
-/// Evaluates every chain, on as many threads as the machine has cores (the evaluator's own
-/// included); answers by batch index (`None` for events that are not new), and where each
-/// chain ended.
-fn evaluate_chains(chains: &[Chain<'_>], jobs: &[Job]) -> (Vec<Option<Evaluation>>, Vec<ChainEnd>) {
+/// The threads chains are evaluated on: one per core, named like the evaluator, started once.
+fn evaluation_pool() -> std::io::Result<rayon::ThreadPool> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|_| "tally-evaluator".to_owned())
+        .build()
+        .map_err(std::io::Error::other)
+}
+
+/// Evaluates every chain, on the pool's threads when there are enough events to share;
+/// answers by batch index (`None` for events that are not new), and where each chain ended.
+fn evaluate_chains(
+    pool: &rayon::ThreadPool,
+    chains: &[Chain<'_>],
+    jobs: &[Job],
+) -> (Vec<Option<Evaluation>>, Vec<ChainEnd>) {
+    use rayon::prelude::*;
     let mut evaluated: Vec<Option<Evaluation>> = Vec::new();
     evaluated.resize_with(jobs.len(), || None);
     let mut ends = Vec::with_capacity(chains.len());
-    let mut keep = |done: Vec<(usize, Evaluation)>, end: ChainEnd| {
-        for (index, evaluation) in done {
+    // A panic costs only its own chain: its events stay unevaluated (and are refused), and
+    // the other chains of the batch go on.
+    let guarded = |chain: &Chain<'_>| {
+        catch_unwind(AssertUnwindSafe(|| evaluate_chain(chain, jobs))).map_err(|_| {
+            tracing::error!(
+                customer = %chain.customer.customer.id,
+                "evaluating a customer's events panicked"
+            );
+        })
+    };
+    let new_events: usize = chains.iter().map(|chain| chain.events.len()).sum();
+    // Handing work to another thread costs more than a handful of events take.
+    let done: Vec<_> = if pool.current_num_threads() <= 1 || new_events < MIN_EVENTS_TO_SPLIT {
+        chains.iter().map(guarded).collect()
+    } else {
+        pool.install(|| chains.par_iter().with_max_len(1).map(guarded).collect())
+    };
+    for (chain_done, end) in done.into_iter().flatten() {
+        for (index, evaluation) in chain_done {
             evaluated[index] = Some(evaluation);
         }
         ends.push(end);
-    };
-    let new_events: usize = chains.iter().map(|chain| chain.events.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(chains.len());
-    // A thread costs tens of microseconds to start: not worth it for a handful of events.
-    if threads <= 1 || new_events < MIN_EVENTS_TO_SPLIT {
-        for chain in chains {
-            let (done, end) = evaluate_chain(chain, jobs);
-            keep(done, end);
-        }
-        return (evaluated, ends);
     }
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let taken = next.fetch_add(1, Ordering::Relaxed);
-            let Some(chain) = chains.get(taken) else {
-                return done;
-            };
-            done.push(evaluate_chain(chain, jobs));
-        }
-    };
-    std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-        let mut all = work();
-        for helper in helpers {
-            match helper.join() {
-                Ok(done) => all.extend(done),
-                // The helper's events stay unevaluated and are refused; the panic is logged.
-                Err(_) => tracing::error!("an evaluation thread panicked"),
-            }
-        }
-        for (done, end) in all {
-            keep(done, end);
-        }
-    });
     (evaluated, ends)
 }
 
