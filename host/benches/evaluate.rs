@@ -71,11 +71,11 @@ fn checkout_input() -> Vec<u8> {
                 .expect("an object"),
         ..Customer::default()
     };
-    let state = json!({"transactions": [
-        {"id": "5475-4343-4343-4343-3330", "points": 23, "factor": "0.125"},
-        {"id": "5475-4343-4343-4343-3331", "points": 61, "factor": "0.125"},
-        {"id": "5475-4343-4343-4343-3332", "points": 7, "factor": "0.125"},
-    ]});
+    let state = json!({
+        "ids": ["5475-4343-4343-4343-3330", "5475-4343-4343-4343-3331", "5475-4343-4343-4343-3332"],
+        "points": [23, 61, 7],
+        "factors": ["0.125", "0.125", "0.125"],
+    });
     let input = tally_sdk::testing::input("checkout", data)
         .event_id("01JDZ8Q4W7X3Y5K2M9N6P1R0ST")
         .customer(customer)

@@ -45,8 +45,10 @@
 //! # State
 //!
 //! Per customer, the transactions it remembers: id, points currently held from it, the
-//! points-per-unit factor its checkout used, and whether it was rejected. Roughly 50 bytes
-//! plus the id per transaction.
+//! points-per-unit factor its checkout used, and whether it was rejected. Stored as columns,
+//! `{"ids": ["T-1", "T-2"], "points": [200, 0], "factors": ["1", "1.5"], "rejected": ["T-2"]}`,
+//! roughly 10 bytes plus the id per transaction. The array of objects this plugin wrote
+//! before (`{"transactions": [{"id": "T-1", "points": 200, "factor": "1"}]}`) is still read.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -125,16 +127,24 @@ impl Config {
     }
 }
 
-/// What the plugin remembers per customer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// What the plugin remembers per customer: the transactions, oldest first.
+///
+/// Stored as columns, one array per field (`{"ids": [...], "points": [...], "factors":
+/// [...], "rejected": [ids]}`), not as an array of objects: a plugin reads and writes its
+/// whole state on every event, and in wasm serde_json costs about the same per token
+/// whatever the token, so an object per transaction (`{"id": .., "points": .., "factor":
+/// ..}`, a dozen tokens) cost 5,600 instructions per remembered transaction per event, and
+/// three plain array elements cost 1,300 (`tally eval` fuel; see docs/benchmarks.md). The
+/// shape written before, `{"transactions": [{...}]}`, is still read.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(try_from = "StoredState")]
 pub struct State {
     /// Remembered transactions, oldest first.
-    #[serde(default)]
     pub transactions: VecDeque<Award>,
 }
 
-/// One remembered transaction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One remembered transaction (and, as an object, how the state stored it before columns).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Award {
     /// The transaction id.
     pub id: String,
@@ -144,8 +154,77 @@ pub struct Award {
     /// customer into a richer tier must not be re-priced at that tier when it is corrected.
     pub factor: Decimal,
     /// Whether the transaction was rejected (its points reversed).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub rejected: bool,
+}
+
+/// The state as written, borrowed from a [`State`].
+#[derive(Serialize)]
+struct Columns<'a> {
+    ids: Vec<&'a str>,
+    points: Vec<i64>,
+    factors: Vec<Decimal>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rejected: Vec<&'a str>,
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let awards = &self.transactions;
+        Columns {
+            ids: awards.iter().map(|award| award.id.as_str()).collect(),
+            points: awards.iter().map(|award| award.points).collect(),
+            factors: awards.iter().map(|award| award.factor).collect(),
+            rejected: awards
+                .iter()
+                .filter(|award| award.rejected)
+                .map(|award| award.id.as_str())
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The state as stored: columns, or the array of objects this plugin wrote before.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StoredState {
+    ids: Vec<String>,
+    points: Vec<i64>,
+    factors: Vec<Decimal>,
+    rejected: Vec<String>,
+    transactions: VecDeque<Award>,
+}
+
+impl TryFrom<StoredState> for State {
+    type Error = String;
+
+    fn try_from(stored: StoredState) -> Result<State, String> {
+        let StoredState {
+            ids,
+            points,
+            factors,
+            rejected,
+            mut transactions,
+        } = stored;
+        if ids.len() != points.len() || ids.len() != factors.len() {
+            return Err(format!(
+                "the columns differ in length: {} ids, {} points, {} factors",
+                ids.len(),
+                points.len(),
+                factors.len()
+            ));
+        }
+        transactions.extend(ids.into_iter().zip(points).zip(factors).map(
+            |((id, points), factor)| Award {
+                rejected: rejected.contains(&id),
+                id,
+                points,
+                factor,
+            },
+        ));
+        Ok(State { transactions })
+    }
 }
 
 impl State {
@@ -823,7 +902,54 @@ mod tests {
             .config(json!({"rate": "1.5"})));
         assert_eq!(
             decision.state.map(|state| state.to_value()),
-            Some(json!({"transactions": [{"id": "t", "points": 15, "factor": "1.5"}]}))
+            Some(json!({"ids": ["t"], "points": [15], "factors": ["1.5"]}))
         );
+        let rejected = run(
+            testing::input("checkout_reject", json!({"transaction_id": "t"}))
+                .state(&json!({"ids": ["s", "t"], "points": [5, 15], "factors": ["1", "1.5"]})),
+        );
+        assert_eq!(
+            rejected.state.map(|state| state.to_value()),
+            Some(
+                json!({"ids": ["s", "t"], "points": [5, 0], "factors": ["1", "1.5"], "rejected": ["t"]})
+            )
+        );
+    }
+
+    #[test]
+    fn state_in_the_earlier_shape_is_read_obeyed() {
+        // The array of objects this plugin wrote before columns: the transactions in it can
+        // still be corrected, and the state is written back as columns.
+        let old = json!({"transactions": [
+            {"id": "a", "points": 30, "factor": "1"},
+            {"id": "b", "points": 0, "factor": "1", "rejected": true}
+        ]});
+        let update = run(testing::input(
+            "checkout_update",
+            json!({"transaction_id": "a", "total": 20}),
+        )
+        .state(&old));
+        assert_eq!(
+            entries(&update),
+            vec![(-10, PointKind::Reverse, "checkout_update")]
+        );
+        assert_eq!(
+            update.state.map(|state| state.to_value()),
+            Some(
+                json!({"ids": ["a", "b"], "points": [20, 0], "factors": ["1", "1"], "rejected": ["b"]})
+            )
+        );
+        let again =
+            run(testing::input("checkout_reject", json!({"transaction_id": "b"})).state(&old));
+        assert_eq!(again.points, Vec::new(), "b was rejected before");
+    }
+
+    #[test]
+    fn state_with_uneven_columns_is_refused_violated() {
+        let error = run_err(
+            checkout_input(json!({"total": 10, "transaction_id": "t"}))
+                .state(&json!({"ids": ["a", "b"], "points": [1], "factors": ["1", "1"]})),
+        );
+        assert!(error.contains("2 ids, 1 points, 2 factors"), "{error}");
     }
 }
