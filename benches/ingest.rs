@@ -278,7 +278,7 @@ async fn load(
                     }
                     let open = stream
                         .as_mut()
-                        .ok_or(Failure::Protocol("no stream".into()))?;
+                        .ok_or_else(|| Failure::Protocol("no stream".into()))?;
                     open.write_all(request).await.map_err(Failure::Io)?;
                     read_response(open, &mut buffer).await
                 }
