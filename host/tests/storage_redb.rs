@@ -1115,7 +1115,7 @@ mod storage {
         assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
         assert_eq!(state("tiers", "bob"), None);
         drop(store);
-        // Opened again, it is format 2 and stays as it is.
+        // Opened again, it is format 3 and stays as it is.
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(
             store
@@ -1124,6 +1124,92 @@ mod storage {
                 .map(|state| state.get().to_owned())
                 .as_deref(),
             Some(r#"{"lifetime":3}"#)
+        );
+    }
+
+    /// Format 2 kept customer records in `customers` and plugin states in `plugin_state`;
+    /// opening such a file moves both into `customer_rows` and keeps every record, state and
+    /// count, so the next event of a migrated customer appends on what they had.
+    #[test]
+    fn a_format_2_file_is_migrated_with_its_customers_and_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.redb");
+        let ada = serde_json::json!({
+            "customer": {"id": "ada", "points": {"balance": 40, "lifetime": 50}, "tier": "silver",
+                         "attributes": {}, "stats": {}},
+            "created_at": "2026-11-01T00:00:00Z",
+            "updated_at": "2026-11-02T00:00:00Z",
+            "event_count": 2,
+            "contact_card": {}
+        });
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
+                    redb::TableDefinition::new("meta");
+                let mut meta = txn.open_table(meta_table).unwrap();
+                meta.insert("format", 2_u32.to_le_bytes().as_slice())
+                    .unwrap();
+                let customers_table: redb::TableDefinition<'_, (&str, &str), &[u8]> =
+                    redb::TableDefinition::new("customers");
+                let mut customers = txn.open_table(customers_table).unwrap();
+                customers
+                    .insert(("acme", "ada"), ada.to_string().as_bytes())
+                    .unwrap();
+                let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
+                    redb::TableDefinition::new("plugin_state");
+                let mut states = txn.open_table(states_table).unwrap();
+                for (customer, plugin, state) in [
+                    ("ada", "points", r#"{"n":1}"#),
+                    ("ada", "tiers", r#"{"lifetime":50}"#),
+                    ("bob", "points", r#"{"n":2}"#),
+                ] {
+                    states
+                        .insert(("acme", customer, plugin), state.as_bytes())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        for opening in ["migrates", "is already format 3"] {
+            let store = RedbStore::open(&path).unwrap();
+            let state = |plugin, customer| {
+                store
+                    .plugin_state("acme", plugin, customer)
+                    .unwrap()
+                    .map(|state| state.get().to_owned())
+            };
+            assert_eq!(
+                state("points", "ada").as_deref(),
+                Some(r#"{"n":1}"#),
+                "{opening}"
+            );
+            assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":50}"#));
+            assert_eq!(state("points", "bob").as_deref(), Some(r#"{"n":2}"#));
+            assert_eq!(state("tiers", "bob"), None);
+            let customer = store.customer("acme", "ada").unwrap().expect("ada is kept");
+            assert_eq!(customer.event_count, 2);
+            assert_eq!(customer.customer.points.balance, 40);
+            assert_eq!(customer.customer.tier.as_deref(), Some("silver"));
+            assert_eq!(
+                store.customer("acme", "bob").unwrap(),
+                None,
+                "bob had only a state"
+            );
+        }
+        let db = redb::Database::open(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|table| redb::TableHandle::name(&table).to_owned())
+            .collect();
+        assert!(
+            !tables
+                .iter()
+                .any(|name| name == "customers" || name == "plugin_state"),
+            "the format-2 tables are gone: {tables:?}"
         );
     }
 
@@ -1147,7 +1233,7 @@ mod storage {
         assert!(
             error
                 .to_string()
-                .ends_with("has storage format 99; this build reads format 2"),
+                .ends_with("has storage format 99; this build reads format 3"),
             "{error}"
         );
     }

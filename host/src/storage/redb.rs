@@ -16,11 +16,11 @@
 //! | `event_types`     | (tenant, event type id)                  | JSON [`EventTypeRecord`]   |
 //! | `plugins`         | (tenant, plugin)                         | JSON [`PluginRecord`]      |
 //! | `plugin_wasm`     | (tenant, plugin, version)                | wasm module bytes          |
-//! | `plugin_state`    | (tenant, customer, plugin)               | JSON state                 |
+//! | `customer_rows`   | (tenant, customer, `""`)                 | JSON [`CustomerRecord`]    |
+//! |                   | (tenant, customer, plugin)               | the plugin's JSON state    |
 //! | `sequences`       | (tenant, `event` / `ledger` / `outbox`)  | last number assigned       |
 //! | `events`          | (tenant, event id)                       | JSON [`StoredEvent`]       |
 //! | `customer_events` | (tenant, customer, unix seconds, seq)    | (action, event id)         |
-//! | `customers`       | (tenant, customer)                       | JSON [`CustomerRecord`]    |
 //! | `ledger`          | (tenant, customer, seq)                  | JSON [`LedgerEntry`]       |
 //! | `outbox`          | (tenant, seq)                            | JSON [`OutboxTrigger`]     |
 //!
@@ -28,11 +28,14 @@
 //! scan; it carries the action so that an action filter reads no event it then drops. Events
 //! are stored once, under their id, which is what makes posting idempotent.
 //!
-//! Keys that change on every event (`customers`, `plugin_state`, `ledger`, `customer_events`)
-//! start with (tenant, customer), so one event dirties one leaf page per table: a batch's
-//! commit writes, checksums and frees every page it touched, and under load that is most of
-//! the commit's work. (Format 1 keyed `plugin_state` by plugin first, which put one
-//! customer's states of three plugins on three pages; opening a format-1 file re-keys it.)
+//! Keys that change on every event (`customer_rows`, `ledger`, `customer_events`) start with
+//! (tenant, customer), so one event dirties one leaf page per table: a batch's commit writes,
+//! checksums and frees every page it touched, and under load that is most of the commit's
+//! work. A customer's record and their plugins' states share `customer_rows`, the record
+//! first (under the empty name, which no plugin has), so the two usually share a leaf too.
+//! (Format 1 keyed plugin state by plugin first, which put one customer's states of three
+//! plugins on three pages; format 2 kept records and states in two tables, `customers` and
+//! `plugin_state`, two pages an event. Opening a file of either format migrates it.)
 //!
 //! # Encoding
 //!
@@ -66,8 +69,8 @@ use super::{
 };
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
-/// before plugin.
-const FORMAT_VERSION: u32 = 2;
+/// before plugin. 3: customer records and plugin states in one table, `customer_rows`.
+const FORMAT_VERSION: u32 = 3;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
@@ -78,13 +81,17 @@ const EVENT_TYPES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::n
 const PLUGINS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("plugins");
 const PLUGIN_WASM: TableDefinition<'_, (&str, &str, u32), &[u8]> =
     TableDefinition::new("plugin_wasm");
-const PLUGIN_STATE: TableDefinition<'_, (&str, &str, &str), &[u8]> =
-    TableDefinition::new("plugin_state");
+/// A customer's record under (tenant, customer, [`CUSTOMER_RECORD`]), and each plugin's
+/// state for them under (tenant, customer, plugin).
+const CUSTOMER_ROWS: TableDefinition<'_, (&str, &str, &str), &[u8]> =
+    TableDefinition::new("customer_rows");
+/// The third key part of a customer's record in `customer_rows`. Plugin names are never
+/// empty (the service refuses them), so no state can take its place.
+const CUSTOMER_RECORD: &str = "";
 const SEQUENCES: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("sequences");
 const EVENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("events");
 const CUSTOMER_EVENTS: TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
     TableDefinition::new("customer_events");
-const CUSTOMERS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("customers");
 const LEDGER: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("ledger");
 const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
 
@@ -120,11 +127,10 @@ impl RedbStore {
             txn.open_table(EVENT_TYPES)?;
             txn.open_table(PLUGINS)?;
             txn.open_table(PLUGIN_WASM)?;
-            txn.open_table(PLUGIN_STATE)?;
+            txn.open_table(CUSTOMER_ROWS)?;
             txn.open_table(SEQUENCES)?;
             txn.open_table(EVENTS)?;
             txn.open_table(CUSTOMER_EVENTS)?;
-            txn.open_table(CUSTOMERS)?;
             txn.open_table(LEDGER)?;
             txn.open_table(OUTBOX)?;
             let found = match meta.get(META_FORMAT)? {
@@ -141,12 +147,15 @@ impl RedbStore {
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(1) => {
-                    migrate_plugin_state_keys(&txn)?;
+                Some(old @ (1 | 2)) => {
+                    if old == 1 {
+                        migration::rekey_plugin_state(&txn)?;
+                    }
+                    migration::merge_customer_rows(&txn)?;
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                     tracing::info!(
                         path = %path.display(),
-                        "storage format 1 migrated to {FORMAT_VERSION}"
+                        "storage format {old} migrated to {FORMAT_VERSION}"
                     );
                 }
                 Some(other) => {
@@ -194,7 +203,7 @@ impl BatchRead for RedbStore {
 
     fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
         let txn = self.read()?;
-        get_customer(&txn.open_table(CUSTOMERS)?, tenant, id)
+        get_customer(&txn.open_table(CUSTOMER_ROWS)?, tenant, id)
     }
 
     fn plugin_state(
@@ -204,7 +213,7 @@ impl BatchRead for RedbStore {
         customer: &str,
     ) -> Result<Option<RawJson>, StoreError> {
         let txn = self.read()?;
-        get_plugin_state(&txn.open_table(PLUGIN_STATE)?, tenant, plugin, customer)
+        get_plugin_state(&txn.open_table(CUSTOMER_ROWS)?, tenant, plugin, customer)
     }
 }
 
@@ -611,8 +620,7 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let snapshot = RedbSnapshot {
             events: txn.open_table(EVENTS)?,
-            customers: txn.open_table(CUSTOMERS)?,
-            plugin_state: txn.open_table(PLUGIN_STATE)?,
+            customer_rows: txn.open_table(CUSTOMER_ROWS)?,
         };
         work(&snapshot)
     }
@@ -649,9 +657,8 @@ struct RedbBatch<'txn> {
     sequences: Table<'txn, (&'static str, &'static str), u64>,
     events: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     history: Table<'txn, HistoryKey<'static>, (&'static str, &'static str)>,
-    customers: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     ledger: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
-    plugin_state: Table<'txn, (&'static str, &'static str, &'static str), &'static [u8]>,
+    customer_rows: Table<'txn, (&'static str, &'static str, &'static str), &'static [u8]>,
     outbox: Table<'txn, (&'static str, u64), &'static [u8]>,
     /// Set when a write failed halfway through an append: the transaction then holds part of
     /// an event, so it must not commit, whatever `work` does with the error.
@@ -689,9 +696,8 @@ impl<'txn> RedbBatch<'txn> {
             sequences: txn.open_table(SEQUENCES)?,
             events: txn.open_table(EVENTS)?,
             history: txn.open_table(CUSTOMER_EVENTS)?,
-            customers: txn.open_table(CUSTOMERS)?,
             ledger: txn.open_table(LEDGER)?,
-            plugin_state: txn.open_table(PLUGIN_STATE)?,
+            customer_rows: txn.open_table(CUSTOMER_ROWS)?,
             outbox: txn.open_table(OUTBOX)?,
             poisoned: None,
             sequence_cache: HashMap::new(),
@@ -728,7 +734,8 @@ impl<'txn> RedbBatch<'txn> {
                 event.id, append.customer.customer.id
             )));
         }
-        let previous: Option<StoredCounters> = get_customer(&self.customers, tenant, customer_id)?;
+        let previous: Option<StoredCounters> =
+            get_customer(&self.customer_rows, tenant, customer_id)?;
         let (count_before, points_before) = previous.map_or((0, Points::default()), |p| {
             (p.event_count, p.customer.points)
         });
@@ -805,8 +812,8 @@ impl<'txn> RedbBatch<'txn> {
         let bytes = encode(&customer, || {
             format!("customer {customer_id} of tenant {tenant}")
         })?;
-        self.customers
-            .insert((tenant, customer_id), bytes.as_slice())?;
+        self.customer_rows
+            .insert((tenant, customer_id, CUSTOMER_RECORD), bytes.as_slice())?;
 
         let first = self.reserve(tenant, SEQ_LEDGER, len_u64(ledger.len()))?;
         let at = event.timestamp.to_string();
@@ -833,10 +840,10 @@ impl<'txn> RedbBatch<'txn> {
             let key = (tenant, customer_id, plugin.as_str());
             match state {
                 Some(state) => {
-                    self.plugin_state.insert(key, state.get().as_bytes())?;
+                    self.customer_rows.insert(key, state.get().as_bytes())?;
                 }
                 None => {
-                    self.plugin_state.remove(key)?;
+                    self.customer_rows.remove(key)?;
                 }
             }
         }
@@ -880,7 +887,7 @@ impl<'txn> RedbBatch<'txn> {
     }
 }
 
-/// The batch reads of a type with `events`, `customers` and `plugin_state` tables: a write
+/// The batch reads of a type with `events` and `customer_rows` tables: a write
 /// batch reads its own writes, a snapshot what was committed, through the same lookups.
 macro_rules! batch_read_from_tables {
     ($type:ty) => {
@@ -894,7 +901,7 @@ macro_rules! batch_read_from_tables {
                 tenant: &str,
                 id: &str,
             ) -> Result<Option<CustomerRecord>, StoreError> {
-                get_customer(&self.customers, tenant, id)
+                get_customer(&self.customer_rows, tenant, id)
             }
 
             fn plugin_state(
@@ -903,7 +910,7 @@ macro_rules! batch_read_from_tables {
                 plugin: &str,
                 customer: &str,
             ) -> Result<Option<RawJson>, StoreError> {
-                get_plugin_state(&self.plugin_state, tenant, plugin, customer)
+                get_plugin_state(&self.customer_rows, tenant, plugin, customer)
             }
         }
     };
@@ -915,8 +922,7 @@ batch_read_from_tables!(RedbSnapshot);
 /// One read snapshot with the tables a batch reads opened once.
 struct RedbSnapshot {
     events: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
-    customers: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
-    plugin_state: ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    customer_rows: ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
 }
 
 impl BatchTxn for RedbBatch<'_> {
@@ -964,43 +970,85 @@ fn get_event(
     })
 }
 
-/// The customer record under (tenant, id), decoded as `T`: the whole [`CustomerRecord`], or
+/// The customer record of (tenant, id), decoded as `T`: the whole [`CustomerRecord`], or
 /// only the part a check needs.
 fn get_customer<T: DeserializeOwned>(
-    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
     tenant: &str,
     id: &str,
 ) -> Result<Option<T>, StoreError> {
-    get_json(table, (tenant, id), || {
+    get_json(table, (tenant, id, CUSTOMER_RECORD), || {
         format!("customer {id} of tenant {tenant}")
     })
 }
 
-/// Format 1 -> 2: `plugin_state` rows re-keyed from (tenant, plugin, customer) to (tenant,
-/// customer, plugin), in the transaction that opens the file, so a crash leaves format 1 as
-/// it was.
-fn migrate_plugin_state_keys(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let mut table = txn.open_table(PLUGIN_STATE)?;
-    let mut rows: Vec<((String, String, String), Vec<u8>)> = Vec::new();
-    for row in table.iter()? {
-        let (key, value) = row?;
-        let (tenant, plugin, customer) = key.value();
-        rows.push((
-            (tenant.to_owned(), plugin.to_owned(), customer.to_owned()),
-            value.value().to_vec(),
-        ));
+/// Moving an older file's rows to this layout, in the transaction that opens the file, so
+/// that a crash leaves the file in its old format, as it was.
+mod migration {
+    use super::*;
+
+    /// Format 2's customer records, (tenant, customer) -> JSON.
+    const CUSTOMERS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("customers");
+    /// Format 1's and 2's plugin states: (tenant, plugin, customer) in format 1, (tenant,
+    /// customer, plugin) in format 2.
+    const PLUGIN_STATE: TableDefinition<'_, (&str, &str, &str), &[u8]> =
+        TableDefinition::new("plugin_state");
+
+    /// Format 1 -> 2: `plugin_state` rows re-keyed from (tenant, plugin, customer) to
+    /// (tenant, customer, plugin).
+    pub(super) fn rekey_plugin_state(txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut table = txn.open_table(PLUGIN_STATE)?;
+        let mut rows: Vec<((String, String, String), Vec<u8>)> = Vec::new();
+        for row in table.iter()? {
+            let (key, value) = row?;
+            let (tenant, plugin, customer) = key.value();
+            rows.push((
+                (tenant.to_owned(), plugin.to_owned(), customer.to_owned()),
+                value.value().to_vec(),
+            ));
+        }
+        // Old and new keys share the table, so every old row goes before any new one is
+        // written.
+        for ((tenant, plugin, customer), _) in &rows {
+            table.remove((tenant.as_str(), plugin.as_str(), customer.as_str()))?;
+        }
+        for ((tenant, plugin, customer), state) in &rows {
+            table.insert(
+                (tenant.as_str(), customer.as_str(), plugin.as_str()),
+                state.as_slice(),
+            )?;
+        }
+        Ok(())
     }
-    // Old and new keys share the table, so every old row goes before any new one is written.
-    for ((tenant, plugin, customer), _) in &rows {
-        table.remove((tenant.as_str(), plugin.as_str(), customer.as_str()))?;
+
+    /// Format 2 -> 3: the rows of `customers` and `plugin_state` moved into `customer_rows`,
+    /// and the two tables deleted.
+    pub(super) fn merge_customer_rows(txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut rows = txn.open_table(CUSTOMER_ROWS)?;
+        {
+            let customers = txn.open_table(CUSTOMERS)?;
+            for row in customers.iter()? {
+                let (key, value) = row?;
+                let (tenant, customer) = key.value();
+                rows.insert((tenant, customer, CUSTOMER_RECORD), value.value())?;
+            }
+            let states = txn.open_table(PLUGIN_STATE)?;
+            for row in states.iter()? {
+                let (key, value) = row?;
+                let (tenant, customer, plugin) = key.value();
+                if plugin == CUSTOMER_RECORD {
+                    return Err(StoreError::Corrupt(format!(
+                        "plugin_state holds a state of a plugin with no name, for customer \
+                         {customer} of tenant {tenant}"
+                    )));
+                }
+                rows.insert((tenant, customer, plugin), value.value())?;
+            }
+        }
+        txn.delete_table(CUSTOMERS)?;
+        txn.delete_table(PLUGIN_STATE)?;
+        Ok(())
     }
-    for ((tenant, plugin, customer), state) in &rows {
-        table.insert(
-            (tenant.as_str(), customer.as_str(), plugin.as_str()),
-            state.as_slice(),
-        )?;
-    }
-    Ok(())
 }
 
 fn get_plugin_state(
