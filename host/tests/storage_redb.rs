@@ -1073,36 +1073,42 @@ mod storage {
         assert!(matches!(error, StoreError::Invalid(_)), "{error}");
     }
 
+    /// A redb file as an older build left it: `meta.format` set to `format`, then whatever
+    /// `fill` writes in the same transaction.
+    fn old_file(path: &std::path::Path, format: u32, fill: impl FnOnce(&redb::WriteTransaction)) {
+        let db = redb::Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
+                redb::TableDefinition::new("meta");
+            let mut meta = txn.open_table(meta_table).unwrap();
+            meta.insert("format", format.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        fill(&txn);
+        txn.commit().unwrap();
+    }
+
     /// Format 1 keyed plugin state (tenant, plugin, customer); opening such a file re-keys
     /// it to (tenant, customer, plugin) and keeps every state.
     #[test]
     fn a_format_1_file_is_migrated_with_its_plugin_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tally.redb");
-        {
-            let db = redb::Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
-                    redb::TableDefinition::new("meta");
-                let mut meta = txn.open_table(meta_table).unwrap();
-                meta.insert("format", 1_u32.to_le_bytes().as_slice())
+        old_file(&path, 1, |txn| {
+            let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
+                redb::TableDefinition::new("plugin_state");
+            let mut states = txn.open_table(states_table).unwrap();
+            for (plugin, customer, state) in [
+                ("points", "ada", r#"{"n":1}"#),
+                ("points", "bob", r#"{"n":2}"#),
+                ("tiers", "ada", r#"{"lifetime":3}"#),
+            ] {
+                states
+                    .insert(("acme", plugin, customer), state.as_bytes())
                     .unwrap();
-                let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
-                    redb::TableDefinition::new("plugin_state");
-                let mut states = txn.open_table(states_table).unwrap();
-                for (plugin, customer, state) in [
-                    ("points", "ada", r#"{"n":1}"#),
-                    ("points", "bob", r#"{"n":2}"#),
-                    ("tiers", "ada", r#"{"lifetime":3}"#),
-                ] {
-                    states
-                        .insert(("acme", plugin, customer), state.as_bytes())
-                        .unwrap();
-                }
             }
-            txn.commit().unwrap();
-        }
+        });
         let store = RedbStore::open(&path).unwrap();
         let state = |plugin, customer| {
             store
@@ -1142,36 +1148,26 @@ mod storage {
             "event_count": 2,
             "contact_card": {}
         });
-        {
-            let db = redb::Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
-                    redb::TableDefinition::new("meta");
-                let mut meta = txn.open_table(meta_table).unwrap();
-                meta.insert("format", 2_u32.to_le_bytes().as_slice())
+        old_file(&path, 2, |txn| {
+            let customers_table: redb::TableDefinition<'_, (&str, &str), &[u8]> =
+                redb::TableDefinition::new("customers");
+            let mut customers = txn.open_table(customers_table).unwrap();
+            customers
+                .insert(("acme", "ada"), ada.to_string().as_bytes())
+                .unwrap();
+            let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
+                redb::TableDefinition::new("plugin_state");
+            let mut states = txn.open_table(states_table).unwrap();
+            for (customer, plugin, state) in [
+                ("ada", "points", r#"{"n":1}"#),
+                ("ada", "tiers", r#"{"lifetime":50}"#),
+                ("bob", "points", r#"{"n":2}"#),
+            ] {
+                states
+                    .insert(("acme", customer, plugin), state.as_bytes())
                     .unwrap();
-                let customers_table: redb::TableDefinition<'_, (&str, &str), &[u8]> =
-                    redb::TableDefinition::new("customers");
-                let mut customers = txn.open_table(customers_table).unwrap();
-                customers
-                    .insert(("acme", "ada"), ada.to_string().as_bytes())
-                    .unwrap();
-                let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
-                    redb::TableDefinition::new("plugin_state");
-                let mut states = txn.open_table(states_table).unwrap();
-                for (customer, plugin, state) in [
-                    ("ada", "points", r#"{"n":1}"#),
-                    ("ada", "tiers", r#"{"lifetime":50}"#),
-                    ("bob", "points", r#"{"n":2}"#),
-                ] {
-                    states
-                        .insert(("acme", customer, plugin), state.as_bytes())
-                        .unwrap();
-                }
             }
-            txn.commit().unwrap();
-        }
+        });
         for opening in ["migrates", "is already format 3"] {
             let store = RedbStore::open(&path).unwrap();
             let state = |plugin, customer| {
@@ -1217,18 +1213,7 @@ mod storage {
     fn a_file_of_another_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tally.redb");
-        {
-            let db = redb::Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let table: redb::TableDefinition<'_, &str, &[u8]> =
-                    redb::TableDefinition::new("meta");
-                let mut meta = txn.open_table(table).unwrap();
-                meta.insert("format", 99_u32.to_le_bytes().as_slice())
-                    .unwrap();
-            }
-            txn.commit().unwrap();
-        }
+        old_file(&path, 99, |_| {});
         let error = RedbStore::open(&path).unwrap_err();
         assert!(
             error
