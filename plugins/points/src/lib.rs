@@ -50,7 +50,7 @@
 //! roughly 10 bytes plus the id per transaction. The array of objects this plugin wrote
 //! before (`{"transactions": [{"id": "T-1", "points": 200, "factor": "1"}]}`) is still read.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -215,6 +215,8 @@ impl TryFrom<StoredState> for State {
                 factors.len()
             ));
         }
+        // A set, so that a state with many rejections is not read in quadratic time.
+        let rejected: BTreeSet<String> = rejected.into_iter().collect();
         transactions.extend(ids.into_iter().zip(points).zip(factors).map(
             |((id, points), factor)| Award {
                 rejected: rejected.contains(&id),
