@@ -175,21 +175,14 @@ fn request_bytes(address: SocketAddr, key: Option<&str>, body: &[u8]) -> Vec<u8>
 }
 
 /// Why one request of the load did not get a 2xx.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Failure {
+    #[error("{0} {1}")]
     Status(u16, String),
+    #[error("{0}")]
     Io(std::io::Error),
+    #[error("{0}")]
     Protocol(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Status(status, body) => write!(f, "{status} {body}"),
-            Failure::Io(error) => write!(f, "{error}"),
-            Failure::Protocol(why) => write!(f, "{why}"),
-        }
-    }
 }
 
 /// Reads one response off a keep-alive connection; `buffer` carries bytes read past it.
@@ -232,12 +225,13 @@ async fn read_response(
                     ));
                 }
             }
-            let body = String::from_utf8_lossy(&buffer[head..end]).into_owned();
+            // The body is read only to report a failure.
+            let failed = (!(200..300).contains(&status))
+                .then(|| String::from_utf8_lossy(&buffer[head..end]).into_owned());
             buffer.drain(..end);
-            return if (200..300).contains(&status) {
-                Ok(())
-            } else {
-                Err(Failure::Status(status, body))
+            return match failed {
+                None => Ok(()),
+                Some(body) => Err(Failure::Status(status, body)),
             };
         }
         if stream.read_buf(buffer).await.map_err(Failure::Io)? == 0 {

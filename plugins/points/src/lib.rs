@@ -133,9 +133,10 @@ impl Config {
 /// [...], "rejected": [ids]}`), not as an array of objects: a plugin reads and writes its
 /// whole state on every event, and in wasm serde_json costs about the same per token
 /// whatever the token, so an object per transaction (`{"id": .., "points": .., "factor":
-/// ..}`, a dozen tokens) cost 5,600 instructions per remembered transaction per event, and
-/// three plain array elements cost 1,300 (`tally eval` fuel; see docs/benchmarks.md). The
-/// shape written before, `{"transactions": [{...}]}`, is still read.
+/// ..}`, a dozen tokens) cost about 6,200 wasm instructions per remembered transaction per
+/// event, and three plain array elements cost 3,500 (`tally eval` fuel with a hundred
+/// remembered; see docs/ingest.md). The shape written before, `{"transactions": [{...}]}`,
+/// is still read.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(try_from = "StoredState")]
 pub struct State {
