@@ -174,6 +174,16 @@ fn request_bytes(address: SocketAddr, key: Option<&str>, body: &[u8]) -> Vec<u8>
     bytes
 }
 
+/// Every body as a request, shared by the load's connections.
+fn requests(address: SocketAddr, key: Option<&str>, bodies: &[Vec<u8>]) -> Arc<Vec<Vec<u8>>> {
+    Arc::new(
+        bodies
+            .iter()
+            .map(|body| request_bytes(address, key, body))
+            .collect(),
+    )
+}
+
 /// Why one request of the load did not get a 2xx.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
@@ -407,15 +417,10 @@ async fn run_tally(
             response.text().await.unwrap_or_default()
         );
     }
-    let requests = |bodies: &[Vec<u8>]| {
-        Arc::new(
-            bodies
-                .iter()
-                .map(|body| request_bytes(host.address, Some(&key), body))
-                .collect::<Vec<_>>(),
-        )
-    };
-    let (warmup, bodies) = (requests(&warmup), requests(&bodies));
+    let (warmup, bodies) = (
+        requests(host.address, Some(&key), &warmup),
+        requests(host.address, Some(&key), &bodies),
+    );
     load(host.address, warmup, options.connections).await;
     let pid = host.child.id();
     let (before, generator_before) = (host_cpu(pid), host_cpu(std::process::id()));
@@ -474,15 +479,10 @@ fn run_bare_axum(
         .expect("a port");
     let address = listener.local_addr().expect("an address");
     server.spawn(async move { axum::serve(listener, app).await });
-    let requests = |bodies: &[Vec<u8>]| {
-        Arc::new(
-            bodies
-                .iter()
-                .map(|body| request_bytes(address, None, body))
-                .collect::<Vec<_>>(),
-        )
-    };
-    let (warmup, bodies) = (requests(&warmup), requests(&bodies));
+    let (warmup, bodies) = (
+        requests(address, None, &warmup),
+        requests(address, None, &bodies),
+    );
     // The generator's `block_on`, not `.await`: the server's runtime is built and dropped
     // here, outside any runtime.
     generator.block_on(load(address, warmup, options.connections));
