@@ -3,7 +3,9 @@
 //! (b) a bare axum route under the same load generator.
 //!
 //! Run: `cargo bench --bench ingest` (options after `--`: `--events N`, `--connections C`,
-//! `--customers K`; defaults 20000, 32, 1000).
+//! `--customers K`; defaults 20000, 32, 1000; `--plugins DIR` uploads `DIR/points.wasm`,
+//! `DIR/tiers.wasm` and `DIR/engagement.wasm` instead of this build's, to compare two builds of
+//! the plugins on one host).
 //!
 //! What it does:
 //! 1. Starts the real `tally serve` binary on a loopback port with a fresh data directory,
@@ -38,6 +40,10 @@ struct Options {
     events: usize,
     connections: usize,
     customers: usize,
+    /// A directory of `points.wasm`, `tiers.wasm` and `engagement.wasm` to upload instead of
+    /// the ones this build embeds: compares two builds of the plugins (or the SDK) on one
+    /// build of the host, in one run after the other.
+    plugins: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -46,6 +52,7 @@ impl Options {
             events: 20_000,
             connections: 32,
             customers: 1000,
+            plugins: None,
         };
         let args: Vec<String> = std::env::args().collect();
         let value = |name: &str| {
@@ -63,6 +70,7 @@ impl Options {
         if let Some(customers) = value("--customers") {
             options.customers = customers;
         }
+        options.plugins = value("--plugins");
         options
     }
 }
@@ -402,11 +410,16 @@ async fn run_tally(
         tally_plugin_wasm::TIERS,
         tally_plugin_wasm::ENGAGEMENT,
     ] {
+        let wasm = match &options.plugins {
+            Some(dir) => std::fs::read(dir.join(format!("{}.wasm", plugin.name)))
+                .expect("read a plugin from --plugins"),
+            None => plugin.wasm.to_vec(),
+        };
         let response = client
             .put(format!("{base}/v1/plugins/{}", plugin.name))
             .bearer_auth(&key)
             .header("content-type", "application/wasm")
-            .body(plugin.wasm)
+            .body(wasm)
             .send()
             .await
             .expect("upload a plugin");

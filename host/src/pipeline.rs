@@ -6,11 +6,10 @@
 //! nothing; its error is kept in its result and the next plugin runs.
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 #[cfg(doc)]
 use tally_sdk::Input;
-use tally_sdk::{ABI_VERSION, Customer, Decision, Event};
+use tally_sdk::{ABI_VERSION, Customer, Decision, Event, RawJson};
 
 use crate::runtime::{EvalError, LogLine, Plugin};
 
@@ -24,9 +23,9 @@ pub struct PluginCall<'a> {
     /// The loaded module.
     pub plugin: &'a Plugin,
     /// The tenant's configuration for it as JSON text, `None` when unset.
-    pub config: Option<&'a RawValue>,
+    pub config: Option<&'a RawJson>,
     /// Its state for this customer as JSON text, `None` when it has none.
-    pub state: Option<&'a RawValue>,
+    pub state: Option<&'a RawJson>,
 }
 
 /// What one plugin did.
@@ -134,7 +133,7 @@ struct InputRef<'a> {
     event: &'a Event,
     customer: &'a Customer,
     #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'a RawValue>,
+    state: Option<&'a RawJson>,
     seed: String,
 }
 
@@ -144,7 +143,7 @@ struct PluginInfoRef<'a> {
     name: &'a str,
     version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<&'a RawValue>,
+    config: Option<&'a RawJson>,
 }
 
 /// The seed a plugin gets for an event: the same tenant, plugin and event id always give
@@ -184,20 +183,20 @@ mod tests {
             tier: Some("gold".to_owned()),
             ..Customer::default()
         };
-        let config = RawValue::from_string(r#"{"rate":2}"#.to_owned()).unwrap();
-        let state = RawValue::from_string(r#"{"seen":[1,2]}"#.to_owned()).unwrap();
-        for (config, state) in [(Some(&*config), Some(&*state)), (None, None)] {
+        let config = RawJson::from_value(&json!({"rate": 2}));
+        let state = RawJson::from_value(&json!({"seen": [1, 2]}));
+        for (config, state) in [(Some(&config), Some(&state)), (None, None)] {
             let owned = Input {
                 abi: ABI_VERSION,
                 tenant: "acme".to_owned(),
                 plugin: PluginInfo {
                     name: "points".to_owned(),
                     version: 3,
-                    config: config.map(ToOwned::to_owned),
+                    config: config.cloned(),
                 },
                 event: event.clone(),
                 customer: customer.clone(),
-                state: state.map(ToOwned::to_owned),
+                state: state.cloned(),
                 seed: "0123456789abcdef".to_owned(),
             };
             let borrowed = InputRef {

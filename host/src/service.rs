@@ -561,8 +561,8 @@ impl Service {
             name,
             version,
             plugin: &plugin,
-            config: Some(config.as_raw()),
-            state: state.as_ref().map(RawJson::as_raw),
+            config: Some(&config),
+            state: state.as_ref(),
         };
         let mut outcome = run_plugins(&tenant.id, &wire, customer.clone(), &[call]);
         let result = outcome

@@ -74,7 +74,7 @@ impl Journey {
                 version: 1,
                 plugin,
                 config: None,
-                state: self.states.get(name).map(RawJson::as_raw),
+                state: self.states.get(name),
             })
             .collect();
         let outcome = run_plugins("acme", &event, self.customer.clone(), &calls);

@@ -216,12 +216,12 @@ pub mod __private {
 
     /// Runs `rule` on the input JSON and serializes its output.
     pub fn evaluate_json<R: IntoOutput>(input: &[u8], rule: fn(&Input) -> R) -> Vec<u8> {
-        // Checked as UTF-8 once, the input is read with serde_json's `str` reader, the same one
-        // every later read (config, state, event data) uses: one copy of each `Deserialize`
-        // impl in the wasm instead of one per reader, and no second UTF-8 check of strings.
+        // Checked as UTF-8 once, the input is read as `str`, as every later read (config, state,
+        // event data) is: one copy of each `Deserialize` impl in the wasm instead of one per
+        // reader, and no second UTF-8 check of strings.
         let read = std::str::from_utf8(input)
             .map_err(|why| why.to_string())
-            .and_then(|text| serde_json::from_str::<Input>(text).map_err(|why| why.to_string()));
+            .and_then(|text| wire::read_input(text).map_err(|why| why.to_string()));
         let (input, output) = match read {
             Ok(input) => {
                 let output = rule(&input).into_output();

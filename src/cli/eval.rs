@@ -165,8 +165,8 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
             name,
             version: 1,
             plugin,
-            config: configs.get(index).map(RawJson::as_raw),
-            state: states.get(index).map(RawJson::as_raw),
+            config: configs.get(index),
+            state: states.get(index),
         })
         .collect();
 

@@ -1057,8 +1057,8 @@ fn evaluate(
                         name: &active.record.name,
                         version: active.record.active_version,
                         plugin,
-                        config: active.config.as_ref().map(RawJson::as_raw),
-                        state: state.map(RawJson::as_raw),
+                        config: active.config.as_ref(),
+                        state: *state,
                     })
                 })
                 .collect();
@@ -1090,7 +1090,7 @@ pub fn wire_event(new: &NewEvent) -> Result<Event, String> {
         new.action.clone(),
         new.customer.clone(),
         new.timestamp,
-        new.data.as_raw().to_owned(),
+        new.data.clone(),
     )
     .map_err(|error| error.to_string())?;
     event.label.clone_from(&new.label);
