@@ -70,7 +70,11 @@ impl Options {
         if let Some(customers) = value("--customers") {
             options.customers = customers;
         }
-        options.plugins = value("--plugins");
+        options.plugins = args
+            .iter()
+            .position(|arg| arg == "--plugins")
+            .and_then(|at| args.get(at + 1))
+            .map(std::path::PathBuf::from);
         options
     }
 }
