@@ -88,7 +88,7 @@ pub fn run_plugins(
                 version: call.version,
                 config: call.config.filter(|raw| raw.get() != "null"),
             },
-            event,
+            event: EventRef::of(event),
             customer: &customer,
             state: call.state.filter(|raw| raw.get() != "null"),
             seed: seed(tenant, call.name, &event.id),
@@ -130,11 +130,43 @@ struct InputRef<'a> {
     abi: i32,
     tenant: &'a str,
     plugin: PluginInfoRef<'a>,
-    event: &'a Event,
+    event: EventRef<'a>,
     customer: &'a Customer,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'a RawJson>,
     seed: String,
+}
+
+/// [`Event`], borrowed, with the length of its data's text before the data
+/// ([`tally_sdk::wire::EVENT_DATA_BYTES`]), so that the SDK's reader takes the data (1 KB of a
+/// typical checkout, which most plugins never read) without scanning it. Measured in fuel,
+/// the three reference plugins' chain on the ingest bench's 1 KB checkout: 134,733 -> 106,869.
+#[derive(Serialize)]
+struct EventRef<'a> {
+    id: &'a str,
+    action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+    customer: &'a str,
+    timestamp: tally_sdk::Timestamp,
+    source: &'a str,
+    data_bytes: usize,
+    data: &'a RawJson,
+}
+
+impl<'a> EventRef<'a> {
+    fn of(event: &'a Event) -> EventRef<'a> {
+        EventRef {
+            id: &event.id,
+            action: &event.action,
+            label: event.label.as_deref(),
+            customer: &event.customer,
+            timestamp: event.timestamp,
+            source: &event.source,
+            data_bytes: event.data.get().len(),
+            data: &event.data,
+        }
+    }
 }
 
 /// [`tally_sdk::PluginInfo`], borrowed.
@@ -207,13 +239,20 @@ mod tests {
                     version: 3,
                     config,
                 },
-                event: &event,
+                event: EventRef::of(&event),
                 customer: &customer,
                 state,
                 seed: "0123456789abcdef".to_owned(),
             };
+            let written = serde_json::to_string(&borrowed).unwrap();
+            let length_member = format!(
+                r#""{}":{},"data":"#,
+                tally_sdk::wire::EVENT_DATA_BYTES,
+                event.data.get().len()
+            );
+            assert!(written.contains(&length_member), "{written}");
             assert_eq!(
-                serde_json::to_string(&borrowed).unwrap(),
+                written.replacen(&length_member, r#""data":"#, 1),
                 serde_json::to_string(&owned).unwrap()
             );
         }

@@ -85,6 +85,11 @@ pub struct PluginInfo {
     pub config: Option<RawJson>,
 }
 
+/// A member the host writes into the input's `event` just before `data`: the length of
+/// `data`'s JSON text in bytes, so that the SDK's reader takes the data without scanning it.
+/// Serde-based readers ignore it, as they ignore every member they do not know.
+pub const EVENT_DATA_BYTES: &str = "data_bytes";
+
 /// One customer interaction.
 ///
 /// `data` stays raw JSON until a rule asks for a field, so a rule that reads one number
