@@ -55,12 +55,12 @@ impl Options {
             plugins: None,
         };
         let args: Vec<String> = std::env::args().collect();
-        let value = |name: &str| {
+        let given = |name: &str| {
             args.iter()
                 .position(|arg| arg == name)
                 .and_then(|at| args.get(at + 1))
-                .and_then(|text| text.parse().ok())
         };
+        let value = |name: &str| given(name).and_then(|text| text.parse().ok());
         if let Some(events) = value("--events") {
             options.events = events;
         }
@@ -70,11 +70,7 @@ impl Options {
         if let Some(customers) = value("--customers") {
             options.customers = customers;
         }
-        options.plugins = args
-            .iter()
-            .position(|arg| arg == "--plugins")
-            .and_then(|at| args.get(at + 1))
-            .map(std::path::PathBuf::from);
+        options.plugins = given("--plugins").map(std::path::PathBuf::from);
         options
     }
 }

@@ -322,49 +322,30 @@ impl Fields {
 
 /// The members of the JSON object `data` (valid JSON), or `None` when it is not an object.
 fn scan_object(data: &str) -> Option<Fields> {
-    let bytes = data.as_bytes();
-    let mut at = skip_whitespace(bytes, 0);
-    if bytes.get(at) != Some(&b'{') {
-        return None;
-    }
-    at += 1;
     let mut fields = Vec::new();
-    loop {
-        at = skip_whitespace(bytes, at);
-        match bytes.get(at)? {
-            b'}' => return Some(Fields(fields)),
-            b',' => {
-                at += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
-        }
-        let key_end = string_end(bytes, at)?;
-        let key = if bytes[at + 1..key_end].contains(&b'\\') {
+    let mut cursor = read::Cursor::new(data);
+    cursor.object(|cursor, key| {
+        let key = if data.get(key.clone())?.contains('\\') {
             // Rare: a key with escapes is unescaped by serde_json's `Value` reader, which
-            // every plugin has already.
-            match serde_json::from_str::<Value>(data.get(at..=key_end)?) {
+            // every plugin has already (the range is the key with its quotes).
+            match serde_json::from_str::<Value>(data.get(key.start - 1..key.end + 1)?) {
                 Ok(Value::String(key)) => FieldKey::Unescaped(key),
                 _ => return None,
             }
         } else {
-            FieldKey::Raw(at + 1, key_end)
+            FieldKey::Raw(key.start, key.end)
         };
-        at = skip_whitespace(bytes, key_end + 1);
-        if bytes.get(at) != Some(&b':') {
-            return None;
-        }
-        let start = skip_whitespace(bytes, at + 1);
-        let end = value_end(bytes, start)?;
+        let value = cursor.value_span()?;
         fields.push(Field {
             key,
-            start,
-            end,
+            start: value.start,
+            end: value.end,
             value: OnceLock::new(),
         });
-        at = end;
-    }
+        Some(())
+    })?;
+    cursor.end()?;
+    Some(Fields(fields))
 }
 
 fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {

@@ -28,6 +28,7 @@
 //! data without a scan: the chain 134,733 -> 106,869 more (-35% from serde_json's 165,459 with
 //! the host writing that member), points with 30 transactions 112,368 -> 103,080.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
@@ -50,8 +51,8 @@ pub(crate) fn read_input(text: &str) -> Result<Input, serde_json::Error> {
 fn input(text: &str) -> Option<Input> {
     let (mut abi, mut tenant, mut plugin, mut event) = (None, None, None, None);
     let (mut customer, mut state, mut seed) = (None, None, None);
-    let mut cursor = Cursor { text, at: 0 };
-    cursor.object(|cursor, key| match key {
+    let mut cursor = Cursor::new(text);
+    plain_object(&mut cursor, |cursor, key| match key {
         "abi" => once(&mut abi, integer(cursor.value()?)?),
         "tenant" => once(&mut tenant, string(cursor.value()?)?),
         "plugin" => once(&mut plugin, plugin_info(cursor)?),
@@ -76,7 +77,7 @@ fn input(text: &str) -> Option<Input> {
 
 fn plugin_info(cursor: &mut Cursor<'_>) -> Option<PluginInfo> {
     let (mut name, mut version, mut config) = (None, None, None);
-    cursor.object(|cursor, key| match key {
+    plain_object(cursor, |cursor, key| match key {
         "name" => once(&mut name, string(cursor.value()?)?),
         "version" => once(&mut version, integer(cursor.value()?)?),
         "config" => once(&mut config, raw(cursor.value()?)),
@@ -92,7 +93,7 @@ fn plugin_info(cursor: &mut Cursor<'_>) -> Option<PluginInfo> {
 fn event_of(cursor: &mut Cursor<'_>) -> Option<Event> {
     let (mut id, mut action, mut label, mut customer) = (None, None, None, None);
     let (mut timestamp, mut source, mut data, mut data_bytes) = (None, None, None, None);
-    cursor.object(|cursor, key| match key {
+    plain_object(cursor, |cursor, key| match key {
         "id" => once(&mut id, string(cursor.value()?)?),
         "action" => once(&mut action, string(cursor.value()?)?),
         "label" => once(&mut label, optional_string(cursor.value()?)?),
@@ -124,7 +125,7 @@ fn event_of(cursor: &mut Cursor<'_>) -> Option<Event> {
 fn customer_of(cursor: &mut Cursor<'_>) -> Option<Customer> {
     let (mut id, mut points, mut tier, mut perks) = (None, None, None, None);
     let (mut attributes, mut stats) = (None, None);
-    cursor.object(|cursor, key| match key {
+    plain_object(cursor, |cursor, key| match key {
         "id" => once(&mut id, string(cursor.value()?)?),
         "points" => once(&mut points, points_of(cursor)?),
         "tier" => once(&mut tier, optional_string(cursor.value()?)?),
@@ -145,7 +146,7 @@ fn customer_of(cursor: &mut Cursor<'_>) -> Option<Customer> {
 
 fn points_of(cursor: &mut Cursor<'_>) -> Option<Points> {
     let (mut balance, mut lifetime) = (None, None);
-    cursor.object(|cursor, key| match key {
+    plain_object(cursor, |cursor, key| match key {
         "balance" => once(&mut balance, integer(cursor.value()?)?),
         "lifetime" => once(&mut lifetime, integer(cursor.value()?)?),
         _ => cursor.value().map(drop),
@@ -165,20 +166,36 @@ fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
     Some(())
 }
 
-/// A position in the input, read forwards once: objects the reader builds are walked member
-/// by member, every other value is skipped over with one scan.
-struct Cursor<'a> {
+/// Reads an object whose keys this reader can compare as written: `None` when a key has
+/// escapes (serde_json would unescape it) or `member` gives up.
+fn plain_object<'a>(
+    cursor: &mut Cursor<'a>,
+    mut member: impl FnMut(&mut Cursor<'a>, &'a str) -> Option<()>,
+) -> Option<()> {
+    let text = cursor.text;
+    cursor.object(|cursor, key| member(cursor, plain(text.get(key)?)?))
+}
+
+/// A position in JSON text, read forwards once: objects are walked member by member, every
+/// other value is skipped over with one scan. The input reader walks the input with it, and
+/// `Event::field` indexes event data with it.
+pub(super) struct Cursor<'a> {
     text: &'a str,
     at: usize,
 }
 
 impl<'a> Cursor<'a> {
-    /// Reads an object: calls `member` with each key and the cursor at its value, which
-    /// `member` must read. `None` when it is not an object, a key has escapes or `member`
-    /// gives up.
-    fn object(
+    /// A cursor at the start of `text`.
+    pub(super) fn new(text: &'a str) -> Cursor<'a> {
+        Cursor { text, at: 0 }
+    }
+
+    /// Reads an object: calls `member` with the byte range of each key between its quotes
+    /// (escapes as written) and the cursor at its value, which `member` must read. `None`
+    /// when it is not an object or `member` gives up.
+    pub(super) fn object(
         &mut self,
-        mut member: impl FnMut(&mut Cursor<'a>, &'a str) -> Option<()>,
+        mut member: impl FnMut(&mut Cursor<'a>, Range<usize>) -> Option<()>,
     ) -> Option<()> {
         let bytes = self.text.as_bytes();
         self.at = skip_whitespace(bytes, self.at);
@@ -195,7 +212,7 @@ impl<'a> Cursor<'a> {
                 return None;
             }
             let key_end = string_end(bytes, self.at)?;
-            let key = plain(self.text.get(self.at + 1..key_end)?)?;
+            let key = self.at + 1..key_end;
             self.at = skip_whitespace(bytes, key_end + 1);
             if bytes.get(self.at) != Some(&b':') {
                 return None;
@@ -214,15 +231,21 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The text of the value at the cursor, which moves past it.
-    fn value(&mut self) -> Option<&'a str> {
+    /// The byte range of the value at the cursor, which moves past it.
+    pub(super) fn value_span(&mut self) -> Option<Range<usize>> {
         let start = skip_whitespace(self.text.as_bytes(), self.at);
         let end = value_end(self.text.as_bytes(), start)?;
         if end == start {
             return None;
         }
         self.at = end;
-        self.text.get(start..end)
+        Some(start..end)
+    }
+
+    /// The text of the value at the cursor, which moves past it.
+    fn value(&mut self) -> Option<&'a str> {
+        let span = self.value_span()?;
+        self.text.get(span)
     }
 
     /// The value at the cursor when the host said how many bytes it is: taken without a scan.
@@ -241,7 +264,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Whether only whitespace is left, as serde_json requires after the value.
-    fn end(&self) -> Option<()> {
+    pub(super) fn end(&self) -> Option<()> {
         (skip_whitespace(self.text.as_bytes(), self.at) == self.text.len()).then_some(())
     }
 }
