@@ -54,12 +54,12 @@ fn input(text: &str) -> Option<Input> {
     let mut cursor = Cursor::new(text);
     plain_object(&mut cursor, |cursor, key| match key {
         "abi" => once(&mut abi, integer(cursor.value()?)?),
-        "tenant" => once(&mut tenant, string(cursor.value()?)?),
+        "tenant" => once(&mut tenant, cursor.string()?.to_owned()),
         "plugin" => once(&mut plugin, plugin_info(cursor)?),
         "event" => once(&mut event, event_of(cursor)?),
         "customer" => once(&mut customer, customer_of(cursor)?),
         "state" => once(&mut state, raw(cursor.value()?)),
-        "seed" => once(&mut seed, string(cursor.value()?)?),
+        "seed" => once(&mut seed, cursor.string()?.to_owned()),
         // The host may add fields; the input ignores what it does not know.
         _ => cursor.value().map(drop),
     })?;
@@ -78,7 +78,7 @@ fn input(text: &str) -> Option<Input> {
 fn plugin_info(cursor: &mut Cursor<'_>) -> Option<PluginInfo> {
     let (mut name, mut version, mut config) = (None, None, None);
     plain_object(cursor, |cursor, key| match key {
-        "name" => once(&mut name, string(cursor.value()?)?),
+        "name" => once(&mut name, cursor.string()?.to_owned()),
         "version" => once(&mut version, integer(cursor.value()?)?),
         "config" => once(&mut config, raw(cursor.value()?)),
         _ => cursor.value().map(drop),
@@ -94,12 +94,12 @@ fn event_of(cursor: &mut Cursor<'_>) -> Option<Event> {
     let (mut id, mut action, mut label, mut customer) = (None, None, None, None);
     let (mut timestamp, mut source, mut data, mut data_bytes) = (None, None, None, None);
     plain_object(cursor, |cursor, key| match key {
-        "id" => once(&mut id, string(cursor.value()?)?),
-        "action" => once(&mut action, string(cursor.value()?)?),
-        "label" => once(&mut label, optional_string(cursor.value()?)?),
-        "customer" => once(&mut customer, string(cursor.value()?)?),
-        "timestamp" => once(&mut timestamp, string(cursor.value()?)?.parse().ok()?),
-        "source" => once(&mut source, string(cursor.value()?)?),
+        "id" => once(&mut id, cursor.string()?.to_owned()),
+        "action" => once(&mut action, cursor.string()?.to_owned()),
+        "label" => once(&mut label, cursor.optional_string()?),
+        "customer" => once(&mut customer, cursor.string()?.to_owned()),
+        "timestamp" => once(&mut timestamp, cursor.string()?.parse().ok()?),
+        "source" => once(&mut source, cursor.string()?.to_owned()),
         EVENT_DATA_BYTES => once(&mut data_bytes, integer(cursor.value()?)?),
         "data" => {
             let value = match data_bytes {
@@ -126,9 +126,9 @@ fn customer_of(cursor: &mut Cursor<'_>) -> Option<Customer> {
     let (mut id, mut points, mut tier, mut perks) = (None, None, None, None);
     let (mut attributes, mut stats) = (None, None);
     plain_object(cursor, |cursor, key| match key {
-        "id" => once(&mut id, string(cursor.value()?)?),
+        "id" => once(&mut id, cursor.string()?.to_owned()),
         "points" => once(&mut points, points_of(cursor)?),
-        "tier" => once(&mut tier, optional_string(cursor.value()?)?),
+        "tier" => once(&mut tier, cursor.optional_string()?),
         "perks" => once(&mut perks, list::<Perk>(cursor.value()?)?),
         "attributes" => once(&mut attributes, map(cursor.value()?)?),
         "stats" => once(&mut stats, map(cursor.value()?)?),
@@ -173,7 +173,20 @@ fn plain_object<'a>(
     mut member: impl FnMut(&mut Cursor<'a>, &'a str) -> Option<()>,
 ) -> Option<()> {
     let text = cursor.text;
-    cursor.object(|cursor, key| member(cursor, plain(text.get(key)?)?))
+    cursor.object(|cursor, key| {
+        if !key.plain {
+            return None;
+        }
+        member(cursor, text.get(key.range)?)
+    })
+}
+
+/// A key of an object as [`Cursor::object`] finds it.
+pub(super) struct Key {
+    /// Its byte range between the quotes, as written.
+    pub(super) range: Range<usize>,
+    /// No escapes and no control characters: the text is the key itself.
+    pub(super) plain: bool,
 }
 
 /// A position in JSON text, read forwards once: objects are walked member by member, every
@@ -190,12 +203,11 @@ impl<'a> Cursor<'a> {
         Cursor { text, at: 0 }
     }
 
-    /// Reads an object: calls `member` with the byte range of each key between its quotes
-    /// (escapes as written) and the cursor at its value, which `member` must read. `None`
-    /// when it is not an object or `member` gives up.
+    /// Reads an object: calls `member` with each [`Key`] and the cursor at its value, which
+    /// `member` must read. `None` when it is not an object or `member` gives up.
     pub(super) fn object(
         &mut self,
-        mut member: impl FnMut(&mut Cursor<'a>, Range<usize>) -> Option<()>,
+        mut member: impl FnMut(&mut Cursor<'a>, Key) -> Option<()>,
     ) -> Option<()> {
         let bytes = self.text.as_bytes();
         self.at = skip_whitespace(bytes, self.at);
@@ -211,8 +223,11 @@ impl<'a> Cursor<'a> {
             if bytes.get(self.at) != Some(&b'"') {
                 return None;
             }
-            let key_end = string_end(bytes, self.at)?;
-            let key = self.at + 1..key_end;
+            let (key_end, plain) = string_end(bytes, self.at)?;
+            let key = Key {
+                range: self.at + 1..key_end,
+                plain,
+            };
             self.at = skip_whitespace(bytes, key_end + 1);
             if bytes.get(self.at) != Some(&b':') {
                 return None;
@@ -248,6 +263,30 @@ impl<'a> Cursor<'a> {
         self.text.get(span)
     }
 
+    /// The string at the cursor when it is plain (no escapes, no control characters), so that
+    /// its text is the string; the cursor moves past it. `None` for anything else.
+    fn string(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let open = skip_whitespace(bytes, self.at);
+        if bytes.get(open) != Some(&b'"') {
+            return None;
+        }
+        let (close, plain) = string_end(bytes, open)?;
+        if !plain {
+            return None;
+        }
+        self.at = close + 1;
+        self.text.get(open + 1..close)
+    }
+
+    /// A plain string as [`Cursor::string`] reads it, or `null`.
+    fn optional_string(&mut self) -> Option<Option<String>> {
+        match self.string() {
+            Some(string) => Some(Some(string.to_owned())),
+            None => (self.value()? == "null").then_some(None),
+        }
+    }
+
     /// The value at the cursor when the host said how many bytes it is: taken without a scan.
     ///
     /// Only event data is read this way, and it is always an object; a length that is wrong
@@ -266,29 +305,6 @@ impl<'a> Cursor<'a> {
     /// Whether only whitespace is left, as serde_json requires after the value.
     pub(super) fn end(&self) -> Option<()> {
         (skip_whitespace(self.text.as_bytes(), self.at) == self.text.len()).then_some(())
-    }
-}
-
-/// The text between a string's quotes when it has no escapes and no control characters
-/// (which JSON does not allow unescaped), so that it is the string itself.
-fn plain(inner: &str) -> Option<&str> {
-    inner
-        .bytes()
-        .all(|byte| byte >= 0x20 && byte != b'\\')
-        .then_some(inner)
-}
-
-/// A JSON string without escapes.
-fn string(value: &str) -> Option<String> {
-    let inner = value.strip_prefix('"')?.strip_suffix('"')?;
-    plain(inner).map(str::to_owned)
-}
-
-/// A JSON string or `null`.
-fn optional_string(value: &str) -> Option<Option<String>> {
-    match value {
-        "null" => Some(None),
-        _ => string(value).map(Some),
     }
 }
 
