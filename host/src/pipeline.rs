@@ -80,19 +80,8 @@ pub fn run_plugins(
     let mut merged = Decision::new();
     let mut results = Vec::with_capacity(plugins.len());
     for call in plugins {
-        let input = InputRef {
-            abi: ABI_VERSION,
-            tenant,
-            plugin: PluginInfoRef {
-                name: call.name,
-                version: call.version,
-                config: call.config.filter(|raw| raw.get() != "null"),
-            },
-            event: EventRef::of(event),
-            customer: &customer,
-            state: call.state.filter(|raw| raw.get() != "null"),
-            seed: seed(tenant, call.name, &event.id),
-        };
+        let plugin = PluginInfoRef::new(call.name, call.version, call.config);
+        let input = InputRef::new(tenant, plugin, event, &customer, call.state);
         let evaluation = call.plugin.evaluate(&input);
         if let Ok(decision) = &evaluation.result {
             customer.apply(decision);
@@ -132,9 +121,42 @@ struct InputRef<'a> {
     plugin: PluginInfoRef<'a>,
     event: EventRef<'a>,
     customer: &'a Customer,
+    /// [`tally_sdk::wire::STATE_BYTES`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'a RawJson>,
     seed: String,
+}
+
+impl<'a> InputRef<'a> {
+    fn new(
+        tenant: &'a str,
+        plugin: PluginInfoRef<'a>,
+        event: &'a Event,
+        customer: &'a Customer,
+        state: Option<&'a RawJson>,
+    ) -> InputRef<'a> {
+        let state = state.filter(|raw| raw.get() != "null");
+        InputRef {
+            abi: ABI_VERSION,
+            tenant,
+            seed: seed(tenant, plugin.name, &event.id),
+            plugin,
+            event: EventRef::of(event),
+            customer,
+            state_bytes: state.and_then(text_length),
+            state,
+        }
+    }
+}
+
+/// The length the SDK's reader takes a JSON text by, without scanning it: given for objects
+/// and arrays, the only kinds it takes that way. Measured in fuel on the ingest bench's
+/// checkout, `points` with 30 remembered transactions in its state: 143,717 -> 134,484.
+fn text_length(text: &RawJson) -> Option<usize> {
+    let text = text.get();
+    matches!(text.as_bytes().first(), Some(b'{' | b'[')).then_some(text.len())
 }
 
 /// [`Event`], borrowed, with the length of its data's text before the data
@@ -174,8 +196,23 @@ impl<'a> EventRef<'a> {
 struct PluginInfoRef<'a> {
     name: &'a str,
     version: u32,
+    /// [`tally_sdk::wire::CONFIG_BYTES`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<&'a RawJson>,
+}
+
+impl<'a> PluginInfoRef<'a> {
+    fn new(name: &'a str, version: u32, config: Option<&'a RawJson>) -> PluginInfoRef<'a> {
+        let config = config.filter(|raw| raw.get() != "null");
+        PluginInfoRef {
+            name,
+            version,
+            config_bytes: config.and_then(text_length),
+            config,
+        }
+    }
 }
 
 /// The seed a plugin gets for an event: the same tenant, plugin and event id always give
@@ -229,32 +266,27 @@ mod tests {
                 event: event.clone(),
                 customer: customer.clone(),
                 state: state.cloned(),
-                seed: "0123456789abcdef".to_owned(),
+                seed: seed("acme", "points", "e1"),
             };
-            let borrowed = InputRef {
-                abi: ABI_VERSION,
-                tenant: "acme",
-                plugin: PluginInfoRef {
-                    name: "points",
-                    version: 3,
-                    config,
-                },
-                event: EventRef::of(&event),
-                customer: &customer,
-                state,
-                seed: "0123456789abcdef".to_owned(),
-            };
-            let written = serde_json::to_string(&borrowed).unwrap();
-            let length_member = format!(
-                r#""{}":{},"data":"#,
-                tally_sdk::wire::EVENT_DATA_BYTES,
-                event.data.get().len()
-            );
-            assert!(written.contains(&length_member), "{written}");
-            assert_eq!(
-                written.replacen(&length_member, r#""data":"#, 1),
-                serde_json::to_string(&owned).unwrap()
-            );
+            let plugin = PluginInfoRef::new("points", 3, config);
+            let borrowed = InputRef::new("acme", plugin, &event, &customer, state);
+            let mut written = serde_json::to_string(&borrowed).unwrap();
+            // Each length is written just before its text; without them, the JSON is the SDK's.
+            let lengths = [
+                (tally_sdk::wire::EVENT_DATA_BYTES, "data", Some(&event.data)),
+                (tally_sdk::wire::CONFIG_BYTES, "config", config),
+                (tally_sdk::wire::STATE_BYTES, "state", state),
+            ];
+            for (name, member, text) in lengths {
+                let Some(text) = text else {
+                    assert!(!written.contains(name), "{written}");
+                    continue;
+                };
+                let length_member = format!(r#""{name}":{},"{member}":"#, text.get().len());
+                assert!(written.contains(&length_member), "{written}");
+                written = written.replacen(&length_member, &format!(r#""{member}":"#), 1);
+            }
+            assert_eq!(written, serde_json::to_string(&owned).unwrap());
         }
     }
 }

@@ -90,6 +90,14 @@ pub struct PluginInfo {
 /// Serde-based readers ignore it, as they ignore every member they do not know.
 pub const EVENT_DATA_BYTES: &str = "data_bytes";
 
+/// Like [`EVENT_DATA_BYTES`], for the input's `state`: written just before it when the state
+/// is an object or an array.
+pub const STATE_BYTES: &str = "state_bytes";
+
+/// Like [`EVENT_DATA_BYTES`], for the `plugin`'s `config`: written just before it when the
+/// configuration is an object or an array.
+pub const CONFIG_BYTES: &str = "config_bytes";
+
 /// One customer interaction.
 ///
 /// `data` stays raw JSON until a rule asks for a field, so a rule that reads one number

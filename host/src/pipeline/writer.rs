@@ -580,9 +580,8 @@ fn evaluate_batch(
     };
     timings.reads = started.elapsed();
     let evaluating = Instant::now();
-    let (evaluated, ends) = evaluate_chains(pool, &chains, &jobs);
+    let (evaluated, ends) = evaluate_chains(pool, chains, &jobs);
     timings.evaluation = evaluating.elapsed();
-    drop(chains);
     overlay.record(number, &jobs, &evaluated, ends);
     EvaluatedBatch {
         number,
@@ -883,7 +882,7 @@ fn evaluation_pool() -> std::io::Result<rayon::ThreadPool> {
 /// answers by batch index (`None` for events that are not new), and where each chain ended.
 fn evaluate_chains(
     pool: &rayon::ThreadPool,
-    chains: &[Chain<'_>],
+    chains: Vec<Chain<'_>>,
     jobs: &[Job],
 ) -> (Vec<Option<Evaluation>>, Vec<ChainEnd>) {
     use rayon::prelude::*;
@@ -892,20 +891,24 @@ fn evaluate_chains(
     let mut ends = Vec::with_capacity(chains.len());
     // A panic costs only its own chain: its events stay unevaluated (and are refused), and
     // the other chains of the batch go on.
-    let guarded = |chain: &Chain<'_>| {
+    let guarded = |chain: Chain<'_>| {
+        let customer = chain.customer.customer.id.clone();
         catch_unwind(AssertUnwindSafe(|| evaluate_chain(chain, jobs))).map_err(|_| {
-            tracing::error!(
-                customer = %chain.customer.customer.id,
-                "evaluating a customer's events panicked"
-            );
+            tracing::error!(%customer, "evaluating a customer's events panicked");
         })
     };
     let new_events: usize = chains.iter().map(|chain| chain.events.len()).sum();
     // Handing work to another thread costs more than a handful of events take.
     let done: Vec<_> = if pool.current_num_threads() <= 1 || new_events < MIN_EVENTS_TO_SPLIT {
-        chains.iter().map(guarded).collect()
+        chains.into_iter().map(guarded).collect()
     } else {
-        pool.install(|| chains.par_iter().with_max_len(1).map(guarded).collect())
+        pool.install(|| {
+            chains
+                .into_par_iter()
+                .with_max_len(1)
+                .map(guarded)
+                .collect()
+        })
     };
     for (chain_done, end) in done.into_iter().flatten() {
         for (index, evaluation) in chain_done {
@@ -921,32 +924,34 @@ const MIN_EVENTS_TO_SPLIT: usize = 8;
 
 /// Evaluates a chain's events one after another, each on the customer and plugin states the
 /// one before left. A refused event leaves them as they were.
-fn evaluate_chain(chain: &Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, ChainEnd) {
-    let mut customer = chain.customer.clone();
-    let mut states = chain.states.clone();
+fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, ChainEnd) {
+    let Chain {
+        tenant,
+        plugins,
+        mut customer,
+        mut states,
+        events,
+    } = chain;
     let mut changed: Vec<&str> = Vec::new();
     let mut stored_any = false;
-    let mut done = Vec::with_capacity(chain.events.len());
-    for &index in &chain.events {
+    let mut done = Vec::with_capacity(events.len());
+    for index in events {
         let new = &jobs[index].event;
-        let subscribed: Vec<&ActivePlugin> = chain
-            .plugins
-            .iter()
-            .filter(|p| p.runs_for(&new.action))
-            .collect();
+        let subscribed: Vec<&ActivePlugin> =
+            plugins.iter().filter(|p| p.runs_for(&new.action)).collect();
         let evaluation = {
             let inputs: Vec<Option<&RawJson>> = subscribed
                 .iter()
                 .map(|p| states.get(p.record.name.as_str()).and_then(Option::as_ref))
                 .collect();
-            evaluate_event(chain.tenant, new, &customer, &subscribed, &inputs)
+            evaluate_event(tenant, new, &customer, &subscribed, &inputs)
         };
         if let Ok(append) = &evaluation {
             stored_any = true;
             customer.clone_from(&append.customer);
             for (name, state) in &append.plugin_states {
                 // Every state a plugin can return was read when the chain was planned.
-                if let Some((&key, _)) = chain.states.get_key_value(name.as_str()) {
+                if let Some((&key, _)) = states.get_key_value(name.as_str()) {
                     if let Some(kept) = states.get_mut(key) {
                         kept.clone_from(state);
                     }
@@ -959,7 +964,7 @@ fn evaluate_chain(chain: &Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>,
         done.push((index, evaluation));
     }
     let end = ChainEnd {
-        tenant: chain.tenant.to_owned(),
+        tenant: tenant.to_owned(),
         states: changed
             .into_iter()
             .map(|name| (name.to_owned(), states.remove(name).flatten()))
@@ -992,7 +997,7 @@ fn evaluate_event(
             });
         }
     }
-    Ok(build_append(new, before.clone(), results))
+    Ok(build_append(new, before, results))
 }
 
 /// Appends one evaluated event. `Err` aborts the whole batch (a storage failure).
@@ -1112,13 +1117,15 @@ pub fn empty_customer(id: &str, now: &str) -> CustomerRecord {
     }
 }
 
-fn build_append(new: &NewEvent, before: CustomerRecord, evaluated: Evaluated) -> AppendEvent {
+fn build_append(new: &NewEvent, before: &CustomerRecord, evaluated: Evaluated) -> AppendEvent {
     let mut outcome = EventOutcome::default();
     let mut ledger = Vec::new();
     let mut triggers = Vec::new();
     let mut plugin_states = Vec::new();
-    for result in &evaluated.results {
-        let (status, error) = match &result.outcome {
+    // The results are consumed: each decision's entries and triggers are copied once, for the
+    // ledger and the outbox, and moved into the event's outcome.
+    for result in evaluated.results {
+        let (status, error) = match result.outcome {
             Ok(decision) => {
                 for entry in &decision.points {
                     ledger.push(NewLedgerEntry {
@@ -1132,16 +1139,16 @@ fn build_append(new: &NewEvent, before: CustomerRecord, evaluated: Evaluated) ->
                         trigger: trigger.clone(),
                     });
                 }
-                if let Some(state) = &decision.state {
+                if let Some(state) = decision.state {
                     // `null` clears the state; anything else replaces it.
-                    let kept = (!state.is_null()).then(|| state.clone());
+                    let kept = (!state.is_null()).then_some(state);
                     plugin_states.push((result.name.clone(), kept));
                 }
-                outcome.points.extend(decision.points.iter().cloned());
-                outcome.perks.extend(decision.perks.iter().cloned());
-                outcome.triggers.extend(decision.triggers.iter().cloned());
+                outcome.points.extend(decision.points);
+                outcome.perks.extend(decision.perks);
+                outcome.triggers.extend(decision.triggers);
                 if decision.tier.is_some() {
-                    outcome.tier.clone_from(&decision.tier);
+                    outcome.tier = decision.tier;
                 }
                 (PluginStatus::Ok, None)
             }
@@ -1154,7 +1161,7 @@ fn build_append(new: &NewEvent, before: CustomerRecord, evaluated: Evaluated) ->
             ),
         };
         outcome.plugins.push(PluginRun {
-            name: result.name.clone(),
+            name: result.name,
             version: result.version,
             status,
             error,
@@ -1164,11 +1171,15 @@ fn build_append(new: &NewEvent, before: CustomerRecord, evaluated: Evaluated) ->
         .iter()
         .fold(0_i64, |sum, new| sum.saturating_add(new.entry.amount));
 
-    let mut customer = before;
     // The plugins' effect (points, tier, perks) as they chained it; then what the host keeps.
-    customer.customer = evaluated.customer;
-    customer.event_count = customer.event_count.saturating_add(1);
-    customer.updated_at.clone_from(&new.received_at);
+    // Built from parts: `before.customer` is replaced, so copying it would be wasted.
+    let mut customer = CustomerRecord {
+        customer: evaluated.customer,
+        created_at: before.created_at.clone(),
+        updated_at: new.received_at.clone(),
+        event_count: before.event_count.saturating_add(1),
+        contact_card: before.contact_card.clone(),
+    };
     record_stats(&mut customer.customer.stats, new);
     record_attributes(&mut customer.customer.attributes, new);
     record_contact_card(&mut customer.contact_card, new);

@@ -35,8 +35,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Map;
 
 use super::{
-    Customer, EVENT_DATA_BYTES, Event, Input, Perk, PluginInfo, Points, RawJson, skip_whitespace,
-    string_end, value_end,
+    CONFIG_BYTES, Customer, EVENT_DATA_BYTES, Event, Input, Perk, PluginInfo, Points, RawJson,
+    STATE_BYTES, skip_whitespace, string_end, value_end,
 };
 
 /// Reads `text` as an [`Input`]: with this module's reader when it can, else with serde_json.
@@ -50,7 +50,7 @@ pub(crate) fn read_input(text: &str) -> Result<Input, serde_json::Error> {
 /// The input, or `None` where serde_json must decide.
 fn input(text: &str) -> Option<Input> {
     let (mut abi, mut tenant, mut plugin, mut event) = (None, None, None, None);
-    let (mut customer, mut state, mut seed) = (None, None, None);
+    let (mut customer, mut state, mut state_bytes, mut seed) = (None, None, None, None);
     let mut cursor = Cursor::new(text);
     plain_object(&mut cursor, |cursor, key| match key {
         "abi" => once(&mut abi, integer(cursor.value()?)?),
@@ -58,7 +58,8 @@ fn input(text: &str) -> Option<Input> {
         "plugin" => once(&mut plugin, plugin_info(cursor)?),
         "event" => once(&mut event, event_of(cursor)?),
         "customer" => once(&mut customer, customer_of(cursor)?),
-        "state" => once(&mut state, raw(cursor.value()?)),
+        STATE_BYTES => once(&mut state_bytes, integer(cursor.value()?)?),
+        "state" => once(&mut state, raw(cursor.text_of(state_bytes)?)),
         "seed" => once(&mut seed, cursor.string()?.to_owned()),
         // The host may add fields; the input ignores what it does not know.
         _ => cursor.value().map(drop),
@@ -76,11 +77,12 @@ fn input(text: &str) -> Option<Input> {
 }
 
 fn plugin_info(cursor: &mut Cursor<'_>) -> Option<PluginInfo> {
-    let (mut name, mut version, mut config) = (None, None, None);
+    let (mut name, mut version, mut config, mut config_bytes) = (None, None, None, None);
     plain_object(cursor, |cursor, key| match key {
         "name" => once(&mut name, cursor.string()?.to_owned()),
         "version" => once(&mut version, integer(cursor.value()?)?),
-        "config" => once(&mut config, raw(cursor.value()?)),
+        CONFIG_BYTES => once(&mut config_bytes, integer(cursor.value()?)?),
+        "config" => once(&mut config, raw(cursor.text_of(config_bytes)?)),
         _ => cursor.value().map(drop),
     })?;
     Some(PluginInfo {
@@ -101,13 +103,7 @@ fn event_of(cursor: &mut Cursor<'_>) -> Option<Event> {
         "timestamp" => once(&mut timestamp, cursor.string()?.parse().ok()?),
         "source" => once(&mut source, cursor.string()?.to_owned()),
         EVENT_DATA_BYTES => once(&mut data_bytes, integer(cursor.value()?)?),
-        "data" => {
-            let value = match data_bytes {
-                Some(length) => cursor.value_of_length(length)?,
-                None => cursor.value()?,
-            };
-            once(&mut data, RawJson::unchecked(value))
-        }
+        "data" => once(&mut data, RawJson::unchecked(cursor.text_of(data_bytes)?)),
         _ => cursor.value().map(drop),
     })?;
     Some(Event {
@@ -287,15 +283,20 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The value at the cursor when the host said how many bytes it is: taken without a scan.
+    /// The text of the value at the cursor, taken without a scan when the host said how
+    /// many bytes it is (the `*_bytes` member before it), scanned when it did not.
     ///
-    /// Only event data is read this way, and it is always an object; a length that is wrong
-    /// for the text gives up here (not an object's ends, not a character boundary) or at the
+    /// The host gives lengths of objects and arrays only; a length that is wrong for the text
+    /// gives up here (not an object's or an array's ends, not a character boundary) or at the
     /// member after it, where the reader expects `,` or `}`.
-    fn value_of_length(&mut self, length: usize) -> Option<&'a str> {
+    fn text_of(&mut self, length: Option<usize>) -> Option<&'a str> {
+        let Some(length) = length else {
+            return self.value();
+        };
         let start = skip_whitespace(self.text.as_bytes(), self.at);
         let value = self.text.get(start..start.checked_add(length)?)?;
-        if !(value.starts_with('{') && value.ends_with('}')) {
+        let ends = (value.as_bytes().first()?, value.as_bytes().last()?);
+        if !matches!(ends, (b'{', b'}') | (b'[', b']')) {
             return None;
         }
         self.at = start + length;
@@ -402,17 +403,39 @@ mod tests {
         texts
     }
 
-    /// `text` with the length of its event's data before the data, as the host writes it
-    /// (`length` when given, else the right one).
-    fn with_data_length(text: &str, length: Option<usize>) -> String {
+    /// The members the host writes a length before: the length's name, the member's path.
+    const LENGTHS: [(&str, &[&str]); 3] = [
+        (EVENT_DATA_BYTES, &["event", "data"]),
+        (STATE_BYTES, &["state"]),
+        (CONFIG_BYTES, &["plugin", "config"]),
+    ];
+
+    fn member_at<'v>(value: &'v Value, path: &[&str]) -> &'v Value {
+        path.iter().fold(value, |value, key| &value[key])
+    }
+
+    /// `text` with the length of each object or array the host passes as text written
+    /// before it, as the host writes them, but `wrong` instead of the right length for the
+    /// one named `wrong_for`.
+    fn with_lengths(text: &str, wrong_for: &str, wrong: usize) -> String {
         let value: Value = serde_json::from_str(text).expect("JSON");
-        let data = serde_json::to_string(&value["event"]["data"]).expect("JSON");
-        let length = length.unwrap_or(data.len());
-        text.replacen(
-            r#""data":"#,
-            &format!(r#""{EVENT_DATA_BYTES}":{length},"data":"#),
-            1,
-        )
+        let mut hinted = text.to_owned();
+        for (name, path) in LENGTHS {
+            let member = member_at(&value, path);
+            if !(member.is_object() || member.is_array()) {
+                continue;
+            }
+            let right = serde_json::to_string(member).expect("JSON").len();
+            let length = if name == wrong_for { wrong } else { right };
+            let before = format!(r#""{}":"#, path[path.len() - 1]);
+            assert_eq!(
+                hinted.matches(&before).count(),
+                1,
+                "one {before} in {hinted}"
+            );
+            hinted = hinted.replacen(&before, &format!(r#""{name}":{length},{before}"#), 1);
+        }
+        hinted
     }
 
     #[test]
@@ -425,37 +448,42 @@ mod tests {
     }
 
     #[test]
-    fn data_of_a_given_length_is_taken_as_it_is_obeyed() {
+    fn texts_of_a_given_length_are_taken_as_they_are_obeyed() {
         for text in host_written()
             .into_iter()
             .filter(|text| !text.contains('\n'))
         {
-            let hinted = with_data_length(&text, None);
+            let hinted = with_lengths(&text, "", 0);
             assert!(input(&hinted).is_some(), "the fast reader reads {hinted}");
             let (reference, ours) = both(&hinted);
             assert_eq!(ours, reference, "{hinted}");
             assert_eq!(
                 ours,
                 both(&text).0,
-                "the length changes nothing that is read"
+                "the lengths change nothing that is read"
             );
         }
     }
 
     #[test]
-    fn data_of_a_given_length_is_taken_as_it_is_violated() {
+    fn texts_of_a_given_length_are_taken_as_they_are_violated() {
         // A wrong length makes the reader give up, and serde_json, which ignores the member,
-        // reads the input as it is.
+        // reads the input as it is. Input 1 has data, state and config.
         let text = &host_written()[1];
         let value: Value = serde_json::from_str(text).expect("JSON");
-        let length = serde_json::to_string(&value["event"]["data"])
-            .expect("JSON")
-            .len();
-        for wrong in [0, 1, length - 1, length + 1, length + 2, 1 << 40] {
-            let hinted = with_data_length(text, Some(wrong));
-            assert!(input(&hinted).is_none(), "{wrong} is refused: {hinted}");
-            let (reference, ours) = both(&hinted);
-            assert_eq!(ours, reference, "{hinted}");
+        for (name, path) in LENGTHS {
+            let length = serde_json::to_string(member_at(&value, path))
+                .expect("JSON")
+                .len();
+            for wrong in [0, 1, length - 1, length + 1, length + 2, 1 << 40] {
+                let hinted = with_lengths(text, name, wrong);
+                assert!(
+                    input(&hinted).is_none(),
+                    "{name} {wrong} is refused: {hinted}"
+                );
+                let (reference, ours) = both(&hinted);
+                assert_eq!(ours, reference, "{hinted}");
+            }
         }
     }
 
