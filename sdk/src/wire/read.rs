@@ -395,7 +395,8 @@ mod tests {
             .attributes
             .insert("name".into(), json!("Ada"));
         customer.customer.stats.insert("checkout".into(), json!(3));
-        customer.event.label = Some("Checkout".into());
+        customer.event.label =
+            Some("Checkout \u{2713} f\u{f6}r \u{c5}sa, en l\u{e5}ng etikett".into());
         customer.event.source = "import".into();
         texts.push(serde_json::to_string(&customer).expect("serializable"));
         // Pretty-printed: whitespace everywhere the grammar allows it.
@@ -544,6 +545,16 @@ mod tests {
             with(&["seed"], None),
             with(&["unknown"], Some(json!({"nested": [1, 2]}))),
             base.replace("\"tenant\"", "\"ten\\u0061nt\""),
+            // Raw control characters, which JSON does not allow in a string or a key, 8 or
+            // more bytes in (past the word-at-a-time scan's first word) and right at the start.
+            base.replace("\"tenant\":\"test\"", "\"tenant\":\"a tenant\twith a tab\""),
+            base.replace("\"tenant\":\"test\"", "\"tenant\":\"\u{1}\""),
+            base.replace("\"tenant\"", "\"the tenant\u{1f}\""),
+            // Long non-ASCII text is plain: bytes of 0x80 and above are not control characters.
+            base.replace(
+                "\"tenant\":\"test\"",
+                "\"tenant\":\"t\u{e9}nant \u{2713} \u{80}\u{7ff}\"",
+            ),
             base.replace("\"abi\":1", "\"abi\":1,\"abi\":1"),
             base.replace("\"abi\":1", "\"abi\":01"),
             base.replace("\"abi\":1", "\"abi\":-0"),
