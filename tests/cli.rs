@@ -75,6 +75,67 @@ fn eval_runs_plugins_in_order_on_the_antavo_checkout() {
 }
 
 #[test]
+fn eval_shows_each_plugins_input_as_the_host_writes_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = write(
+        dir.path(),
+        "state.json",
+        r#"{"ids": ["A-1"], "points": [5], "factors": ["1"]}"#,
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--plugin",
+            POINTS.path,
+            "--plugin",
+            TIERS.path,
+            "--event",
+            ANTAVO_CHECKOUT,
+            "--state",
+            &state,
+        ];
+        args.extend_from_slice(extra);
+        json_of(&tally(&args))
+    };
+
+    let report = run(&["--show-input"]);
+    let inputs: Vec<&str> = report["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|plugin| plugin["input"].as_str().expect("the input, as text"))
+        .collect();
+    assert_eq!(inputs.len(), 2);
+    let points: Value = serde_json::from_str(inputs[0]).expect("JSON");
+    let tiers: Value = serde_json::from_str(inputs[1]).expect("JSON");
+    assert_eq!(points["plugin"]["name"], "points");
+    assert_eq!(tiers["plugin"]["name"], "tiers");
+    // Each text's length just before it, as the SDK's reader takes it.
+    let data = serde_json::to_string(&points["event"]["data"]).expect("JSON");
+    assert!(
+        inputs[0].contains(&format!(r#""data_bytes":{},"data":{data}"#, data.len())),
+        "{}",
+        inputs[0]
+    );
+    let remembered = serde_json::to_string(&points["state"]).expect("JSON");
+    assert!(
+        inputs[0].contains(&format!(
+            r#""state_bytes":{},"state":{remembered}"#,
+            remembered.len()
+        )),
+        "{}",
+        inputs[0]
+    );
+    // tiers gets the customer as points left them: the checkout's 200 points applied.
+    assert_eq!(points["customer"]["points"]["lifetime"], 0);
+    assert_eq!(tiers["customer"]["points"]["lifetime"], 200);
+
+    // Without the flag the report is as it was.
+    let report = run(&[]);
+    assert!(report["plugins"][0].get("input").is_none(), "{report}");
+}
+
+#[test]
 fn eval_gives_an_event_without_id_or_timestamp_both() {
     let dir = tempfile::tempdir().expect("temp dir");
     let event = write(

@@ -76,13 +76,32 @@ pub fn run_plugins(
     customer: Customer,
     plugins: &[PluginCall<'_>],
 ) -> PipelineOutcome {
+    run_plugins_showing_inputs(tenant, event, customer, plugins, |_| {})
+}
+
+/// [`run_plugins`], handing `show` each plugin's input JSON, exactly as the plugin gets it,
+/// before the plugin runs: what `tally eval --show-input` prints.
+pub fn run_plugins_showing_inputs(
+    tenant: &str,
+    event: &Event,
+    customer: Customer,
+    plugins: &[PluginCall<'_>],
+    mut show: impl FnMut(&[u8]),
+) -> PipelineOutcome {
     let mut customer = customer;
     let mut merged = Decision::new();
     let mut results = Vec::with_capacity(plugins.len());
     for call in plugins {
         let plugin = PluginInfoRef::new(call.name, call.version, call.config);
         let input = InputRef::new(tenant, plugin, event, &customer, call.state);
-        let evaluation = call.plugin.evaluate(&input);
+        let evaluation = match serde_json::to_vec(&input) {
+            Ok(json) => {
+                show(&json);
+                call.plugin.evaluate_json(&json)
+            }
+            // `evaluate` reports why the input could not be written.
+            Err(_) => call.plugin.evaluate(&input),
+        };
         if let Ok(decision) = &evaluation.result {
             customer.apply(decision);
             merge(&mut merged, decision);

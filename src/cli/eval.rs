@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tally_host::pipeline::{PluginCall, run_plugins};
+use tally_host::pipeline::{PluginCall, run_plugins_showing_inputs};
 use tally_host::runtime::{Limits, Runtime};
 use tally_host::service::now;
 use tally_host::storage::RawJson;
@@ -50,6 +50,10 @@ pub struct EvalArgs {
     /// Instruction budget per plugin; 0 turns fuel metering off.
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
+    /// Also report each plugin's input: the JSON text exactly as the host writes it, as a
+    /// string (`jq -r '.plugins[0].input'` prints it).
+    #[arg(long)]
+    show_input: bool,
 }
 
 /// The event as a client posts it to the host.
@@ -170,7 +174,13 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
         })
         .collect();
 
-    let outcome = run_plugins(&args.tenant, &event, customer, &calls);
+    let mut inputs = Vec::with_capacity(calls.len());
+    let outcome = run_plugins_showing_inputs(&args.tenant, &event, customer, &calls, |input| {
+        if args.show_input {
+            inputs.push(String::from_utf8_lossy(input).into_owned());
+        }
+    });
+    let mut inputs = inputs.into_iter();
     let plugins: Vec<Value> = outcome
         .results
         .iter()
@@ -180,6 +190,11 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
                 "logs": result.logs,
                 "fuel_used": result.fuel_used,
             });
+            if let Some(input) = inputs.next() {
+                // The text as it is, in a string: the order of its members (each length just
+                // before its text) is part of what it shows, and a JSON value would sort them.
+                report["input"] = Value::String(input);
+            }
             match &result.outcome {
                 Ok(decision) => report["decision"] = json!(decision),
                 Err(error) => {
