@@ -40,6 +40,21 @@ const ANTAVO_CHECKOUT: &str = concat!(
     "/examples/events/antavo-checkout.json"
 );
 
+/// `tally eval` of points, then tiers, on the Antavo checkout, with `extra` arguments.
+fn eval_points_then_tiers(extra: &[&str]) -> Output {
+    let mut args = vec![
+        "eval",
+        "--plugin",
+        POINTS.path,
+        "--plugin",
+        TIERS.path,
+        "--event",
+        ANTAVO_CHECKOUT,
+    ];
+    args.extend_from_slice(extra);
+    tally(&args)
+}
+
 #[test]
 fn eval_runs_plugins_in_order_on_the_antavo_checkout() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -48,17 +63,7 @@ fn eval_runs_plugins_in_order_on_the_antavo_checkout() {
         "customer.json",
         r#"{"points": {"balance": 400, "lifetime": 1900}, "tier": "silver"}"#,
     );
-    let output = tally(&[
-        "eval",
-        "--plugin",
-        POINTS.path,
-        "--plugin",
-        TIERS.path,
-        "--event",
-        ANTAVO_CHECKOUT,
-        "--customer",
-        &customer,
-    ]);
+    let output = eval_points_then_tiers(&["--customer", &customer]);
     assert!(
         output.status.success(),
         "{}",
@@ -83,19 +88,9 @@ fn eval_shows_each_plugins_input_as_the_host_writes_it() {
         r#"{"ids": ["A-1"], "points": [5], "factors": ["1"]}"#,
     );
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--plugin",
-            POINTS.path,
-            "--plugin",
-            TIERS.path,
-            "--event",
-            ANTAVO_CHECKOUT,
-            "--state",
-            &state,
-        ];
+        let mut args = vec!["--state", state.as_str()];
         args.extend_from_slice(extra);
-        json_of(&tally(&args))
+        json_of(&eval_points_then_tiers(&args))
     };
 
     let report = run(&["--show-input"]);
