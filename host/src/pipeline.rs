@@ -76,27 +76,28 @@ pub fn run_plugins(
     customer: Customer,
     plugins: &[PluginCall<'_>],
 ) -> PipelineOutcome {
-    run_plugins_showing_inputs(tenant, event, customer, plugins, |_| {})
+    run_plugins_showing_inputs(tenant, event, customer, plugins, |_, _| {})
 }
 
-/// [`run_plugins`], handing `show` each plugin's input JSON, exactly as the plugin gets it,
-/// before the plugin runs: what `tally eval --show-input` prints.
+/// [`run_plugins`], handing `show` each plugin's index in `plugins` and its input JSON,
+/// exactly as the plugin gets it, before the plugin runs: what `tally eval --show-input`
+/// prints.
 pub fn run_plugins_showing_inputs(
     tenant: &str,
     event: &Event,
     customer: Customer,
     plugins: &[PluginCall<'_>],
-    mut show: impl FnMut(&[u8]),
+    mut show: impl FnMut(usize, &[u8]),
 ) -> PipelineOutcome {
     let mut customer = customer;
     let mut merged = Decision::new();
     let mut results = Vec::with_capacity(plugins.len());
-    for call in plugins {
+    for (index, call) in plugins.iter().enumerate() {
         let plugin = PluginInfoRef::new(call.name, call.version, call.config);
         let input = InputRef::new(tenant, plugin, event, &customer, call.state);
         let evaluation = match serde_json::to_vec(&input) {
             Ok(json) => {
-                show(&json);
+                show(index, &json);
                 call.plugin.evaluate_json(&json)
             }
             // `evaluate` reports why the input could not be written.

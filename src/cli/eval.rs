@@ -174,23 +174,25 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
         })
         .collect();
 
-    let mut inputs = Vec::with_capacity(calls.len());
-    let outcome = run_plugins_showing_inputs(&args.tenant, &event, customer, &calls, |input| {
-        if args.show_input {
-            inputs.push(String::from_utf8_lossy(input).into_owned());
-        }
-    });
-    let mut inputs = inputs.into_iter();
+    let mut inputs: Vec<Option<String>> = vec![None; calls.len()];
+    let outcome =
+        run_plugins_showing_inputs(&args.tenant, &event, customer, &calls, |index, input| {
+            if args.show_input {
+                inputs[index] = Some(String::from_utf8_lossy(input).into_owned());
+            }
+        });
+    // One result per plugin, in the order they ran: the same order as the inputs.
     let plugins: Vec<Value> = outcome
         .results
         .iter()
-        .map(|result| {
+        .zip(inputs)
+        .map(|(result, input)| {
             let mut report = json!({
                 "name": result.name,
                 "logs": result.logs,
                 "fuel_used": result.fuel_used,
             });
-            if let Some(input) = inputs.next() {
+            if let Some(input) = input {
                 // The text as it is, in a string: the order of its members (each length just
                 // before its text) is part of what it shows, and a JSON value would sort them.
                 report["input"] = Value::String(input);
