@@ -157,7 +157,7 @@ impl<'a> InputRef<'a> {
         customer: &'a Customer,
         state: Option<&'a RawJson>,
     ) -> InputRef<'a> {
-        let state = state.filter(|raw| raw.get() != "null");
+        let state = given(state);
         InputRef {
             abi: ABI_VERSION,
             tenant,
@@ -169,6 +169,12 @@ impl<'a> InputRef<'a> {
             state,
         }
     }
+}
+
+/// A config or state as the input carries it: `None` for none and for `null` alike, since
+/// the SDK reads both as no value.
+fn given(text: Option<&RawJson>) -> Option<&RawJson> {
+    text.filter(|raw| raw.get() != "null")
 }
 
 /// The length the SDK's reader takes a JSON text by, without scanning it: given for objects
@@ -225,7 +231,7 @@ struct PluginInfoRef<'a> {
 
 impl<'a> PluginInfoRef<'a> {
     fn new(name: &'a str, version: u32, config: Option<&'a RawJson>) -> PluginInfoRef<'a> {
-        let config = config.filter(|raw| raw.get() != "null");
+        let config = given(config);
         PluginInfoRef {
             name,
             version,

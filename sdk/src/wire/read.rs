@@ -415,6 +415,11 @@ mod tests {
         path.iter().fold(value, |value, key| &value[key])
     }
 
+    /// The length of `value`'s JSON text as the host writes it.
+    fn text_length(value: &Value) -> usize {
+        serde_json::to_string(value).expect("JSON").len()
+    }
+
     /// `text` with the length of each object or array the host passes as text written
     /// before it, as the host writes them, but `wrong` instead of the right length for the
     /// one named `wrong_for`.
@@ -426,8 +431,11 @@ mod tests {
             if !(member.is_object() || member.is_array()) {
                 continue;
             }
-            let right = serde_json::to_string(member).expect("JSON").len();
-            let length = if name == wrong_for { wrong } else { right };
+            let length = if name == wrong_for {
+                wrong
+            } else {
+                text_length(member)
+            };
             let before = format!(r#""{}":"#, path[path.len() - 1]);
             assert_eq!(
                 hinted.matches(&before).count(),
@@ -473,9 +481,7 @@ mod tests {
         let text = &host_written()[1];
         let value: Value = serde_json::from_str(text).expect("JSON");
         for (name, path) in LENGTHS {
-            let length = serde_json::to_string(member_at(&value, path))
-                .expect("JSON")
-                .len();
+            let length = text_length(member_at(&value, path));
             for wrong in [0, 1, length - 1, length + 1, length + 2, 1 << 40] {
                 let hinted = with_lengths(text, name, wrong);
                 assert!(
