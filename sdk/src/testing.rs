@@ -42,7 +42,7 @@ pub fn input(action: &str, data: Value) -> InputBuilder {
             ..Customer::default()
         },
         config: Value::Null,
-        state: Value::Null,
+        state: None,
         seed: 0,
     }
 }
@@ -58,7 +58,7 @@ pub struct InputBuilder {
     data: Value,
     customer: Customer,
     config: Value,
-    state: Value,
+    state: Option<RawJson>,
     seed: u64,
 }
 
@@ -107,9 +107,18 @@ impl InputBuilder {
         self
     }
 
-    /// The plugin's state for the customer, as a previous evaluation left it.
-    pub fn state<T: Serialize>(mut self, state: &T) -> Self {
-        self.state = serde_json::to_value(state).unwrap_or(Value::Null);
+    /// The plugin's state for the customer, as a previous evaluation left it: `state`
+    /// written as the rule's [`Decision::state`] writes it, and kept as that text, as the
+    /// host keeps it (not through a `Value`, which would sort an object's keys).
+    ///
+    /// # Panics
+    /// When `state` does not serialize as JSON: this is for tests.
+    #[allow(
+        clippy::expect_used,
+        reason = "a test helper: a state that cannot be written should fail the test loudly"
+    )]
+    pub fn state<T: Serialize + ?Sized>(mut self, state: &T) -> Self {
+        self.state = Some(RawJson::to_json(state).expect("the state serializes as JSON"));
         self
     }
 
@@ -149,7 +158,7 @@ impl InputBuilder {
             },
             event,
             customer: self.customer,
-            state: raw(&self.state),
+            state: self.state.filter(|state| !state.is_null()),
             seed: format!("{:016x}", self.seed),
         }
     }

@@ -736,6 +736,28 @@ impl RawJson {
         RawJson(Text::Unchecked(text.into()))
     }
 
+    /// JSON text the plugin wrote itself, taken as it is, for a [`Decision::state`] built
+    /// as text (a rule that appends to its state's text instead of parsing it).
+    ///
+    /// Not checked in the plugin, where serde_json's check costs ~37 wasm instructions a
+    /// byte: the host checks every decision it reads, and one whose state is not a single
+    /// JSON value fails the evaluation as the plugin's error (`bad_output`). Natively (in a
+    /// rule's tests) it is checked when serialized, and [`RawJson::parse`] checks it as ever.
+    pub fn from_text_unchecked(text: impl Into<Box<str>>) -> RawJson {
+        RawJson(Text::Unchecked(text.into()))
+    }
+
+    /// Whether the text was taken unchecked (from the input, or
+    /// [`RawJson::from_text_unchecked`]) and its brackets and strings end with it: then,
+    /// copied into a decision, it cannot add members of its own (`1,"tier":"gold"` is
+    /// refused), and the host's read of the decision checks the rest.
+    fn is_unchecked_value(&self) -> bool {
+        match &self.0 {
+            Text::Unchecked(text) => value_end(text.as_bytes(), 0) == Some(text.len()),
+            Text::Checked(_) => false,
+        }
+    }
+
     /// The JSON text.
     pub fn get(&self) -> &str {
         match &self.0 {
@@ -1129,6 +1151,38 @@ impl Serialize for Output {
     }
 }
 
+impl Output {
+    /// The output as JSON, as the plugin hands it to the host. A state taken unchecked is
+    /// copied in as its text: serializing it would check it first, and the host checks it
+    /// anyway (see [`RawJson::from_text_unchecked`]). Text that does not even end where its
+    /// value does is serialized as any other, which checks it and fails.
+    pub(crate) fn into_json(mut self) -> Result<Vec<u8>, serde_json::Error> {
+        let unchecked_state = match &mut self {
+            Output::Decision(decision) => {
+                decision.state.take_if(|state| state.is_unchecked_value())
+            }
+            Output::Error(_) => None,
+        };
+        let mut json = serde_json::to_vec(&self)?;
+        if let Some(state) = unchecked_state {
+            // `state` is the last member the decision writes: put it before the closing brace.
+            json.pop();
+            if json.len() > 1 {
+                json.push(b',');
+            }
+            json.extend_from_slice(b"\"state\":");
+            json.extend_from_slice(state.get().as_bytes());
+            json.push(b'}');
+        }
+        // In wasm the instance is thrown away after this call and the bump allocator frees
+        // nothing: dropping the decision (the state's maps, every string) would be work for
+        // nothing (measured: 6% of an evaluation).
+        #[cfg(target_arch = "wasm32")]
+        std::mem::forget(self);
+        Ok(json)
+    }
+}
+
 impl<'de> Deserialize<'de> for Output {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Output, D::Error> {
         let fields = OutputFields::deserialize(deserializer)?;
@@ -1155,6 +1209,61 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_unchecked_state_is_written_as_its_text_obeyed() {
+        let text = r#"{"ids":["a"],"n":[1]}"#;
+        let checked = Decision::new()
+            .earn(20, "checkout")
+            .state(&serde_json::from_str::<Value>(text).expect("JSON"))
+            .expect("serializable");
+        let mut unchecked = checked.clone();
+        unchecked.state = Some(RawJson::from_text_unchecked(text));
+        let written = Output::Decision(unchecked).into_json().expect("written");
+        assert_eq!(
+            String::from_utf8(written.clone()).expect("UTF-8"),
+            r#"{"points":[{"amount":20,"reason":"checkout","kind":"earn"}],"state":{"ids":["a"],"n":[1]}}"#
+        );
+        let back: Output = serde_json::from_slice(&written).expect("the host reads it");
+        assert_eq!(back, Output::Decision(checked));
+
+        let alone = Decision {
+            state: Some(RawJson::from_text_unchecked("[1,2]")),
+            ..Decision::default()
+        };
+        let written = Output::Decision(alone).into_json().expect("written");
+        assert_eq!(written, br#"{"state":[1,2]}"#);
+    }
+
+    #[test]
+    fn an_unchecked_state_is_written_as_its_text_violated() {
+        // Text that is not one JSON value either reaches the host as it is, whose read of
+        // the output refuses it, or (when it does not end where a value does, and so could
+        // add members of its own) is checked as it is written and refused then: either way
+        // the evaluation fails as the plugin's error.
+        for text in ["{\"a\":tru}", "[1}", "{\"a\":[1},\"tier\":\"gold\"]"] {
+            let decision = Decision {
+                state: Some(RawJson::from_text_unchecked(text)),
+                ..Decision::default()
+            };
+            let written = Output::Decision(decision).into_json().expect("written");
+            assert!(
+                serde_json::from_slice::<Output>(&written).is_err(),
+                "{}",
+                String::from_utf8_lossy(&written)
+            );
+        }
+        for text in ["1,\"tier\":\"gold\"", "{", "", "{} {}"] {
+            let decision = Decision {
+                state: Some(RawJson::from_text_unchecked(text)),
+                ..Decision::default()
+            };
+            assert!(
+                Output::Decision(decision).into_json().is_err(),
+                "{text} is checked as it is written"
+            );
+        }
+    }
 
     #[test]
     fn decision_round_trips_and_keeps_null_state() {

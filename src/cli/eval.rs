@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tally_host::pipeline::{PluginCall, run_plugins_showing_inputs};
@@ -158,10 +159,10 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
             .map_err(|error| format!("{}: {error}", path.display()))?;
         loaded.push((plugin_name(path), plugin));
     }
-    let as_text =
-        |values: Vec<Value>| -> Vec<RawJson> { values.iter().map(RawJson::from_value).collect() };
-    let configs = as_text(read_all(&args.configs)?);
-    let states = as_text(read_all(&args.states)?);
+    // Kept as the files' text, as the host keeps what it stores: a state in the order its
+    // plugin wrote it (a `Value` would sort the keys).
+    let configs = read_all_as_text(&args.configs)?;
+    let states = read_all_as_text(&args.states)?;
     let calls: Vec<PluginCall<'_>> = loaded
         .iter()
         .enumerate()
@@ -222,22 +223,36 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
     Ok((report, all_decided))
 }
 
-fn read_json(path: &Path) -> Result<Value, String> {
-    let text = if path == Path::new("-") {
+fn read_text(path: &Path) -> Result<String, String> {
+    if path == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|error| format!("standard input: {error}"))?;
-        text
+        Ok(text)
     } else {
-        fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?
-    };
-    serde_json::from_str(&text)
-        .map_err(|error| format!("{}: not valid JSON: {error}", path.display()))
+        fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))
+    }
 }
 
-fn read_all(paths: &[PathBuf]) -> Result<Vec<Value>, String> {
-    paths.iter().map(|path| read_json(path)).collect()
+fn not_json(path: &Path, error: serde_json::Error) -> String {
+    format!("{}: not valid JSON: {error}", path.display())
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    serde_json::from_str(&read_text(path)?).map_err(|error| not_json(path, error))
+}
+
+fn read_all_as_text(paths: &[PathBuf]) -> Result<Vec<RawJson>, String> {
+    paths
+        .iter()
+        .map(|path| {
+            let text = read_text(path)?;
+            RawValue::from_string(text.trim().to_owned())
+                .map(RawJson::from)
+                .map_err(|error| not_json(path, error))
+        })
+        .collect()
 }
 
 fn plugin_name(path: &Path) -> String {

@@ -49,13 +49,24 @@
 //! `{"ids": ["T-1", "T-2"], "points": [200, 0], "factors": ["1", "1.5"], "rejected": ["T-2"]}`,
 //! roughly 10 bytes plus the id per transaction. The array of objects this plugin wrote
 //! before (`{"transactions": [{"id": "T-1", "points": 200, "factor": "1"}]}`) is still read.
+//!
+//! A checkout of a transaction not seen before, the common event, appends to the state's
+//! text without parsing it (the `appending` module): with a thousand remembered
+//! transactions it costs 1.26 million wasm instructions instead of 2.87 million, with thirty
+//! 76,000 instead of 128,000. Corrections, repeats and states in another form parse it.
+
+mod appending;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_sdk::wire::MAX_NAME_LEN;
-use tally_sdk::{Decimal, Decision, Error, Event, Input, PointEntry, PointKind, log, plugin};
+use tally_sdk::{
+    Decimal, Decision, Error, Event, Input, PointEntry, PointKind, RawJson, log, plugin,
+};
+
+use crate::appending::ColumnsText;
 
 /// The plugin's configuration; see the crate documentation for each key.
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +277,28 @@ pub fn rule(input: &Input) -> Result<Decision, Error> {
 
 fn checkout(input: &Input, config: &Config) -> Result<Decision, Error> {
     let id = transaction_id(&input.event)?;
+    // The common case, a transaction not seen before, only appends to the state: done on its
+    // text when it is in the form this plugin writes (see `appending`).
+    let columns = input
+        .state
+        .as_ref()
+        .and_then(|state| ColumnsText::find(state.get()));
+    if let Some(columns) = columns.filter(|columns| columns.contains(&id) == Some(false)) {
+        let (points, factor) = checkout_points(input, config)?;
+        if let Some(text) = columns.appended(&id, points, factor, config.remember_transactions) {
+            let mut decision = earn(input, config, points, "checkout");
+            // The text is the stored state with one transaction spliced in; the host checks
+            // it, so checking it here too would only cost (~37 instructions a byte).
+            decision.state = Some(RawJson::from_text_unchecked(text));
+            return Ok(decision);
+        }
+    }
+    checkout_parsed(input, config, id)
+}
+
+/// A checkout with the state parsed: what `checkout` does when the state's text is not in
+/// the form it appends to, or the transaction was seen before.
+fn checkout_parsed(input: &Input, config: &Config, id: String) -> Result<Decision, Error> {
     let mut state: State = input.state()?;
     if let Some(award) = state.find_mut(&id) {
         log::info(&format!(
@@ -274,9 +307,7 @@ fn checkout(input: &Input, config: &Config) -> Result<Decision, Error> {
         ));
         return Ok(Decision::new());
     }
-    let total = purchase_total(&input.event)?;
-    let factor = config.factor(input.customer.tier.as_deref())?;
-    let points = total.checked_mul(factor)?.floor()?;
+    let (points, factor) = checkout_points(input, config)?;
     state.remember(
         Award {
             id,
@@ -287,6 +318,13 @@ fn checkout(input: &Input, config: &Config) -> Result<Decision, Error> {
         config.remember_transactions,
     );
     earn(input, config, points, "checkout").state(&state)
+}
+
+/// What a checkout earns, and the points-per-unit factor it earns at.
+fn checkout_points(input: &Input, config: &Config) -> Result<(i64, Decimal), Error> {
+    let total = purchase_total(&input.event)?;
+    let factor = config.factor(input.customer.tier.as_deref())?;
+    Ok((total.checked_mul(factor)?.floor()?, factor))
 }
 
 fn checkout_update(input: &Input, config: &Config) -> Result<Decision, Error> {
@@ -954,5 +992,125 @@ mod tests {
                 .state(&json!({"ids": ["a", "b"], "points": [1], "factors": ["1", "1"]})),
         );
         assert!(error.contains("2 ids, 1 points, 2 factors"), "{error}");
+    }
+
+    /// A small deterministic generator (xorshift), so that a failure replays.
+    struct Draws(u64);
+
+    impl Draws {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % bound
+        }
+    }
+
+    #[test]
+    fn appending_matches_the_general_path() {
+        // Ids that need escapes, or hold the characters the text scan looks for, send a
+        // checkout down the general path or must not confuse the scan.
+        let ids = [
+            json!("t1"),
+            json!("t2"),
+            json!("T-00000003"),
+            json!(42),
+            json!("a,b"),
+            json!("x]y"),
+            json!("ünï"),
+            json!("q\"uote"),
+            json!("back\\slash"),
+        ];
+        let mut appended = 0;
+        let mut checkouts = 0;
+        // A state holding an escaped id is never appended to, so some runs leave them out.
+        let plain = ids.len() - 2;
+        for (seed, limit, escapes) in [
+            (1, 1, false),
+            (2, 2, false),
+            (3, 3, true),
+            (4, 5, false),
+            (5, 1000, false),
+            (6, 1000, true),
+        ] {
+            let drawn_from = if escapes { ids.len() } else { plain } as u64;
+            let mut draws = Draws(0x9E37_79B9_7F4A_7C15 ^ seed);
+            let config_json = json!({
+                "rate": "0.5",
+                "tier_multipliers": {"silver": "1.25"},
+                "remember_transactions": limit,
+            });
+            let config: Config = serde_json::from_value(config_json.clone()).expect("config");
+            let mut state: Option<RawJson> = None;
+            for step in 0..400 {
+                // Half the events are for a purchase not seen before, as in real traffic.
+                let fresh = json!(format!("n-{step}"));
+                let id = match draws.below(2) {
+                    0 => &fresh,
+                    _ => &ids[draws.below(drawn_from) as usize],
+                };
+                let total = format!("{}.{}", draws.below(500), draws.below(100));
+                let action = match draws.below(10) {
+                    0..=5 => "checkout",
+                    6..=7 => "checkout_update",
+                    _ => "checkout_reject",
+                };
+                let mut builder =
+                    testing::input(action, json!({"transaction_id": id, "total": total}))
+                        .config(config_json.clone())
+                        .customer_points(1_000_000, 1_000_000);
+                if draws.below(2) == 0 {
+                    builder = builder.tier("silver");
+                }
+                if let Some(state) = &state {
+                    builder = builder.state(state);
+                }
+                let input = builder.build();
+                let decision = rule(&input).expect("the rule accepts the event");
+                if action == "checkout" {
+                    checkouts += 1;
+                    let id = transaction_id(&input.event).expect("an id");
+                    let text = input.state.as_ref().map(RawJson::get);
+                    if let Some(columns) = text.and_then(ColumnsText::find)
+                        && columns.contains(&id) == Some(false)
+                        && columns.appended(&id, 1, Decimal::ZERO, limit).is_some()
+                    {
+                        appended += 1;
+                    }
+                    let parsed = checkout_parsed(&input, &config, id.clone()).expect("accepted");
+                    assert_eq!(decision, parsed, "seed {seed}, step {step}: {action} {id}");
+                }
+                if let Some(written) = decision.state {
+                    state = Some(written);
+                }
+            }
+        }
+        // The fast path must actually have been taken for the comparison to mean anything,
+        // and the general path too (escaped ids, repeats, forgetting a rejection).
+        assert!(
+            appended > checkouts / 3 && appended < checkouts,
+            "{appended} of {checkouts} checkouts appended to the text"
+        );
+    }
+
+    #[test]
+    fn a_state_in_another_form_takes_the_general_path() {
+        for text in [
+            // The earlier shape, and keys in another order.
+            r#"{"transactions":[{"id":"a","points":1,"factor":"1"}]}"#,
+            r#"{"points":[1],"ids":["a"],"factors":["1"]}"#,
+            // Whitespace, an escape, uneven columns, something after the object.
+            r#"{"ids": ["a"],"points":[1],"factors":["1"]}"#,
+            r#"{"ids":["\u0061"],"points":[1],"factors":["1"]}"#,
+            r#"{"ids":["a","b"],"points":[1],"factors":["1","1"]}"#,
+            r#"{"ids":["a"],"points":[1],"factors":["1"]} "#,
+        ] {
+            assert!(ColumnsText::find(text).is_none(), "{text}");
+        }
+        let columns = ColumnsText::find(r#"{"ids":["a"],"points":[1],"factors":["1"]}"#)
+            .expect("the form the plugin writes");
+        assert_eq!(columns.contains("a"), Some(true));
+        assert_eq!(columns.contains("b"), Some(false));
+        assert_eq!(columns.contains("b\""), None, "an id that needs escapes");
     }
 }
