@@ -5,7 +5,9 @@
 //! past `remember_transactions`. Parsing every remembered transaction and writing them all
 //! back cost ~3,000 wasm instructions a transaction on every checkout (2.87 million fuel
 //! for a customer with a thousand); finding the ends of the columns in the text and splicing
-//! it costs a few instructions a byte.
+//! it costs ~1,200 a transaction (1.26 million with a thousand, `tally eval` fuel): two
+//! byte-by-byte passes over the ids (`find`, then `contains`), the SDK's check that the text
+//! ends where its value does, and the copies.
 //!
 //! It works only on the text exactly as this plugin writes it (serde_json's compact form of
 //! [`crate::State`]'s columns, no escapes): anything else — the earlier shape, whitespace,

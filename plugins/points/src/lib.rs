@@ -288,7 +288,7 @@ fn checkout(input: &Input, config: &Config) -> Result<Decision, Error> {
         if let Some(text) = columns.appended(&id, points, factor, config.remember_transactions) {
             let mut decision = earn(input, config, points, "checkout");
             // The text is the stored state with one transaction spliced in; the host checks
-            // it, so checking it here too would only cost (~37 instructions a byte).
+            // it, and checking it here as well would add ~37 instructions a byte.
             decision.state = Some(RawJson::from_text_unchecked(text));
             return Ok(decision);
         }
