@@ -1121,7 +1121,7 @@ mod storage {
         assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
         assert_eq!(state("tiers", "bob"), None);
         drop(store);
-        // Opened again, it is format 3 and stays as it is.
+        // Opened again, it is format 4 and stays as it is.
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(
             store
@@ -1168,7 +1168,7 @@ mod storage {
                     .unwrap();
             }
         });
-        for opening in ["migrates", "is already format 3"] {
+        for opening in ["migrates", "is already format 4"] {
             let store = RedbStore::open(&path).unwrap();
             let state = |plugin, customer| {
                 store
@@ -1209,6 +1209,143 @@ mod storage {
         );
     }
 
+    /// Format 3 kept a customer's history index in `customer_events` and their ledger in
+    /// `ledger`, beside `customer_rows`; opening such a file moves all three into
+    /// `customer_data` and keeps every event, entry, record, state and count, so paging and
+    /// appending go on where they were.
+    #[test]
+    fn a_format_3_file_is_migrated_with_its_history_and_ledger() {
+        let (dir, store) = with_tenants(&["acme"]);
+        // Ada's third event is timestamped between her first two: the history is by event
+        // time, the ledger by arrival.
+        for (id, customer, at, points) in [
+            ("e1", "ada", T0, vec![earn(10)]),
+            ("e2", "ada", T0 + 60, vec![earn(5), spend(3)]),
+            ("e3", "ada", T0 + 30, vec![earn(7)]),
+            ("e4", "bob", T0, vec![earn(1)]),
+        ] {
+            post(&store, "acme", id, customer, "checkout", at, &points).unwrap();
+        }
+        let history = |store: &RedbStore, customer| -> Vec<String> {
+            all_events(store, "acme", customer)
+                .into_iter()
+                .map(|event| event.id)
+                .collect()
+        };
+        let ledger = |store: &RedbStore, customer| {
+            store
+                .ledger("acme", customer, usize::MAX, None)
+                .unwrap()
+                .items
+        };
+        assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"]);
+        let ada_ledger = ledger(&store, "ada");
+        let ada = store.customer("acme", "ada").unwrap().unwrap();
+        drop(store);
+
+        // Rewrite the file as format 3 left it: the same rows under that format's tables.
+        let path = dir.path().join("tally.redb");
+        {
+            type Format4Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
+            let data_table: redb::TableDefinition<'_, Format4Key<'_>, &[u8]> =
+                redb::TableDefinition::new("customer_data");
+            let rows_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
+                redb::TableDefinition::new("customer_rows");
+            let history_table: redb::TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
+                redb::TableDefinition::new("customer_events");
+            let ledger_table: redb::TableDefinition<'_, (&str, &str, u64), &[u8]> =
+                redb::TableDefinition::new("ledger");
+            let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
+                redb::TableDefinition::new("meta");
+            let db = redb::Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                use redb::ReadableTable as _;
+                let data = txn.open_table(data_table).unwrap();
+                let mut rows = txn.open_table(rows_table).unwrap();
+                let mut history = txn.open_table(history_table).unwrap();
+                let mut ledger = txn.open_table(ledger_table).unwrap();
+                for row in data.iter().unwrap() {
+                    let (key, value) = row.unwrap();
+                    let (tenant, customer, part, seconds, number, _) = key.value();
+                    let value = value.value();
+                    match part {
+                        0 => {
+                            let length = u32::from_le_bytes(value[..4].try_into().unwrap());
+                            let (action, id) = value[4..].split_at(length as usize);
+                            let action = std::str::from_utf8(action).unwrap();
+                            let id = std::str::from_utf8(id).unwrap();
+                            history
+                                .insert((tenant, customer, seconds, number), (action, id))
+                                .unwrap();
+                        }
+                        1 => {
+                            rows.insert((tenant, customer, ""), value).unwrap();
+                        }
+                        3 => {
+                            ledger
+                                .insert((tenant, customer, u64::MAX - number), value)
+                                .unwrap();
+                        }
+                        other => panic!("the test posted no plugin state, but part {other}"),
+                    }
+                }
+                rows.insert(("acme", "ada", "points"), br#"{"n":1}"#.as_slice())
+                    .unwrap();
+                let mut meta = txn.open_table(meta_table).unwrap();
+                meta.insert("format", 3_u32.to_le_bytes().as_slice())
+                    .unwrap();
+            }
+            txn.delete_table(data_table).unwrap();
+            txn.commit().unwrap();
+        }
+
+        for opening in ["migrates", "is already format 4"] {
+            let store = RedbStore::open(&path).unwrap();
+            assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"], "{opening}");
+            assert_eq!(history(&store, "bob"), ["e4"], "{opening}");
+            assert_eq!(ledger(&store, "ada"), ada_ledger, "{opening}");
+            assert_eq!(store.customer("acme", "ada").unwrap().unwrap(), ada);
+            assert_eq!(
+                store
+                    .plugin_state("acme", "points", "ada")
+                    .unwrap()
+                    .map(|state| state.get().to_owned())
+                    .as_deref(),
+                Some(r#"{"n":1}"#)
+            );
+            assert_ledger_matches_balance(&store, "acme", "ada");
+        }
+        // The next event of a migrated customer appends on what they had.
+        let store = RedbStore::open(&path).unwrap();
+        post(&store, "acme", "e5", "ada", "checkout", T0 + 90, &[earn(2)]).unwrap();
+        assert_eq!(history(&store, "ada"), ["e1", "e3", "e2", "e5"]);
+        let seqs: Vec<u64> = ledger(&store, "ada")
+            .iter()
+            .map(|entry| entry.seq)
+            .collect();
+        assert!(seqs.is_sorted() && seqs.len() == 5, "{seqs:?}");
+        assert_eq!(
+            assert_ledger_matches_balance(&store, "acme", "ada").balance,
+            21
+        );
+        drop(store);
+
+        let db = redb::Database::open(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|table| redb::TableHandle::name(&table).to_owned())
+            .collect();
+        for gone in ["customer_rows", "customer_events", "ledger"] {
+            assert!(
+                !tables.iter().any(|name| name == gone),
+                "{gone} is gone: {tables:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_file_of_another_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1218,7 +1355,7 @@ mod storage {
         assert!(
             error
                 .to_string()
-                .ends_with("has storage format 99; this build reads format 3"),
+                .ends_with("has storage format 99; this build reads format 4"),
             "{error}"
         );
     }

@@ -16,26 +16,25 @@
 //! | `event_types`     | (tenant, event type id)                  | JSON [`EventTypeRecord`]   |
 //! | `plugins`         | (tenant, plugin)                         | JSON [`PluginRecord`]      |
 //! | `plugin_wasm`     | (tenant, plugin, version)                | wasm module bytes          |
-//! | `customer_rows`   | (tenant, customer, `""`)                 | JSON [`CustomerRecord`]    |
-//! |                   | (tenant, customer, plugin)               | the plugin's JSON state    |
+//! | `customer_data`   | (tenant, customer, part, ...), see below | by part                    |
 //! | `sequences`       | (tenant, `event` / `ledger` / `outbox`)  | last number assigned       |
 //! | `events`          | (tenant, event id)                       | JSON [`StoredEvent`]       |
-//! | `customer_events` | (tenant, customer, unix seconds, seq)    | (action, event id)         |
-//! | `ledger`          | (tenant, customer, seq)                  | JSON [`LedgerEntry`]       |
 //! | `outbox`          | (tenant, seq)                            | JSON [`OutboxTrigger`]     |
 //!
-//! `customer_events` orders a customer's history by event time, so a time window is one range
-//! scan; it carries the action so that an action filter reads no event it then drops. Events
-//! are stored once, under their id, which is what makes posting idempotent.
+//! Events are stored once, under their id, which is what makes posting idempotent.
 //!
-//! Keys that change on every event (`customer_rows`, `ledger`, `customer_events`) start with
-//! (tenant, customer), so one event dirties one leaf page per table: a batch's commit writes,
-//! checksums and frees every page it touched, and under load that is most of the commit's
-//! work. A customer's record and their plugins' states share `customer_rows`, the record
-//! first (under the empty name, which no plugin has), so the two usually share a leaf too.
-//! (Format 1 keyed plugin state by plugin first, which put one customer's states of three
-//! plugins on three pages; format 2 kept records and states in two tables, `customers` and
-//! `plugin_state`, two pages an event. Opening a file of either format migrates it.)
+//! `customer_data` holds everything of a customer that an event changes, in four parts of
+//! one key range ([`CustomerKey`]): the history index (by event time, so a time window is one
+//! range scan; it carries the action so that an action filter reads no event it then drops),
+//! the [`CustomerRecord`], each plugin's state, and the ledger (numbered down). What one event
+//! writes (a history row, usually the newest; the record; the states; the newest ledger
+//! entries) is thus adjacent, and usually one leaf page. That matters because under load a
+//! batch's commit is mostly writing, checksumming and freeing every page the batch touched,
+//! and the customers of a batch are spread over the file: one dirty leaf per event per table.
+//! Format 3 kept the history and the ledger in tables of their own, three leaves an event
+//! (measured on the ingest bench: 22.5 KiB written an event, 11.8 without those two
+//! tables); formats 1 and 2 spread records and states over two more. Opening a file of an
+//! older format migrates it.
 //!
 //! # Encoding
 //!
@@ -70,7 +69,8 @@ use super::{
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
 /// before plugin. 3: customer records and plugin states in one table, `customer_rows`.
-const FORMAT_VERSION: u32 = 3;
+/// 4: that table, `customer_events` and `ledger` in one, `customer_data`.
+const FORMAT_VERSION: u32 = 4;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
@@ -81,18 +81,12 @@ const EVENT_TYPES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::n
 const PLUGINS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("plugins");
 const PLUGIN_WASM: TableDefinition<'_, (&str, &str, u32), &[u8]> =
     TableDefinition::new("plugin_wasm");
-/// A customer's record under (tenant, customer, [`CUSTOMER_RECORD`]), and each plugin's
-/// state for them under (tenant, customer, plugin).
-const CUSTOMER_ROWS: TableDefinition<'_, (&str, &str, &str), &[u8]> =
-    TableDefinition::new("customer_rows");
-/// The third key part of a customer's record in `customer_rows`. Plugin names are never
-/// empty (the service refuses them), so no state can take its place.
-const CUSTOMER_RECORD: &str = "";
+/// Everything of a customer that an event changes, in one key range: history, record,
+/// plugin states, ledger (see [`CustomerKey`]).
+const CUSTOMER_DATA: TableDefinition<'_, CustomerKey<'_>, &[u8]> =
+    TableDefinition::new("customer_data");
 const SEQUENCES: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("sequences");
 const EVENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("events");
-const CUSTOMER_EVENTS: TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
-    TableDefinition::new("customer_events");
-const LEDGER: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("ledger");
 const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
 
 const META_FORMAT: &str = "format";
@@ -102,8 +96,65 @@ const SEQ_EVENT: &str = "event";
 const SEQ_LEDGER: &str = "ledger";
 const SEQ_OUTBOX: &str = "outbox";
 
-/// A customer-events index key: (tenant, customer, unix seconds, seq).
-type HistoryKey<'a> = (&'a str, &'a str, i64, u64);
+/// A key of `customer_data`: (tenant, customer, part, time, number, plugin). The parts are
+/// ordered so that what one event writes sits together, at the newest end of the history and
+/// the newest end of the ledger with the record and the states between them:
+///
+/// | part | rows, in key order | time | number | plugin |
+/// |---|---|---|---|---|
+/// | [`PART_HISTORY`] | one per event, oldest first | unix seconds | event seq | `""` |
+/// | [`PART_RECORD`] | the [`CustomerRecord`] | 0 | 0 | `""` |
+/// | [`PART_STATE`] | one per plugin with a state | 0 | 0 | the plugin |
+/// | [`PART_LEDGER`] | one per entry, newest first | 0 | `u64::MAX - seq` | `""` |
+type CustomerKey<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
+/// The customer's events by event time; the value is (action, event id), see
+/// [`encode_history`].
+const PART_HISTORY: u8 = 0;
+const PART_RECORD: u8 = 1;
+const PART_STATE: u8 = 2;
+/// Ledger entries, numbered down so that the newest is next to the states.
+const PART_LEDGER: u8 = 3;
+
+fn history_key<'a>(
+    tenant: &'a str,
+    customer: &'a str,
+    (seconds, seq): (i64, u64),
+) -> CustomerKey<'a> {
+    (tenant, customer, PART_HISTORY, seconds, seq, "")
+}
+
+fn record_key<'a>(tenant: &'a str, customer: &'a str) -> CustomerKey<'a> {
+    (tenant, customer, PART_RECORD, 0, 0, "")
+}
+
+fn state_key<'a>(tenant: &'a str, customer: &'a str, plugin: &'a str) -> CustomerKey<'a> {
+    (tenant, customer, PART_STATE, 0, 0, plugin)
+}
+
+fn ledger_key<'a>(tenant: &'a str, customer: &'a str, seq: u64) -> CustomerKey<'a> {
+    (tenant, customer, PART_LEDGER, 0, u64::MAX - seq, "")
+}
+
+/// A history row's value: the action's length (4 bytes, little-endian), the action, the event
+/// id. The action is there so that an action filter reads no event it then drops.
+fn encode_history(action: &str, id: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(4 + action.len() + id.len());
+    bytes.extend_from_slice(&len_u32(action.len()).to_le_bytes());
+    bytes.extend_from_slice(action.as_bytes());
+    bytes.extend_from_slice(id.as_bytes());
+    bytes
+}
+
+/// (action, event id) of a history row; `None` when the bytes are not one.
+fn decode_history(bytes: &[u8]) -> Option<(&str, &str)> {
+    let (length, rest) = bytes.split_first_chunk::<4>()?;
+    let length = usize::try_from(u32::from_le_bytes(*length)).ok()?;
+    let (action, id) = (rest.get(..length)?, rest.get(length..)?);
+    Some((
+        std::str::from_utf8(action).ok()?,
+        std::str::from_utf8(id).ok()?,
+    ))
+}
 
 /// The [`Store`] on one redb file.
 #[derive(Debug)]
@@ -127,11 +178,9 @@ impl RedbStore {
             txn.open_table(EVENT_TYPES)?;
             txn.open_table(PLUGINS)?;
             txn.open_table(PLUGIN_WASM)?;
-            txn.open_table(CUSTOMER_ROWS)?;
+            txn.open_table(CUSTOMER_DATA)?;
             txn.open_table(SEQUENCES)?;
             txn.open_table(EVENTS)?;
-            txn.open_table(CUSTOMER_EVENTS)?;
-            txn.open_table(LEDGER)?;
             txn.open_table(OUTBOX)?;
             let found = match meta.get(META_FORMAT)? {
                 None => None,
@@ -147,11 +196,14 @@ impl RedbStore {
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(old @ (1 | 2)) => {
+                Some(old @ (1..=3)) => {
                     if old == 1 {
                         migration::rekey_plugin_state(&txn)?;
                     }
-                    migration::merge_customer_rows(&txn)?;
+                    if old <= 2 {
+                        migration::merge_customer_rows(&txn)?;
+                    }
+                    migration::merge_customer_data(&txn)?;
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                     tracing::info!(
                         path = %path.display(),
@@ -203,7 +255,7 @@ impl BatchRead for RedbStore {
 
     fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
         let txn = self.read()?;
-        get_customer(&txn.open_table(CUSTOMER_ROWS)?, tenant, id)
+        get_customer(&txn.open_table(CUSTOMER_DATA)?, tenant, id)
     }
 
     fn plugin_state(
@@ -213,7 +265,7 @@ impl BatchRead for RedbStore {
         customer: &str,
     ) -> Result<Option<RawJson>, StoreError> {
         let txn = self.read()?;
-        get_plugin_state(&txn.open_table(CUSTOMER_ROWS)?, tenant, plugin, customer)
+        get_plugin_state(&txn.open_table(CUSTOMER_DATA)?, tenant, plugin, customer)
     }
 }
 
@@ -512,14 +564,13 @@ impl Store for RedbStore {
                 lower = Bound::Excluded(at);
             }
         }
-        let key =
-            |(seconds, seq): (i64, u64)| -> HistoryKey<'_> { (tenant, customer, seconds, seq) };
+        let key = |at: (i64, u64)| history_key(tenant, customer, at);
         let bounds = (map_bound(lower, key), map_bound(upper, key));
 
         let txn = self.read()?;
-        let history = txn.open_table(CUSTOMER_EVENTS)?;
+        let rows = txn.open_table(CUSTOMER_DATA)?;
         let events = txn.open_table(EVENTS)?;
-        let mut range = history.range::<HistoryKey<'_>>(bounds)?;
+        let mut range = rows.range::<CustomerKey<'_>>(bounds)?;
         let mut last = None;
         loop {
             let row = if query.newest_first {
@@ -529,8 +580,14 @@ impl Store for RedbStore {
             };
             let Some(row) = row else { break };
             let (key, value) = row?;
-            let (_, _, seconds, seq) = key.value();
-            let (action, id) = value.value();
+            let (_, _, _, seconds, seq, _) = key.value();
+            let (action, id) = decode_history(value.value()).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the history of customer {customer} of tenant {tenant} has an unreadable \
+                     row for seq {seq} ({} bytes)",
+                    value.value().len()
+                ))
+            })?;
             if let Some(actions) = &query.actions
                 && !actions.iter().any(|wanted| wanted == action)
             {
@@ -569,16 +626,19 @@ impl Store for RedbStore {
             return Ok(page);
         }
         let after = cursor.map(cursor::decode_ledger).transpose()?;
-        let lower = match after {
-            Some(seq) => Bound::Excluded((tenant, customer, seq)),
-            None => Bound::Included((tenant, customer, 0)),
+        // Entries are numbered down, so the oldest first is the range backwards, and "after
+        // seq" is the range's upper end.
+        let oldest = match after {
+            Some(seq) => Bound::Excluded(ledger_key(tenant, customer, seq)),
+            None => Bound::Included(ledger_key(tenant, customer, 0)),
         };
-        let upper = Bound::Included((tenant, customer, u64::MAX));
+        let newest = Bound::Included(ledger_key(tenant, customer, u64::MAX));
         let txn = self.read()?;
-        let table = txn.open_table(LEDGER)?;
-        for row in table.range::<(&str, &str, u64)>((lower, upper))? {
+        let table = txn.open_table(CUSTOMER_DATA)?;
+        for row in table.range::<CustomerKey<'_>>((newest, oldest))?.rev() {
             let (key, value) = row?;
-            let (_, _, seq) = key.value();
+            let (_, _, _, _, number, _) = key.value();
+            let seq = u64::MAX - number;
             if page.items.len() == limit {
                 page.next_cursor = page.items.last().map(|e| cursor::encode_ledger(e.seq));
                 break;
@@ -620,7 +680,7 @@ impl Store for RedbStore {
         let txn = self.read()?;
         let snapshot = RedbSnapshot {
             events: txn.open_table(EVENTS)?,
-            customer_rows: txn.open_table(CUSTOMER_ROWS)?,
+            customer_data: txn.open_table(CUSTOMER_DATA)?,
         };
         work(&snapshot)
     }
@@ -656,9 +716,7 @@ struct RedbBatch<'txn> {
     tenants: Table<'txn, &'static str, &'static [u8]>,
     sequences: Table<'txn, (&'static str, &'static str), u64>,
     events: Table<'txn, (&'static str, &'static str), &'static [u8]>,
-    history: Table<'txn, HistoryKey<'static>, (&'static str, &'static str)>,
-    ledger: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
-    customer_rows: Table<'txn, (&'static str, &'static str, &'static str), &'static [u8]>,
+    customer_data: Table<'txn, CustomerKey<'static>, &'static [u8]>,
     outbox: Table<'txn, (&'static str, u64), &'static [u8]>,
     /// Set when a write failed halfway through an append: the transaction then holds part of
     /// an event, so it must not commit, whatever `work` does with the error.
@@ -695,9 +753,7 @@ impl<'txn> RedbBatch<'txn> {
             tenants: txn.open_table(TENANTS)?,
             sequences: txn.open_table(SEQUENCES)?,
             events: txn.open_table(EVENTS)?,
-            history: txn.open_table(CUSTOMER_EVENTS)?,
-            ledger: txn.open_table(LEDGER)?,
-            customer_rows: txn.open_table(CUSTOMER_ROWS)?,
+            customer_data: txn.open_table(CUSTOMER_DATA)?,
             outbox: txn.open_table(OUTBOX)?,
             poisoned: None,
             sequence_cache: HashMap::new(),
@@ -735,7 +791,7 @@ impl<'txn> RedbBatch<'txn> {
             )));
         }
         let previous: Option<StoredCounters> =
-            get_customer(&self.customer_rows, tenant, customer_id)?;
+            get_customer(&self.customer_data, tenant, customer_id)?;
         let (count_before, points_before) = previous.map_or((0, Points::default()), |p| {
             (p.event_count, p.customer.points)
         });
@@ -800,20 +856,19 @@ impl<'txn> RedbBatch<'txn> {
         let bytes = encode(&event, || format!("event {} of tenant {tenant}", event.id))?;
         self.events
             .insert((tenant, event.id.as_str()), bytes.as_slice())?;
-        self.history.insert(
-            (
+        self.customer_data.insert(
+            history_key(
                 tenant,
                 customer_id,
-                event.timestamp.unix_seconds(),
-                event.seq,
+                (event.timestamp.unix_seconds(), event.seq),
             ),
-            (event.action.as_str(), event.id.as_str()),
+            encode_history(&event.action, &event.id).as_slice(),
         )?;
         let bytes = encode(&customer, || {
             format!("customer {customer_id} of tenant {tenant}")
         })?;
-        self.customer_rows
-            .insert((tenant, customer_id, CUSTOMER_RECORD), bytes.as_slice())?;
+        self.customer_data
+            .insert(record_key(tenant, customer_id), bytes.as_slice())?;
 
         let first = self.reserve(tenant, SEQ_LEDGER, len_u64(ledger.len()))?;
         let at = event.timestamp.to_string();
@@ -832,18 +887,18 @@ impl<'txn> RedbBatch<'txn> {
                 at: at.clone(),
             };
             let bytes = encode(&entry, || format!("ledger entry {seq} of tenant {tenant}"))?;
-            self.ledger
-                .insert((tenant, customer_id, seq), bytes.as_slice())?;
+            self.customer_data
+                .insert(ledger_key(tenant, customer_id, seq), bytes.as_slice())?;
         }
 
         for (plugin, state) in plugin_states {
-            let key = (tenant, customer_id, plugin.as_str());
+            let key = state_key(tenant, customer_id, plugin.as_str());
             match state {
                 Some(state) => {
-                    self.customer_rows.insert(key, state.get().as_bytes())?;
+                    self.customer_data.insert(key, state.get().as_bytes())?;
                 }
                 None => {
-                    self.customer_rows.remove(key)?;
+                    self.customer_data.remove(key)?;
                 }
             }
         }
@@ -887,7 +942,7 @@ impl<'txn> RedbBatch<'txn> {
     }
 }
 
-/// The batch reads of a type with `events` and `customer_rows` tables: a write
+/// The batch reads of a type with `events` and `customer_data` tables: a write
 /// batch reads its own writes, a snapshot what was committed, through the same lookups.
 macro_rules! batch_read_from_tables {
     ($type:ty) => {
@@ -901,7 +956,7 @@ macro_rules! batch_read_from_tables {
                 tenant: &str,
                 id: &str,
             ) -> Result<Option<CustomerRecord>, StoreError> {
-                get_customer(&self.customer_rows, tenant, id)
+                get_customer(&self.customer_data, tenant, id)
             }
 
             fn plugin_state(
@@ -910,7 +965,7 @@ macro_rules! batch_read_from_tables {
                 plugin: &str,
                 customer: &str,
             ) -> Result<Option<RawJson>, StoreError> {
-                get_plugin_state(&self.customer_rows, tenant, plugin, customer)
+                get_plugin_state(&self.customer_data, tenant, plugin, customer)
             }
         }
     };
@@ -922,7 +977,7 @@ batch_read_from_tables!(RedbSnapshot);
 /// One read snapshot with the tables a batch reads opened once.
 struct RedbSnapshot {
     events: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
-    customer_rows: ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    customer_data: ReadOnlyTable<CustomerKey<'static>, &'static [u8]>,
 }
 
 impl BatchTxn for RedbBatch<'_> {
@@ -973,11 +1028,11 @@ fn get_event(
 /// The customer record of (tenant, id), decoded as `T`: the whole [`CustomerRecord`], or
 /// only the part a check needs.
 fn get_customer<T: DeserializeOwned>(
-    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    table: &impl ReadableTable<CustomerKey<'static>, &'static [u8]>,
     tenant: &str,
     id: &str,
 ) -> Result<Option<T>, StoreError> {
-    get_json(table, (tenant, id, CUSTOMER_RECORD), || {
+    get_json(table, record_key(tenant, id), || {
         format!("customer {id} of tenant {tenant}")
     })
 }
@@ -993,6 +1048,18 @@ mod migration {
     /// customer, plugin) in format 2.
     const PLUGIN_STATE: TableDefinition<'_, (&str, &str, &str), &[u8]> =
         TableDefinition::new("plugin_state");
+    /// Format 3's customer records under (tenant, customer, [`CUSTOMER_RECORD`]) and plugin
+    /// states under (tenant, customer, plugin).
+    const CUSTOMER_ROWS: TableDefinition<'_, (&str, &str, &str), &[u8]> =
+        TableDefinition::new("customer_rows");
+    /// The third key part of a customer's record in format 3's `customer_rows`. Plugin names
+    /// are never empty (the service refuses them), so no state can take its place.
+    const CUSTOMER_RECORD: &str = "";
+    /// Formats 1 to 3's history index: (tenant, customer, unix seconds, seq) -> (action, id).
+    const CUSTOMER_EVENTS: TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
+        TableDefinition::new("customer_events");
+    /// Formats 1 to 3's ledger: (tenant, customer, seq) -> JSON entry.
+    const LEDGER: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("ledger");
 
     /// Format 1 -> 2: `plugin_state` rows re-keyed from (tenant, plugin, customer) to
     /// (tenant, customer, plugin).
@@ -1049,15 +1116,54 @@ mod migration {
         txn.delete_table(PLUGIN_STATE)?;
         Ok(())
     }
+
+    /// Format 3 -> 4: the rows of `customer_rows`, `customer_events` and `ledger` moved into
+    /// `customer_data`, and the three tables deleted.
+    pub(super) fn merge_customer_data(txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut data = txn.open_table(CUSTOMER_DATA)?;
+        {
+            let rows = txn.open_table(CUSTOMER_ROWS)?;
+            for row in rows.iter()? {
+                let (key, value) = row?;
+                let (tenant, customer, name) = key.value();
+                let key = if name == CUSTOMER_RECORD {
+                    record_key(tenant, customer)
+                } else {
+                    state_key(tenant, customer, name)
+                };
+                data.insert(key, value.value())?;
+            }
+            let history = txn.open_table(CUSTOMER_EVENTS)?;
+            for row in history.iter()? {
+                let (key, value) = row?;
+                let (tenant, customer, seconds, seq) = key.value();
+                let (action, id) = value.value();
+                data.insert(
+                    history_key(tenant, customer, (seconds, seq)),
+                    encode_history(action, id).as_slice(),
+                )?;
+            }
+            let ledger = txn.open_table(LEDGER)?;
+            for row in ledger.iter()? {
+                let (key, value) = row?;
+                let (tenant, customer, seq) = key.value();
+                data.insert(ledger_key(tenant, customer, seq), value.value())?;
+            }
+        }
+        txn.delete_table(CUSTOMER_ROWS)?;
+        txn.delete_table(CUSTOMER_EVENTS)?;
+        txn.delete_table(LEDGER)?;
+        Ok(())
+    }
 }
 
 fn get_plugin_state(
-    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    table: &impl ReadableTable<CustomerKey<'static>, &'static [u8]>,
     tenant: &str,
     plugin: &str,
     customer: &str,
 ) -> Result<Option<RawJson>, StoreError> {
-    get_json(table, (tenant, customer, plugin), || {
+    get_json(table, state_key(tenant, customer, plugin), || {
         format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
     })
 }
@@ -1129,6 +1235,10 @@ fn read_u32(bytes: &[u8]) -> Option<u32> {
 
 fn len_u64(len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 fn abort(txn: WriteTransaction) {
