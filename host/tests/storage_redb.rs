@@ -1089,6 +1089,24 @@ mod storage {
         txn.commit().unwrap();
     }
 
+    /// The names of the tables in the redb file at `path`.
+    fn table_names(path: &std::path::Path) -> Vec<String> {
+        let db = redb::Database::open(path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        txn.list_tables()
+            .unwrap()
+            .map(|table| redb::TableHandle::name(&table).to_owned())
+            .collect()
+    }
+
+    /// The text of `plugin`'s state for `customer` of tenant `acme`, as a migrated file has it.
+    fn acme_state(store: &RedbStore, plugin: &str, customer: &str) -> Option<String> {
+        store
+            .plugin_state("acme", plugin, customer)
+            .unwrap()
+            .map(|state| state.get().to_owned())
+    }
+
     /// Format 1 keyed plugin state (tenant, plugin, customer); opening such a file re-keys
     /// it to (tenant, customer, plugin) and keeps every state.
     #[test]
@@ -1110,12 +1128,7 @@ mod storage {
             }
         });
         let store = RedbStore::open(&path).unwrap();
-        let state = |plugin, customer| {
-            store
-                .plugin_state("acme", plugin, customer)
-                .unwrap()
-                .map(|state| state.get().to_owned())
-        };
+        let state = |plugin, customer| acme_state(&store, plugin, customer);
         assert_eq!(state("points", "ada").as_deref(), Some(r#"{"n":1}"#));
         assert_eq!(state("points", "bob").as_deref(), Some(r#"{"n":2}"#));
         assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
@@ -1124,11 +1137,7 @@ mod storage {
         // Opened again, it is format 4 and stays as it is.
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(
-            store
-                .plugin_state("acme", "tiers", "ada")
-                .unwrap()
-                .map(|state| state.get().to_owned())
-                .as_deref(),
+            acme_state(&store, "tiers", "ada").as_deref(),
             Some(r#"{"lifetime":3}"#)
         );
     }
@@ -1170,12 +1179,7 @@ mod storage {
         });
         for opening in ["migrates", "is already format 4"] {
             let store = RedbStore::open(&path).unwrap();
-            let state = |plugin, customer| {
-                store
-                    .plugin_state("acme", plugin, customer)
-                    .unwrap()
-                    .map(|state| state.get().to_owned())
-            };
+            let state = |plugin, customer| acme_state(&store, plugin, customer);
             assert_eq!(
                 state("points", "ada").as_deref(),
                 Some(r#"{"n":1}"#),
@@ -1194,13 +1198,7 @@ mod storage {
                 "bob had only a state"
             );
         }
-        let db = redb::Database::open(&path).unwrap();
-        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let tables: Vec<String> = txn
-            .list_tables()
-            .unwrap()
-            .map(|table| redb::TableHandle::name(&table).to_owned())
-            .collect();
+        let tables = table_names(&path);
         assert!(
             !tables
                 .iter()
@@ -1307,11 +1305,7 @@ mod storage {
             assert_eq!(ledger(&store, "ada"), ada_ledger, "{opening}");
             assert_eq!(store.customer("acme", "ada").unwrap().unwrap(), ada);
             assert_eq!(
-                store
-                    .plugin_state("acme", "points", "ada")
-                    .unwrap()
-                    .map(|state| state.get().to_owned())
-                    .as_deref(),
+                acme_state(&store, "points", "ada").as_deref(),
                 Some(r#"{"n":1}"#)
             );
             assert_ledger_matches_balance(&store, "acme", "ada");
@@ -1331,13 +1325,7 @@ mod storage {
         );
         drop(store);
 
-        let db = redb::Database::open(&path).unwrap();
-        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let tables: Vec<String> = txn
-            .list_tables()
-            .unwrap()
-            .map(|table| redb::TableHandle::name(&table).to_owned())
-            .collect();
+        let tables = table_names(&path);
         for gone in ["customer_rows", "customer_events", "ledger"] {
             assert!(
                 !tables.iter().any(|name| name == gone),
