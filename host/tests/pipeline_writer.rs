@@ -31,14 +31,19 @@ use tally_sdk::Timestamp;
 
 const TENANT: &str = "acme";
 
-/// The `points` plugin, one point per currency unit, for every action.
-struct Points(Plugin);
+/// One plugin for every action: `points` (one point per currency unit) unless a test says
+/// otherwise.
+struct OnePlugin {
+    name: &'static str,
+    config: Value,
+    plugin: Plugin,
+}
 
-impl PluginSource for Points {
+impl PluginSource for OnePlugin {
     fn active_plugins(&self, _tenant: &str) -> Result<Vec<ActivePlugin>, StoreError> {
         Ok(vec![ActivePlugin::new(
             PluginRecord {
-                name: "points".to_owned(),
+                name: self.name.to_owned(),
                 versions: vec![PluginVersion {
                     version: 1,
                     sha256: String::new(),
@@ -46,13 +51,13 @@ impl PluginSource for Points {
                     uploaded_at: "2026-11-23T00:00:00Z".to_owned(),
                 }],
                 active_version: 1,
-                config: Value::Null,
+                config: self.config.clone(),
                 actions: None,
                 priority: 0,
                 enabled: true,
                 on_error: OnError::Skip,
             },
-            Ok(self.0.clone()),
+            Ok(self.plugin.clone()),
         )])
     }
 }
@@ -129,6 +134,10 @@ struct Host {
 }
 
 fn host() -> Host {
+    host_with(tally_plugin_wasm::POINTS, Value::Null)
+}
+
+fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = Arc::new(Flaky {
         store: RedbStore::open(dir.path().join("tally.redb")).expect("a store"),
@@ -146,13 +155,13 @@ fn host() -> Host {
         )
         .expect("a tenant");
     let runtime = Runtime::new(Limits::default()).expect("a runtime");
-    let points = Points(
-        runtime
-            .load(tally_plugin_wasm::POINTS.wasm)
-            .expect("points loads"),
-    );
+    let source = OnePlugin {
+        name: plugin.name,
+        config,
+        plugin: runtime.load(plugin.wasm).expect("the plugin loads"),
+    };
     // A small batch limit, so that the events below make many batches.
-    let writer = Writer::start(store.clone(), Arc::new(points), 4096, 8).expect("a writer");
+    let writer = Writer::start(store.clone(), Arc::new(source), 4096, 8).expect("a writer");
     Host {
         store,
         writer,
@@ -255,6 +264,30 @@ fn events_of_one_customer_chain_across_pipelined_batches() {
         .collect();
     counts.sort_unstable();
     assert_eq!(counts, (1..=60).collect::<Vec<u64>>());
+}
+
+/// A plugin sees the host's counters as they were before the event (the README says so):
+/// on a customer's n-th checkout, `stats.events.checkout` is n - 1, within a batch's chain
+/// and across batches alike.
+#[test]
+fn plugins_see_the_stats_as_they_were_before_the_event() {
+    let host = host_with(tally_plugin_wasm::HOSTILE, json!({"mode": "echo"}));
+    let events: Vec<NewEvent> = (0..20)
+        .map(|n| checkout(&format!("e{n}"), "ada", 10))
+        .collect();
+    let mut seen: Vec<u64> = host
+        .post_all(events)
+        .into_iter()
+        .map(|answer| {
+            let event = answer.expect("stored").event;
+            let echo = &event.outcome.triggers[0].data;
+            echo["stats"]["events"]["checkout"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<u64>>());
+    let record = host.assert_consistent("ada");
+    assert_eq!(record.customer.stats["events"]["checkout"], 20);
 }
 
 #[test]

@@ -630,7 +630,9 @@ pub struct Customer {
     /// Profile attributes the tenant sent (name, email, birthday, ...).
     #[serde(default)]
     pub attributes: Map<String, Value>,
-    /// Counters the host keeps: events per action, first and last event time.
+    /// Counters the host keeps, as they were before this event: `events` per action (on a
+    /// customer's fifth checkout, `events.checkout` is 4), `first_event_at` and
+    /// `last_event_at`.
     #[serde(default)]
     pub stats: Map<String, Value>,
 }
