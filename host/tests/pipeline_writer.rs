@@ -15,8 +15,8 @@
     reason = "tests fail loudly on a broken expectation"
 )]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use tally_host::pipeline::writer::{
@@ -62,10 +62,56 @@ impl PluginSource for OnePlugin {
     }
 }
 
-/// A redb store whose next `fail_next` commits fail.
+/// A redb store whose next `fail_next` commits fail, and which refuses to append the event
+/// `refuse` as if the pipeline had built it on the wrong state.
 struct Flaky {
     store: RedbStore,
     fail_next: AtomicUsize,
+    refuse: Mutex<Option<String>>,
+}
+
+/// A batch transaction that refuses one event id.
+struct Refusing<'a> {
+    txn: &'a mut dyn BatchTxn,
+    id: &'a str,
+}
+
+impl BatchRead for Refusing<'_> {
+    fn event(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<tally_host::storage::StoredEvent>, StoreError> {
+        self.txn.event(tenant, id)
+    }
+
+    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
+        self.txn.customer(tenant, id)
+    }
+
+    fn plugin_state(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        customer: &str,
+    ) -> Result<Option<RawJson>, StoreError> {
+        self.txn.plugin_state(tenant, plugin, customer)
+    }
+}
+
+impl BatchTxn for Refusing<'_> {
+    fn append(
+        &mut self,
+        append: tally_host::storage::AppendEvent,
+    ) -> Result<tally_host::storage::StoredEvent, StoreError> {
+        if append.event.id == self.id {
+            return Err(StoreError::Inconsistent(format!(
+                "event {} refused by the test",
+                self.id
+            )));
+        }
+        self.txn.append(append)
+    }
 }
 
 macro_rules! delegate {
@@ -122,7 +168,16 @@ impl Store for Flaky {
             });
             return Err(StoreError::backend("the disk is full"));
         }
-        self.store.write_batch(work)
+        let refuse = self.refuse.lock().expect("not poisoned").clone();
+        match refuse {
+            Some(id) => self.store.write_batch(&mut |txn| {
+                work(&mut Refusing {
+                    txn,
+                    id: id.as_str(),
+                })
+            }),
+            None => self.store.write_batch(work),
+        }
     }
 }
 
@@ -142,6 +197,7 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
     let store = Arc::new(Flaky {
         store: RedbStore::open(dir.path().join("tally.redb")).expect("a store"),
         fail_next: AtomicUsize::new(0),
+        refuse: Mutex::new(None),
     });
     store
         .create_tenant(
@@ -350,4 +406,32 @@ fn a_failed_commit_stores_nothing_and_what_follows_starts_from_disk() {
         .remove(0)
         .expect("stored");
     host.assert_consistent("ada");
+}
+
+/// The writer keeps committed customers in its overlay as a cache. When the store refuses an
+/// event, what the overlay holds of its customer was never stored: the customer is dropped
+/// before the refusal is answered, so the next event starts from what is on disk instead of
+/// being refused in turn.
+#[test]
+fn after_the_store_refuses_an_event_the_next_starts_from_disk() {
+    let host = host();
+    host.post_all(vec![checkout("first", "ada", 100)])
+        .remove(0)
+        .expect("stored");
+    *host.store.refuse.lock().expect("not poisoned") = Some("refused".to_owned());
+    let refused = host
+        .post_all(vec![checkout("refused", "ada", 10)])
+        .remove(0);
+    assert!(
+        matches!(refused, Err(IngestError::Internal(ref message)) if message.contains("refused by the test")),
+        "{refused:?}"
+    );
+    let next = host
+        .post_all(vec![checkout("next", "ada", 1)])
+        .remove(0)
+        .expect("stored on what is on disk");
+    assert_eq!(next.customer.event_count, 2);
+    assert_eq!(next.customer.customer.points.balance, 101);
+    let record = host.assert_consistent("ada");
+    assert_eq!(record.event_count, 2);
 }

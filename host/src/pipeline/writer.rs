@@ -25,8 +25,11 @@
 //! and nothing of it was stored.
 //!
 //! Between the two threads, the *overlay* holds what the batches handed over will write
-//! (customers, plugin states, event ids) until the committer has finished them: the
-//! evaluator reads it before the store, so each batch is evaluated on everything before it.
+//! (customers, plugin states, event ids): the evaluator reads it before the store, so each
+//! batch is evaluated on everything before it. Event ids leave it once their batch is
+//! finished; customers and states stay, as a bounded cache of what is stored (this writer is
+//! the only one that changes them), except a customer the store refused an event of, whom
+//! the committer names before it answers, and the evaluator drops.
 //! A failed commit bumps a generation number; the evaluator then forgets the overlay, and the
 //! committer refuses every batch that was evaluated on top of the failure (its clients may
 //! retry) rather than store it on state that is not on disk.
@@ -287,8 +290,18 @@ const MAX_BATCHES_WAITING: usize = 16;
 /// disk, and the committer refuses it.
 #[derive(Debug, Default)]
 struct Progress {
-    state: Mutex<ProgressState>,
+    state: Mutex<ProgressShared>,
     changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ProgressShared {
+    now: ProgressState,
+    /// (tenant, customer) of events the store refused in committed batches, not yet taken by
+    /// the evaluator: what the overlay holds of those customers was never stored. Published
+    /// after the commit and before the batch's answers, so an event posted after one of
+    /// them is evaluated on what is stored.
+    refused: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -300,35 +313,64 @@ struct ProgressState {
 
 impl Progress {
     fn now(&self) -> ProgressState {
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .now
     }
 
     fn finished(&self, batch: u64, failed: bool) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.finished = batch;
+        state.now.finished = batch;
         if failed {
-            state.generation += 1;
+            state.now.generation += 1;
         }
         self.changed.notify_all();
     }
 
-    /// Blocks until `batch` is finished.
-    fn wait_for(&self, batch: u64) -> ProgressState {
+    /// The store refused events of these (tenant, customer) in a batch that committed.
+    fn refused(&self, customers: Vec<(String, String)>) {
+        if !customers.is_empty() {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.refused.extend(customers);
+        }
+    }
+
+    /// Where the committer is, and the refusals it has published since the last call.
+    fn catch_up(&self) -> (ProgressState, Vec<(String, String)>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while state.finished < batch {
+        (state.now, std::mem::take(&mut state.refused))
+    }
+
+    /// Blocks until `batch` is finished; then as [`Progress::catch_up`].
+    fn wait_for(&self, batch: u64) -> (ProgressState, Vec<(String, String)>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.now.finished < batch {
             state = self
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        *state
+        (state.now, std::mem::take(&mut state.refused))
     }
 }
 
-/// What the evaluator has handed the committer and the committer has not finished: the
-/// customers, plugin states and event ids of those batches, by the last batch that wrote
-/// them. Reads look here before the store, so a batch is evaluated on everything before it
-/// even while the previous batch is still committing.
+/// How many customers the overlay keeps once their batches are committed, as a cache of what
+/// the store holds: their next event then reads neither the store nor JSON (on the ingest
+/// bench, reading and decoding a customer and their states was ~5% of the host's CPU, and on
+/// the evaluator thread, before the batch is shared out). Past this many, the committed
+/// entries are dropped at once and read again as their customers come back: a bound on
+/// memory (an entry is a few KiB with its states), not an LRU, because a miss costs only a
+/// read.
+const MAX_CACHED_CUSTOMERS: usize = 10_000;
+
+/// What the evaluator has handed the committer: the customers, plugin states and event ids
+/// of those batches, by the last batch that wrote them. Reads look here before the store, so
+/// a batch is evaluated on everything before it even while the previous batch is still
+/// committing. Event ids are dropped once their batch is finished (the store then answers
+/// for them); customers and states are kept after it, up to [`MAX_CACHED_CUSTOMERS`], since
+/// only this writer changes them: what the overlay holds is what the store holds, except for
+/// a customer the store refused an event of, who is dropped once that batch is finished.
 #[derive(Debug, Default)]
 struct Overlay {
     customers: HashMap<(String, String), (CustomerRecord, u64)>,
@@ -337,11 +379,20 @@ struct Overlay {
 }
 
 impl Overlay {
-    /// Drops what batches up to `finished` wrote: it is in the store now.
-    fn forget_up_to(&mut self, finished: u64) {
-        self.customers.retain(|_, (_, batch)| *batch > finished);
-        self.states.retain(|_, (_, batch)| *batch > finished);
+    /// Batches up to `finished` are in the store, except for the events of `refused`
+    /// (tenant, customer) pairs: their ids are no longer pending, and those customers are
+    /// dropped. The rest stays as a cache, unless it has outgrown its bound.
+    fn forget_up_to(&mut self, finished: u64, refused: &[(String, String)]) {
         self.ids.retain(|_, batch| *batch > finished);
+        if self.customers.len() > MAX_CACHED_CUSTOMERS {
+            self.customers.retain(|_, (_, batch)| *batch > finished);
+            self.states.retain(|_, (_, batch)| *batch > finished);
+        }
+        for (tenant, customer) in refused {
+            self.customers.remove(&(tenant.clone(), customer.clone()));
+            self.states
+                .retain(|(t, _, c), _| !(t == tenant && c == customer));
+        }
     }
 
     /// Drops what one batch wrote (a batch that will not be written after all).
@@ -454,9 +505,9 @@ fn run_evaluator(
             }
         }
         number += 1;
-        let now = progress.now();
+        let (now, refused) = progress.catch_up();
         if now.generation == generation {
-            overlay.forget_up_to(now.finished);
+            overlay.forget_up_to(now.finished, &refused);
         } else {
             // A batch failed to commit: what the overlay holds may never reach the store.
             overlay.clear();
@@ -547,9 +598,9 @@ fn evaluate_batch(
         })
         .max();
     if let Some(batch) = pending {
-        let now = progress.wait_for(batch);
+        let (now, refused) = progress.wait_for(batch);
         if now.generation == generation {
-            overlay.forget_up_to(now.finished);
+            overlay.forget_up_to(now.finished, &refused);
         }
         // Otherwise the committer refuses this batch: it was begun on state that failed.
     }
@@ -653,15 +704,18 @@ fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatc
     }
     let started = Instant::now();
     let mut answers: Vec<Vec<Pending>> = Vec::with_capacity(writing.len());
+    let mut refused = Vec::new();
     let mut written = Duration::ZERO;
     let committed = store.write_batch(&mut |txn| {
         answers.clear();
+        refused.clear();
         for batch in &mut writing {
             answers.push(write_batch(
                 txn,
                 &batch.jobs,
                 &batch.plans,
                 &mut batch.evaluated,
+                &mut refused,
             )?);
         }
         written = started.elapsed();
@@ -670,6 +724,9 @@ fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatc
     let count: usize = writing.iter().map(|batch| batch.jobs.len()).sum();
     match committed {
         Ok(()) => {
+            // Before any answer: a client that posts again once answered must find those
+            // customers read from the store.
+            progress.refused(std::mem::take(&mut refused));
             let batches = writing.len();
             let (mut reads, mut evaluation) = (Duration::ZERO, Duration::ZERO);
             for (batch, answers) in writing.into_iter().zip(answers) {
@@ -809,17 +866,25 @@ fn plan_batch<'a>(
 
 /// Appends a batch's new events in arrival order, then works out the answers that need the
 /// batch's final state (replays). `Err` aborts the whole batch (a storage failure); an event
-/// refused on its own gets [`Pending::Refused`].
+/// refused on its own gets [`Pending::Refused`], and when the store refused it, its
+/// (tenant, customer) goes to `refused`.
 fn write_batch(
     txn: &mut dyn BatchTxn,
     jobs: &[Job],
     plans: &[Plan],
     evaluated: &mut [Option<Evaluation>],
+    refused: &mut Vec<(String, String)>,
 ) -> Result<Vec<Pending>, StoreError> {
     let mut answers: Vec<Pending> = Vec::with_capacity(jobs.len());
     for ((job, plan), evaluation) in jobs.iter().zip(plans).zip(evaluated.iter_mut()) {
         let answer = match (plan, evaluation.take()) {
-            (Plan::New, Some(Ok(append))) => append_event(txn, &job.event, append)?,
+            (Plan::New, Some(Ok(append))) => {
+                let answer = append_event(txn, &job.event, append)?;
+                if let Pending::Refused(_) = answer {
+                    refused.push((job.event.tenant.clone(), job.event.customer.clone()));
+                }
+                answer
+            }
             (Plan::New, Some(Err(refused))) => Pending::Refused(refused),
             (Plan::New, None) => Pending::Refused(IngestError::Internal(format!(
                 "event {} was not evaluated",
@@ -860,8 +925,9 @@ fn write_batch(
     Ok(answers)
 }
 
-/// Where a chain left its customer: the customer and the plugin states its events changed,
-/// for the overlay. `customer` is `None` when none of its events was stored.
+/// Where a chain left its customer: the customer and every plugin state the chain read, as
+/// its events left them, for the overlay. `customer` is `None` when none of its events was
+/// stored.
 struct ChainEnd {
     tenant: String,
     customer: Option<CustomerRecord>,
@@ -932,7 +998,6 @@ fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, 
         mut states,
         events,
     } = chain;
-    let mut changed: Vec<&str> = Vec::new();
     let mut stored_any = false;
     let mut done = Vec::with_capacity(events.len());
     for index in events {
@@ -951,23 +1016,19 @@ fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, 
             customer.clone_from(&append.customer);
             for (name, state) in &append.plugin_states {
                 // Every state a plugin can return was read when the chain was planned.
-                if let Some((&key, _)) = states.get_key_value(name.as_str()) {
-                    if let Some(kept) = states.get_mut(key) {
-                        kept.clone_from(state);
-                    }
-                    if !changed.contains(&key) {
-                        changed.push(key);
-                    }
+                if let Some(kept) = states.get_mut(name.as_str()) {
+                    kept.clone_from(state);
                 }
             }
         }
         done.push((index, evaluation));
     }
+    // Every state the chain read, changed or not: the overlay keeps them all as a cache.
     let end = ChainEnd {
         tenant: tenant.to_owned(),
-        states: changed
+        states: states
             .into_iter()
-            .map(|name| (name.to_owned(), states.remove(name).flatten()))
+            .map(|(name, state)| (name.to_owned(), state))
             .collect(),
         customer: stored_any.then_some(customer),
     };
