@@ -360,22 +360,31 @@ impl Progress {
 /// bench, reading and decoding a customer and their states was ~5% of the host's CPU, and on
 /// the evaluator thread, before the batch is shared out). Past this many, the committed
 /// entries are dropped at once and read again as their customers come back: a bound on
-/// memory (an entry is a few KiB with its states), not an LRU, because a miss costs only a
-/// read.
+/// memory, not an LRU, because a miss costs only a read. A record is about a kilobyte.
 const MAX_CACHED_CUSTOMERS: usize = 10_000;
+/// Or once the plugin states held pass this many bytes of JSON: a state may be up to
+/// `Limits::max_state_bytes` (64 KiB by default), so the count alone does not bound them.
+const MAX_CACHED_STATE_BYTES: usize = 64 << 20;
 
 /// What the evaluator has handed the committer: the customers, plugin states and event ids
 /// of those batches, by the last batch that wrote them. Reads look here before the store, so
 /// a batch is evaluated on everything before it even while the previous batch is still
 /// committing. Event ids are dropped once their batch is finished (the store then answers
-/// for them); customers and states are kept after it, up to [`MAX_CACHED_CUSTOMERS`], since
-/// only this writer changes them: what the overlay holds is what the store holds, except for
-/// a customer the store refused an event of, who is dropped once that batch is finished.
+/// for them); customers and states are kept after it, up to [`MAX_CACHED_CUSTOMERS`] and
+/// [`MAX_CACHED_STATE_BYTES`], since only this writer changes them: what the overlay holds
+/// is what the store holds, except for a customer the store refused an event of, whom the
+/// committer names after that commit and before its answers, and who is then dropped.
 #[derive(Debug, Default)]
 struct Overlay {
     customers: HashMap<(String, String), (CustomerRecord, u64)>,
     states: HashMap<(String, String, String), (Option<RawJson>, u64)>,
     ids: HashMap<(String, String), u64>,
+    /// The JSON bytes of the states held.
+    state_bytes: usize,
+}
+
+fn state_len(state: &Option<RawJson>) -> usize {
+    state.as_ref().map_or(0, |state| state.get().len())
 }
 
 impl Overlay {
@@ -384,14 +393,19 @@ impl Overlay {
     /// dropped. The rest stays as a cache, unless it has outgrown its bound.
     fn forget_up_to(&mut self, finished: u64, refused: &[(String, String)]) {
         self.ids.retain(|_, batch| *batch > finished);
-        if self.customers.len() > MAX_CACHED_CUSTOMERS {
+        if self.customers.len() > MAX_CACHED_CUSTOMERS || self.state_bytes > MAX_CACHED_STATE_BYTES
+        {
             self.customers.retain(|_, (_, batch)| *batch > finished);
             self.states.retain(|_, (_, batch)| *batch > finished);
+            self.count_state_bytes();
         }
-        for (tenant, customer) in refused {
-            self.customers.remove(&(tenant.clone(), customer.clone()));
-            self.states
-                .retain(|(t, _, c), _| !(t == tenant && c == customer));
+        if !refused.is_empty() {
+            for (tenant, customer) in refused {
+                self.customers.remove(&(tenant.clone(), customer.clone()));
+                self.states
+                    .retain(|(t, _, c), _| !(t == tenant && c == customer));
+            }
+            self.count_state_bytes();
         }
     }
 
@@ -400,12 +414,23 @@ impl Overlay {
         self.customers.retain(|_, (_, batch)| *batch != number);
         self.states.retain(|_, (_, batch)| *batch != number);
         self.ids.retain(|_, batch| *batch != number);
+        self.count_state_bytes();
     }
 
     fn clear(&mut self) {
         self.customers.clear();
         self.states.clear();
         self.ids.clear();
+        self.state_bytes = 0;
+    }
+
+    /// After dropping states wholesale, which is rare: recounted rather than tracked.
+    fn count_state_bytes(&mut self) {
+        self.state_bytes = self
+            .states
+            .values()
+            .map(|(state, _)| state_len(state))
+            .sum();
     }
 
     /// Records what an evaluated batch will write: the ids of its new events, and where each
@@ -429,8 +454,11 @@ impl Overlay {
             };
             let id = customer.customer.id.clone();
             for (plugin, state) in end.states {
-                self.states
-                    .insert((end.tenant.clone(), plugin, id.clone()), (state, batch));
+                self.state_bytes += state_len(&state);
+                let key = (end.tenant.clone(), plugin, id.clone());
+                if let Some((replaced, _)) = self.states.insert(key, (state, batch)) {
+                    self.state_bytes = self.state_bytes.saturating_sub(state_len(&replaced));
+                }
             }
             self.customers.insert((end.tenant, id), (customer, batch));
         }
@@ -1432,5 +1460,61 @@ mod tests {
         );
         assert_eq!(attributes["opted_in"], false);
         assert_eq!(attributes["first_name"], "Ada");
+    }
+
+    fn chain_end(customer: &str, state: &str) -> ChainEnd {
+        ChainEnd {
+            tenant: "acme".to_owned(),
+            customer: Some(empty_customer(customer, "2026-12-04T00:00:00Z")),
+            states: vec![(
+                "points".to_owned(),
+                Some(RawJson::from_value(&json!(state))),
+            )],
+        }
+    }
+
+    fn cached(overlay: &Overlay, customer: &str) -> bool {
+        overlay
+            .customers
+            .contains_key(&("acme".to_owned(), customer.to_owned()))
+    }
+
+    #[test]
+    fn the_overlay_keeps_committed_customers_up_to_its_bound_obeyed() {
+        let mut overlay = Overlay::default();
+        overlay.record(
+            1,
+            &[],
+            &[],
+            vec![chain_end("ada", "a"), chain_end("bob", "b")],
+        );
+        overlay.forget_up_to(1, &[]);
+        assert!(cached(&overlay, "ada") && cached(&overlay, "bob"));
+        assert_eq!(overlay.state_bytes, 6, "two states of three bytes");
+        // A refused customer is dropped, with their states.
+        overlay.forget_up_to(1, &[("acme".to_owned(), "bob".to_owned())]);
+        assert!(cached(&overlay, "ada") && !cached(&overlay, "bob"));
+        assert_eq!(overlay.states.len(), 1);
+        assert_eq!(overlay.state_bytes, 3);
+    }
+
+    #[test]
+    fn the_overlay_keeps_committed_customers_up_to_its_bound_violated() {
+        let mut overlay = Overlay::default();
+        let many: Vec<ChainEnd> = (0..=MAX_CACHED_CUSTOMERS)
+            .map(|n| chain_end(&format!("c{n}"), "s"))
+            .collect();
+        overlay.record(1, &[], &[], many);
+        overlay.record(2, &[], &[], vec![chain_end("pending", "p")]);
+        overlay.forget_up_to(1, &[]);
+        // Past the bound the committed entries go; what batch 2 will write stays.
+        assert_eq!(overlay.customers.len(), 1);
+        assert!(cached(&overlay, "pending"));
+        assert_eq!(overlay.state_bytes, 3);
+
+        let big = "x".repeat(MAX_CACHED_STATE_BYTES);
+        overlay.record(3, &[], &[], vec![chain_end("big", &big)]);
+        overlay.forget_up_to(3, &[]);
+        assert!(overlay.customers.is_empty() && overlay.state_bytes == 0);
     }
 }
