@@ -62,6 +62,13 @@ impl PluginSource for OnePlugin {
     }
 }
 
+/// Methods that call the same method of the field `$to`.
+macro_rules! delegate {
+    ($to:ident: $($name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        $(fn $name(&self, $($arg: $ty),*) -> $out { self.$to.$name($($arg),*) })*
+    };
+}
+
 /// A redb store whose next `fail_next` commits fail, and which refuses to append the event
 /// `refuse` as if the pipeline had built it on the wrong state.
 struct Flaky {
@@ -77,25 +84,10 @@ struct Refusing<'a> {
 }
 
 impl BatchRead for Refusing<'_> {
-    fn event(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> Result<Option<tally_host::storage::StoredEvent>, StoreError> {
-        self.txn.event(tenant, id)
-    }
-
-    fn customer(&self, tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError> {
-        self.txn.customer(tenant, id)
-    }
-
-    fn plugin_state(
-        &self,
-        tenant: &str,
-        plugin: &str,
-        customer: &str,
-    ) -> Result<Option<RawJson>, StoreError> {
-        self.txn.plugin_state(tenant, plugin, customer)
+    delegate! { txn:
+        plugin_state(tenant: &str, plugin: &str, customer: &str) -> Result<Option<RawJson>, StoreError>;
+        event(tenant: &str, id: &str) -> Result<Option<tally_host::storage::StoredEvent>, StoreError>;
+        customer(tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
     }
 }
 
@@ -114,14 +106,8 @@ impl BatchTxn for Refusing<'_> {
     }
 }
 
-macro_rules! delegate {
-    ($($name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
-        $(fn $name(&self, $($arg: $ty),*) -> $out { self.store.$name($($arg),*) })*
-    };
-}
-
 impl BatchRead for Flaky {
-    delegate! {
+    delegate! { store:
         plugin_state(tenant: &str, plugin: &str, customer: &str) -> Result<Option<RawJson>, StoreError>;
         event(tenant: &str, id: &str) -> Result<Option<tally_host::storage::StoredEvent>, StoreError>;
         customer(tenant: &str, id: &str) -> Result<Option<CustomerRecord>, StoreError>;
@@ -129,7 +115,7 @@ impl BatchRead for Flaky {
 }
 
 impl Store for Flaky {
-    delegate! {
+    delegate! { store:
         create_tenant(tenant: &TenantRecord, hash: [u8; 32]) -> Result<(), StoreError>;
         tenant(id: &str) -> Result<Option<TenantRecord>, StoreError>;
         tenants() -> Result<Vec<TenantRecord>, StoreError>;
