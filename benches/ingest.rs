@@ -5,7 +5,9 @@
 //! Run: `cargo bench --bench ingest` (options after `--`: `--events N`, `--connections C`,
 //! `--customers K`; defaults 20000, 32, 1000; `--plugins DIR` uploads `DIR/points.wasm`,
 //! `DIR/tiers.wasm` and `DIR/engagement.wasm` instead of this build's, to compare two builds of
-//! the plugins on one host).
+//! the plugins on one host; `--host PATH` runs that `tally` binary instead of this build's, and
+//! `--tally-only` skips the two baselines: together they compare two builds of the host in
+//! interleaved runs).
 //!
 //! What it does:
 //! 1. Starts the real `tally serve` binary on a loopback port with a fresh data directory,
@@ -44,6 +46,10 @@ struct Options {
     /// the ones this build embeds: compares two builds of the plugins (or the SDK) on one
     /// build of the host, in one run after the other.
     plugins: Option<std::path::PathBuf>,
+    /// A `tally` binary to run instead of this build's.
+    host: Option<std::path::PathBuf>,
+    /// Measure the host alone, without the bare axum route and raw redb.
+    tally_only: bool,
 }
 
 impl Options {
@@ -53,6 +59,8 @@ impl Options {
             connections: 32,
             customers: 1000,
             plugins: None,
+            host: None,
+            tally_only: false,
         };
         let args: Vec<String> = std::env::args().collect();
         let given = |name: &str| {
@@ -71,6 +79,8 @@ impl Options {
             options.customers = customers;
         }
         options.plugins = given("--plugins").map(std::path::PathBuf::from);
+        options.host = given("--host").map(std::path::PathBuf::from);
+        options.tally_only = args.iter().any(|arg| arg == "--tally-only");
         options
     }
 }
@@ -114,6 +124,45 @@ fn host_disk_writes(pid: u32) -> u64 {
                 .and_then(|value| value.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The machine's CPU time by state (`user nice system idle iowait irq softirq steal`, in
+/// ticks), from the first line of `/proc/stat`: idle time during a run means the host was
+/// waiting (for the disk, or for work), not short of CPU.
+fn machine_cpu() -> Vec<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|text| {
+            let first = text.lines().next()?.strip_prefix("cpu ")?.to_owned();
+            Some(
+                first
+                    .split_whitespace()
+                    .take(8)
+                    .filter_map(|field| field.parse().ok())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The shares of the machine's CPU time between two `machine_cpu` readings.
+fn machine_shares(before: &[u64], after: &[u64]) -> String {
+    let spent: Vec<u64> = after
+        .iter()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(*before))
+        .collect();
+    let total = spent.iter().sum::<u64>().max(1) as f64;
+    let share = |at: usize| spent.get(at).copied().unwrap_or(0) as f64 * 100.0 / total;
+    format!(
+        "machine CPU during the run: user {:.0}%, system {:.0}%, idle {:.0}%, iowait {:.0}%, softirq {:.0}%, steal {:.0}%",
+        share(0) + share(1),
+        share(2) + share(5),
+        share(3),
+        share(4),
+        share(6),
+        share(7)
+    )
 }
 
 /// The host's CPU time per event between two `host_cpu` readings, by thread name.
@@ -351,8 +400,8 @@ impl Drop for Host {
     }
 }
 
-fn start_host(data: &std::path::Path) -> Host {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+fn start_host(binary: &std::path::Path, data: &std::path::Path) -> Host {
+    let mut child = Command::new(binary)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("TALLY_ADMIN_KEY", "bench-admin-key")
@@ -391,7 +440,11 @@ async fn run_tally(
     warmup: Arc<Vec<Vec<u8>>>,
 ) -> Figures {
     let data = tempfile::tempdir().expect("a temp dir");
-    let host = start_host(data.path());
+    let binary = options
+        .host
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tally").into());
+    let host = start_host(&binary, data.path());
     let base = format!("http://{}", host.address);
     let client = reqwest::Client::new();
     let created: Value = client
@@ -438,8 +491,11 @@ async fn run_tally(
     let pid = host.child.id();
     let (before, generator_before) = (host_cpu(pid), host_cpu(std::process::id()));
     let written_before = host_disk_writes(pid);
+    let machine_before = machine_cpu();
     let (elapsed, latencies, failures) = load(host.address, bodies, options.connections).await;
+    let machine_after = machine_cpu();
     assert_eq!(failures, 0, "every event is accepted");
+    println!("{}", machine_shares(&machine_before, &machine_after));
     println!(
         "{}",
         cpu_per_event(&before, &host_cpu(pid), latencies.len())
@@ -499,8 +555,13 @@ fn run_bare_axum(
     // The generator's `block_on`, not `.await`: the server's runtime is built and dropped
     // here, outside any runtime.
     generator.block_on(load(address, warmup, options.connections));
+    let machine_before = machine_cpu();
     let (elapsed, latencies, failures) =
         generator.block_on(load(address, bodies, options.connections));
+    println!(
+        "bare axum: {}",
+        machine_shares(&machine_before, &machine_cpu())
+    );
     server.shutdown_background();
     assert_eq!(failures, 0);
     figures(
@@ -591,21 +652,25 @@ fn main() {
         .build()
         .expect("a runtime");
     let tally = runtime.block_on(run_tally(&options, bodies.clone(), warmup.clone()));
-    let axum = run_bare_axum(&runtime, &options, bodies.clone(), warmup);
-    let redb = run_raw_redb(&options, &bodies);
+    let mut rows = vec![tally];
+    if !options.tally_only {
+        rows.push(run_bare_axum(&runtime, &options, bodies.clone(), warmup));
+        rows.push(run_raw_redb(&options, &bodies));
+    }
     println!();
     println!(
         "{:<48} {:>12} {:>10} {:>10} {:>14}",
         "", "events/s", "p50", "p99", "tally / this"
     );
-    for row in [&tally, &axum, &redb] {
+    let tally_per_second = rows[0].events_per_second;
+    for row in &rows {
         println!(
             "{:<48} {:>12.0} {:>10.2?} {:>10.2?} {:>14.2}",
             row.name,
             row.events_per_second,
             row.p50,
             row.p99,
-            tally.events_per_second / row.events_per_second
+            tally_per_second / row.events_per_second
         );
     }
 }
