@@ -423,7 +423,12 @@ mod storage {
                 Ok(())
             });
             match outcome {
-                Ok(()) => model = pending,
+                Ok(ticket) => {
+                    store
+                        .wait_durable(ticket)
+                        .expect("the batch is made durable");
+                    model = pending;
+                }
                 Err(error) => {
                     assert!(abandon, "seed {seed} batch {batch}: {error}");
                     abandoned += 1;
