@@ -15,7 +15,7 @@
     reason = "tests fail loudly on a broken expectation"
 )]
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -24,8 +24,8 @@ use tally_host::pipeline::writer::{
 };
 use tally_host::runtime::{Limits, Plugin, Runtime};
 use tally_host::storage::{
-    BatchRead, BatchTxn, CommitTicket, CustomerRecord, EventQuery, OnError, PluginRecord,
-    PluginVersion, RawJson, RedbStore, Store, StoreError, TenantRecord,
+    BatchRead, BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RawJson,
+    RedbStore, Store, StoreError, TenantRecord,
 };
 use tally_sdk::Timestamp;
 
@@ -69,14 +69,12 @@ macro_rules! delegate {
     };
 }
 
-/// A redb store whose next `fail_next` commits fail, which refuses to append the event
-/// `refuse` as if the pipeline had built it on the wrong state, and whose commits never
-/// become durable while `not_durable` is set (as after a failed fsync).
+/// A redb store whose next `fail_next` commits fail, and which refuses to append the event
+/// `refuse` as if the pipeline had built it on the wrong state.
 struct Flaky {
     store: RedbStore,
     fail_next: AtomicUsize,
     refuse: Mutex<Option<String>>,
-    not_durable: AtomicBool,
 }
 
 /// A batch transaction that refuses one event id.
@@ -140,17 +138,10 @@ impl Store for Flaky {
         read_batch(work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>) -> Result<(), StoreError>;
     }
 
-    fn wait_durable(&self, ticket: CommitTicket) -> Result<(), StoreError> {
-        if self.not_durable.load(Ordering::SeqCst) {
-            return Err(StoreError::backend("fsync failed: the disk went away"));
-        }
-        self.store.wait_durable(ticket)
-    }
-
     fn write_batch(
         &self,
         work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
-    ) -> Result<CommitTicket, StoreError> {
+    ) -> Result<(), StoreError> {
         let fail = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -193,7 +184,6 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
         store: RedbStore::open(dir.path().join("tally.redb")).expect("a store"),
         fail_next: AtomicUsize::new(0),
         refuse: Mutex::new(None),
-        not_durable: AtomicBool::new(false),
     });
     store
         .create_tenant(
@@ -402,31 +392,6 @@ fn a_failed_commit_stores_nothing_and_what_follows_starts_from_disk() {
         .remove(0)
         .expect("stored");
     host.assert_consistent("ada");
-}
-
-/// A batch is committed (visible) before it is durable, so that the next one can be written
-/// while the disk syncs it; its events must be answered only once it is durable. When it
-/// never becomes durable, none of them is acknowledged.
-#[test]
-fn a_commit_that_never_becomes_durable_is_not_acknowledged() {
-    let host = host();
-    host.post_all(vec![checkout("before", "ada", 100)])
-        .remove(0)
-        .expect("stored");
-    host.store.not_durable.store(true, Ordering::SeqCst);
-    let answers = host.post_all(
-        (0..20)
-            .map(|n| checkout(&format!("unsynced{n}"), "ada", 1))
-            .collect(),
-    );
-    for answer in &answers {
-        match answer {
-            Err(IngestError::Storage(error)) => {
-                assert!(error.to_string().contains("fsync failed"), "{error}");
-            }
-            other => panic!("acknowledged before it was durable: {other:?}"),
-        }
-    }
 }
 
 /// The writer keeps committed customers in its overlay as a cache. When the store refuses an

@@ -18,14 +18,11 @@
 //! - the **committer** takes every evaluated batch waiting, appends their events in arrival
 //!   order (each with its ledger entries, customer, plugin states and triggers, through
 //!   [`BatchTxn::append`], which checks each against what is stored) in one
-//!   [`Store::write_batch`], commits, and hands the group's answers to
-//! - the **answerer**, which waits until the commit is on disk ([`Store::wait_durable`]) and
-//!   only then answers the group's requests.
+//!   [`Store::write_batch`], commits durably, and only then answers their requests.
 //!
-//! So a success means the event is on disk; while one commit is synced the committer is
-//! already writing the next group, and the evaluator evaluating the batch after. A failed
-//! commit answers every event in it with an error, and nothing of it was stored; a commit
-//! that never becomes durable (a failed fsync) answers every event in it with an error too.
+//! So a success means the event is on disk, and while one commit waits for the disk the next
+//! batch is already being evaluated. A failed commit answers every event in it with an error,
+//! and nothing of it was stored.
 //!
 //! Between the two threads, the *overlay* holds what the batches handed over will write
 //! (customers, plugin states, event ids): the evaluator reads it before the store, so each
@@ -55,9 +52,9 @@ use super::{PluginCall, PluginResult, run_plugins};
 use crate::runtime::{EvalError, Plugin};
 use crate::schema::ContactCardValue;
 use crate::storage::{
-    AppendEvent, BatchRead, BatchTxn, CommitTicket, CustomerRecord, EventOutcome, NewLedgerEntry,
-    NewTrigger, OnError, PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store,
-    StoreError, StoredEvent,
+    AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger,
+    OnError, PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store, StoreError,
+    StoredEvent,
 };
 
 /// A validated event on its way to the writer.
@@ -225,28 +222,12 @@ impl Writer {
                     run_evaluator(receiver, &sources, max_batch.max(1), &evaluated_sender);
                 })?
         };
-        // Committed groups wait here for their sync; the committer is at most one commit
-        // ahead of the disk (its next commit's writes wait for the sync), so few ever wait.
-        let (committed_sender, committed_receiver) = std::sync::mpsc::channel();
-        let committer = {
-            let store = store.clone();
-            std::thread::Builder::new()
-                .name("tally-writer".to_owned())
-                .spawn(move || {
-                    run_committer(
-                        &evaluated_receiver,
-                        store.as_ref(),
-                        &progress,
-                        &committed_sender,
-                    );
-                })?
-        };
-        let answerer = std::thread::Builder::new()
-            .name("tally-answerer".to_owned())
-            .spawn(move || run_answerer(&committed_receiver, store.as_ref()))?;
+        let committer = std::thread::Builder::new()
+            .name("tally-writer".to_owned())
+            .spawn(move || run_committer(&evaluated_receiver, store.as_ref(), &progress))?;
         Ok(Writer {
             sender: Mutex::new(Some(sender)),
-            threads: Mutex::new(vec![evaluator, committer, answerer]),
+            threads: Mutex::new(vec![evaluator, committer]),
         })
     }
 
@@ -692,16 +673,14 @@ fn evaluate_batch(
     }
 }
 
-/// Takes evaluated batches in order and writes every batch waiting in one transaction:
-/// while one commit waits for the disk the evaluator gets ahead, and the next commit takes
-/// all it did, so the commit's fixed cost is shared by more events the busier the host is.
-/// A committed group goes to the answerer, which answers it once it is on disk; meanwhile
-/// the next group is written.
+/// Takes evaluated batches in order and writes every batch waiting in one durable
+/// transaction: while one commit waits for the disk the evaluator gets ahead, and the next
+/// commit takes all it did, so the commit's fixed cost is shared by more events the busier
+/// the host is.
 fn run_committer(
     batches: &std::sync::mpsc::Receiver<EvaluatedBatch>,
     store: &dyn Store,
     progress: &Progress,
-    committed: &std::sync::mpsc::Sender<CommittedGroup>,
 ) {
     while let Ok(first) = batches.recv() {
         let mut group = vec![first];
@@ -709,9 +688,7 @@ fn run_committer(
             group.push(next);
         }
         let last = group.last().map_or(0, |batch| batch.number);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            commit_group(store, progress, group, committed)
-        }));
+        let outcome = catch_unwind(AssertUnwindSafe(|| commit_group(store, progress, group)));
         let failed = match outcome {
             Ok(committed) => !committed,
             Err(_) => {
@@ -724,55 +701,9 @@ fn run_committer(
     tracing::debug!("the committer has committed everything handed over and stops");
 }
 
-/// Answers each committed group once the store says it is on disk, in commit order.
-fn run_answerer(committed: &std::sync::mpsc::Receiver<CommittedGroup>, store: &dyn Store) {
-    while let Ok(group) = committed.recv() {
-        answer_when_durable(store, group);
-    }
-    tracing::debug!("the answerer has answered everything committed and stops");
-}
-
-fn answer_when_durable(store: &dyn Store, group: CommittedGroup) {
-    let waited = Instant::now();
-    match store.wait_durable(group.ticket) {
-        Ok(()) => {
-            for (reply, answer) in group.answers {
-                // The client may have gone away; the event is stored all the same.
-                let _ = reply.send(answer);
-            }
-            tracing::debug!(count = group.count, durable = ?waited.elapsed(), "batch durable");
-        }
-        Err(error) => {
-            // Committed but perhaps not on disk: nothing of it is acknowledged. The store
-            // refuses every write from here on, so nothing is built on it either.
-            tracing::error!(
-                %error,
-                count = group.count,
-                "a committed batch of events could not be made durable"
-            );
-            for (reply, _) in group.answers {
-                let _ = reply.send(Err(IngestError::Storage(error.clone())));
-            }
-        }
-    }
-}
-
-/// A group of batches committed, with the answer to each of its events, waiting for its
-/// commit to be durable.
-struct CommittedGroup {
-    ticket: CommitTicket,
-    answers: Vec<(Reply, Result<Ingested, IngestError>)>,
-    count: usize,
-}
-
-/// Writes a group of batches in one transaction and hands their answers to the answerer;
-/// `false` when the commit failed and nothing of it was stored.
-fn commit_group(
-    store: &dyn Store,
-    progress: &Progress,
-    group: Vec<EvaluatedBatch>,
-    committed_groups: &std::sync::mpsc::Sender<CommittedGroup>,
-) -> bool {
+/// Writes a group of batches in one transaction and answers their events; `false` when
+/// the commit failed and nothing of it was stored.
+fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatch>) -> bool {
     let generation = progress.now().generation;
     let mut writing = Vec::with_capacity(group.len());
     for mut batch in group {
@@ -820,13 +751,12 @@ fn commit_group(
     });
     let count: usize = writing.iter().map(|batch| batch.jobs.len()).sum();
     match committed {
-        Ok(ticket) => {
+        Ok(()) => {
             // Before any answer: a client that posts again once answered must find those
             // customers read from the store.
             progress.refused(std::mem::take(&mut refused));
             let batches = writing.len();
             let (mut reads, mut evaluation) = (Duration::ZERO, Duration::ZERO);
-            let mut replies = Vec::with_capacity(count);
             for (batch, answers) in writing.into_iter().zip(answers) {
                 reads += batch.timings.reads;
                 evaluation += batch.timings.evaluation;
@@ -835,17 +765,9 @@ fn commit_group(
                         Pending::Stored(ingested) => Ok(*ingested),
                         Pending::Refused(error) => Err(error),
                     };
-                    replies.push((job.reply, reply));
+                    // The client may have gone away; the event is stored all the same.
+                    let _ = job.reply.send(reply);
                 }
-            }
-            let group = CommittedGroup {
-                ticket,
-                answers: replies,
-                count,
-            };
-            if let Err(unsent) = committed_groups.send(group) {
-                // Only if the answerer panicked: answer here, once the group is durable.
-                answer_when_durable(store, unsent.0);
             }
             tracing::debug!(
                 count,

@@ -9,10 +9,8 @@
 //! Admin operations each run in their own durable transaction. Events go through
 //! [`Store::write_batch`]: one transaction for a whole batch of waiting events (group commit),
 //! in which [`BatchTxn::append`] writes an event, its ledger entries, the customer's new state,
-//! plugin state and outbound triggers. Nothing of a batch is visible until the batch commits;
-//! when `write_batch` returns `Ok` it is visible, and it is on disk once
-//! [`Store::wait_durable`] says so (the pipeline answers no event before). Every other write
-//! is on disk when it returns.
+//! plugin state and outbound triggers. Nothing of a batch is visible or durable until the
+//! batch commits, and when `write_batch` returns `Ok` it is on disk.
 //!
 //! What the store derives and what it checks, on append:
 //! - it assigns the event's `seq`, and each ledger entry's `seq`, `balance_after`,
@@ -27,7 +25,6 @@
 
 pub mod model;
 pub mod redb;
-mod synced_file;
 
 use std::error::Error;
 use std::sync::Arc;
@@ -303,13 +300,8 @@ pub trait Store: BatchRead + Send + Sync {
         work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
-    /// Runs `work` in one write transaction and commits it once, when `work` returns `Ok`.
-    /// When `work` returns `Err`, nothing it wrote is kept and the error is returned.
-    ///
-    /// `Ok` means committed: every read from then on sees the batch, and the next
-    /// `write_batch` builds on it. It is on disk once [`Store::wait_durable`] returns `Ok` for
-    /// the ticket, and whoever acknowledges the batch must wait for that. The two are apart so
-    /// that the next batch can be written while the disk makes this one durable.
+    /// Runs `work` in one write transaction and commits it durably once, when `work` returns
+    /// `Ok`. When `work` returns `Err`, nothing it wrote is kept and the error is returned.
     ///
     /// Write transactions run one at a time: `work` must not call this store's other writing
     /// methods, which would wait for the transaction `work` is in. Reads outside the batch see
@@ -317,15 +309,5 @@ pub trait Store: BatchRead + Send + Sync {
     fn write_batch(
         &self,
         work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
-    ) -> Result<CommitTicket, StoreError>;
-
-    /// Waits until the batch `ticket` was given for, and every batch committed before it, is on
-    /// disk. An error means it may not be, and no later write will succeed: the store has to be
-    /// opened again, which recovers what is on disk.
-    fn wait_durable(&self, ticket: CommitTicket) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError>;
 }
-
-/// A batch [`Store::write_batch`] committed, for [`Store::wait_durable`]: tickets grow with
-/// every commit, and one is durable once every commit before it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct CommitTicket(pub(crate) u64);

@@ -63,11 +63,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tally_sdk::{Customer, Decision, Points};
 
-use super::synced_file::{SyncHandle, SyncedFile};
 use super::{
-    AppendEvent, BatchRead, BatchTxn, CommitTicket, CustomerRecord, EventQuery, EventTypeRecord,
-    LedgerEntry, OnError, OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store,
-    StoreError, StoredEvent, TenantRecord,
+    AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry,
+    OnError, OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store, StoreError,
+    StoredEvent, TenantRecord,
 };
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
@@ -163,31 +162,14 @@ fn decode_history(bytes: &[u8]) -> Option<(&str, &str)> {
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
-    /// The file's syncs, which redb's commits hand to a thread of their own.
-    syncs: SyncHandle,
 }
 
 impl RedbStore {
     /// Opens the store at `path`, creating the file when there is none.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
         let path = path.as_ref();
-        let cannot_open = |why: &dyn std::fmt::Display| {
-            StoreError::backend(format!("cannot open {}: {why}", path.display()))
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|why| cannot_open(&why))?;
-        let (file, syncs) = SyncedFile::open(file).map_err(|why| cannot_open(&why))?;
-        let db = ::redb::Builder::new()
-            .create_with_backend(file)
-            .map_err(|why| cannot_open(&why))?;
-        let store = RedbStore { db, syncs };
-        store.wait_all_durable()?;
-        let db = &store.db;
+        let db = Database::create(path)
+            .map_err(|why| StoreError::backend(format!("cannot open {}: {why}", path.display())))?;
         let txn = db.begin_write()?;
         {
             // Creating every table up front means a read never meets a missing table.
@@ -239,14 +221,7 @@ impl RedbStore {
             }
         }
         txn.commit()?;
-        store.wait_all_durable()?;
-        Ok(store)
-    }
-
-    /// Waits until everything committed so far is on disk: what every write but a batch's
-    /// does before it returns.
-    fn wait_all_durable(&self) -> Result<(), StoreError> {
-        self.wait_durable(self.syncs.ticket())
+        Ok(RedbStore { db })
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -254,7 +229,7 @@ impl RedbStore {
     }
 
     /// Runs `work` in its own write transaction and commits it. redb's default durability,
-    /// `Immediate`, is kept, and the sync is waited for: `Ok` means fsync'd.
+    /// `Immediate`, is kept: `Ok` means fsync'd.
     fn write<T>(
         &self,
         work: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
@@ -263,7 +238,6 @@ impl RedbStore {
         match work(&txn) {
             Ok(value) => {
                 txn.commit()?;
-                self.wait_all_durable()?;
                 Ok(value)
             }
             Err(error) => {
@@ -716,7 +690,7 @@ impl Store for RedbStore {
     fn write_batch(
         &self,
         work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
-    ) -> Result<CommitTicket, StoreError> {
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         let outcome = RedbBatch::open(&txn).and_then(|mut batch| {
             work(&mut batch)?;
@@ -727,22 +701,15 @@ impl Store for RedbStore {
         });
         match outcome {
             Ok(()) => {
-                // One fsync for the whole batch: this is where group commit pays off. It runs
-                // on the file's sync thread while the caller goes on with the next batch.
+                // One fsync for the whole batch: this is where group commit pays off.
                 txn.commit()?;
-                Ok(self.syncs.ticket())
+                Ok(())
             }
             Err(error) => {
                 abort(txn);
                 Err(error)
             }
         }
-    }
-
-    fn wait_durable(&self, ticket: CommitTicket) -> Result<(), StoreError> {
-        self.syncs
-            .wait(ticket)
-            .map_err(|error| StoreError::Backend(Arc::new(error)))
     }
 }
 
