@@ -170,7 +170,7 @@ fn a_customer_journey_through_every_reference_plugin() {
         .iter()
         .find(|trigger| trigger.name == "TierEarned")
         .expect("a tier was earned");
-    assert_eq!(earned.data["new_tier"]["name"], "gold");
+    assert_eq!(earned.data.to_value()["new_tier"]["name"], "gold");
     assert_eq!(journey.customer.tier.as_deref(), Some("gold"));
 
     // Antavo's corrections: the return reverses exactly what T-2 earned, and lifetime points

@@ -322,7 +322,7 @@ fn plugins_see_the_stats_as_they_were_before_the_event() {
         .into_iter()
         .map(|answer| {
             let event = answer.expect("stored").event;
-            let echo = &event.outcome.triggers[0].data;
+            let echo = &event.outcome.triggers[0].data.to_value();
             echo["stats"]["events"]["checkout"].as_u64().unwrap_or(0)
         })
         .collect();

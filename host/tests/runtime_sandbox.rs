@@ -98,7 +98,7 @@ fn each_evaluation_gets_a_fresh_instance() {
     for _ in 0..3 {
         let decision = run_mode(&hostile, "global").result.expect("a decision");
         assert_eq!(decision.triggers[0].name, "Counter");
-        assert_eq!(decision.triggers[0].data["value"], 1);
+        assert_eq!(decision.triggers[0].data.to_value()["value"], 1);
     }
 }
 

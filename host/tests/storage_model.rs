@@ -118,7 +118,7 @@ mod storage {
                 plugin: rng.pick(&PLUGINS).to_owned(),
                 trigger: Trigger {
                     name: format!("T{n}"),
-                    data: json!({"id": id}),
+                    data: RawJson::from_value(&json!({"id": id})),
                 },
             })
             .collect();

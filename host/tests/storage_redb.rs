@@ -413,7 +413,7 @@ mod storage {
                 append.event.outcome.tier = Some("silver".to_owned());
                 append.event.outcome.triggers = vec![Trigger {
                     name: "TierEarned".to_owned(),
-                    data: json!({"tier": "silver"}),
+                    data: RawJson::from_value(&json!({"tier": "silver"})),
                 }];
                 append.event.outcome.plugins = vec![
                     PluginRun {
@@ -453,14 +453,14 @@ mod storage {
                         plugin: "tiers".to_owned(),
                         trigger: Trigger {
                             name: "TierEarned".to_owned(),
-                            data: json!({"tier": "silver"}),
+                            data: RawJson::from_value(&json!({"tier": "silver"})),
                         },
                     },
                     NewTrigger {
                         plugin: "points".to_owned(),
                         trigger: Trigger {
                             name: "CouponAwarded".to_owned(),
-                            data: Value::Null,
+                            data: RawJson::default(),
                         },
                     },
                 ];
@@ -542,7 +542,7 @@ mod storage {
                     t.customer.as_str(),
                     t.plugin.as_str(),
                     t.name.as_str(),
-                    t.data.clone(),
+                    t.data.to_value(),
                 )
             })
             .collect();
@@ -598,7 +598,7 @@ mod storage {
                         plugin: "points".to_owned(),
                         trigger: Trigger {
                             name: "Earned".to_owned(),
-                            data: Value::Null,
+                            data: RawJson::default(),
                         },
                     }];
                     txn.append(append)?;

@@ -784,6 +784,13 @@ impl RawJson {
     }
 }
 
+impl Default for RawJson {
+    /// `null`.
+    fn default() -> RawJson {
+        RawJson(Text::Checked(RawValue::NULL.to_owned()))
+    }
+}
+
 impl From<Box<RawValue>> for RawJson {
     fn from(raw: Box<RawValue>) -> RawJson {
         RawJson(Text::Checked(raw))
@@ -865,7 +872,7 @@ impl Decision {
     pub fn trigger(mut self, name: impl Into<String>, data: Value) -> Decision {
         self.triggers.push(Trigger {
             name: name.into(),
-            data,
+            data: RawJson::from_value(&data),
         });
         self
     }
@@ -1099,9 +1106,11 @@ impl Perk {
 pub struct Trigger {
     /// Its name, e.g. `TierEarned`.
     pub name: String,
-    /// What it carries.
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub data: Value,
+    /// What it carries, as JSON text: the host stores it in the outbox and in the event's
+    /// outcome and answers it, and none of them needs it as a tree of values
+    /// ([`RawJson::to_value`] makes one).
+    #[serde(default, skip_serializing_if = "RawJson::is_null")]
+    pub data: RawJson,
 }
 
 /// What a plugin answers: a decision, or an error it raised on purpose.

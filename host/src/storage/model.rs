@@ -247,7 +247,7 @@ pub struct OutboxTrigger {
     pub plugin: String,
     /// Its name, e.g. `TierEarned`.
     pub name: String,
-    /// What it carries.
+    /// What it carries, as the plugin wrote it.
     #[serde(default)]
-    pub data: Value,
+    pub data: RawJson,
 }

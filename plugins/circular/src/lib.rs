@@ -494,7 +494,7 @@ mod tests {
         );
         assert_eq!(decision.triggers.len(), 1);
         assert_eq!(decision.triggers[0].name, "CouponAwarded");
-        assert_eq!(decision.triggers[0].data["code"], json!(perk.id));
+        assert_eq!(decision.triggers[0].data.to_value()["code"], json!(perk.id));
         assert_eq!(fifth(7), decision, "the same seed draws the same code");
         assert_ne!(fifth(8).perks[0].id, perk.id);
     }
@@ -527,7 +527,7 @@ mod tests {
             }));
         assert_eq!(decision.perks[0].id.len(), CODE_LEN);
         assert_eq!(decision.perks[0].data["discount_percent"], 15);
-        assert_eq!(decision.triggers[0].data["discount_percent"], 15);
+        assert_eq!(decision.triggers[0].data.to_value()["discount_percent"], 15);
 
         let disabled = run(testing::input("repair", json!({}))
             .config(json!({"coupon_every": 0}))

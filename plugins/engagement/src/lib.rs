@@ -416,7 +416,10 @@ mod tests {
         );
         assert!(decision.points.is_empty());
         assert_eq!(
-            trigger(&decision, "EngagementScored").expect("scored").data,
+            trigger(&decision, "EngagementScored")
+                .expect("scored")
+                .data
+                .to_value(),
             json!({"action": "wishlist", "value": 5, "total": 45})
         );
         assert_eq!(testing::state_of::<State>(&decision).engagement_total, 45);
@@ -437,7 +440,8 @@ mod tests {
         let value = |action: &str| {
             let decision =
                 run(testing::input(action, json!({"distance": 0})).config(config.clone()));
-            trigger(&decision, "EngagementScored").map(|scored| scored.data["value"].clone())
+            trigger(&decision, "EngagementScored")
+                .map(|scored| scored.data.to_value()["value"].clone())
         };
         assert_eq!(value("checkout"), Some(json!(15)));
         assert_eq!(value("wishlist"), Some(json!(5)), "defaults stay");
@@ -455,7 +459,10 @@ mod tests {
         assert_eq!(reasons(&decision), [("swim", 16)]);
         assert!(trigger(&decision, "PersonalRecord").is_none());
         assert_eq!(
-            trigger(&decision, "EngagementScored").expect("scored").data["value"],
+            trigger(&decision, "EngagementScored")
+                .expect("scored")
+                .data
+                .to_value()["value"],
             20
         );
     }
@@ -474,7 +481,10 @@ mod tests {
                 "{flag}"
             );
             assert_eq!(
-                trigger(&decision, "PersonalRecord").expect("a record").data,
+                trigger(&decision, "PersonalRecord")
+                    .expect("a record")
+                    .data
+                    .to_value(),
                 json!({"distance": "400", "duration": 600, "club": "Masters",
                        "timestamp": "2026-11-23T07:30:00Z", "bonus_points": 100})
             );
@@ -578,7 +588,8 @@ mod tests {
         assert_eq!(
             trigger(&first, "ReferralCompleted")
                 .expect("completed")
-                .data,
+                .data
+                .to_value(),
             json!({"referred_email": "Ann@Example.com", "referred_first_name": "Ann",
                    "referred_last_name": "Lee"})
         );
@@ -604,7 +615,8 @@ mod tests {
         assert_eq!(
             trigger(&anonymous, "ReferralCompleted")
                 .expect("completed")
-                .data,
+                .data
+                .to_value(),
             json!({})
         );
 

@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(decision.tier.as_deref(), Some("gold"));
         assert_eq!(names(&decision), ["TierEarned", "TierStatusChanged"]);
         assert_eq!(
-            trigger(&decision, "TierEarned").data,
+            trigger(&decision, "TierEarned").data.to_value(),
             json!({
                 "old_tier": {"name": "silver", "rank": 2, "min_lifetime": 500,
                              "description": "500 lifetime points"},
@@ -356,7 +356,7 @@ mod tests {
             })
         );
         assert_eq!(
-            trigger(&decision, "TierStatusChanged").data,
+            trigger(&decision, "TierStatusChanged").data.to_value(),
             json!({
                 "current_points": 2040,
                 "previous_points": 1800,
@@ -379,7 +379,7 @@ mod tests {
     fn jumping_several_tiers_is_one_promotion() {
         let decision = run(customer(6000, Some("bronze"), Some(10)));
         assert_eq!(decision.tier.as_deref(), Some("platinum"));
-        let earned = &trigger(&decision, "TierEarned").data;
+        let earned = &trigger(&decision, "TierEarned").data.to_value();
         assert_eq!(earned["old_tier"]["name"], "bronze");
         assert_eq!(earned["new_tier"]["rank"], 4);
     }
@@ -389,11 +389,11 @@ mod tests {
         let decision = run(customer(450, Some("silver"), Some(600)));
         assert_eq!(decision.tier.as_deref(), Some("bronze"));
         assert_eq!(names(&decision), ["TierLost", "TierStatusChanged"]);
-        let lost = &trigger(&decision, "TierLost").data;
+        let lost = &trigger(&decision, "TierLost").data.to_value();
         assert_eq!(lost["old_tier"]["name"], "silver");
         assert_eq!(lost["new_tier"]["name"], "bronze");
         assert_eq!(lost["points_earned"], 450);
-        let status = &trigger(&decision, "TierStatusChanged").data;
+        let status = &trigger(&decision, "TierStatusChanged").data.to_value();
         assert_eq!(status["progress_percent"], 90);
         assert_eq!(status["points_needed_for_next_tier"], 50);
     }
@@ -411,7 +411,7 @@ mod tests {
         let decision = run(customer(1250, Some("silver"), Some(700)));
         assert_eq!(decision.tier, None);
         assert_eq!(names(&decision), ["TierStatusChanged"]);
-        let status = &trigger(&decision, "TierStatusChanged").data;
+        let status = &trigger(&decision, "TierStatusChanged").data.to_value();
         assert_eq!(status["progress_percent"], 50);
         assert_eq!(status["next_tier"], "gold");
         assert_eq!(status["points_needed_for_next_tier"], 750);
@@ -433,11 +433,11 @@ mod tests {
     fn first_event_above_the_lowest_tier_is_earned() {
         let decision = run(customer(900, None, None));
         assert_eq!(decision.tier.as_deref(), Some("silver"));
-        let earned = &trigger(&decision, "TierEarned").data;
+        let earned = &trigger(&decision, "TierEarned").data.to_value();
         assert_eq!(earned["old_tier"], Value::Null);
         assert_eq!(earned["new_tier"]["name"], "silver");
         assert_eq!(
-            trigger(&decision, "TierStatusChanged").data["previous_points"],
+            trigger(&decision, "TierStatusChanged").data.to_value()["previous_points"],
             0
         );
     }
@@ -446,7 +446,7 @@ mod tests {
     fn an_unconfigured_tier_is_replaced() {
         let decision = run(customer(600, Some("vip"), Some(600)));
         assert_eq!(decision.tier.as_deref(), Some("silver"));
-        let earned = &trigger(&decision, "TierEarned").data;
+        let earned = &trigger(&decision, "TierEarned").data.to_value();
         assert_eq!(earned["old_tier"]["name"], "vip");
         assert_eq!(earned["old_tier"]["rank"], Value::Null);
 
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn the_top_tier_has_no_next() {
         let decision = run(customer(9000, Some("platinum"), Some(8000)));
-        let status = &trigger(&decision, "TierStatusChanged").data;
+        let status = &trigger(&decision, "TierStatusChanged").data.to_value();
         assert_eq!(status["next_tier"], Value::Null);
         assert_eq!(status["points_needed_for_next_tier"], Value::Null);
         assert_eq!(status["progress_percent"], 100);
@@ -486,7 +486,7 @@ mod tests {
         let decision = run(customer(-5, Some("bronze"), Some(20)));
         assert_eq!(decision.tier, None);
         assert_eq!(
-            trigger(&decision, "TierStatusChanged").data["progress_percent"],
+            trigger(&decision, "TierStatusChanged").data.to_value()["progress_percent"],
             0
         );
     }
@@ -500,12 +500,12 @@ mod tests {
         let decision = run(customer(150, Some("member"), Some(50)).config(config));
         assert_eq!(decision.tier.as_deref(), Some("insider"));
         assert_eq!(
-            trigger(&decision, "TierEarned").data["new_tier"],
+            trigger(&decision, "TierEarned").data.to_value()["new_tier"],
             json!({"name": "insider", "rank": 2, "min_lifetime": 100,
                    "description": "Insiders", "points_multiplier": "1.2"})
         );
         assert_eq!(
-            trigger(&decision, "TierEarned").data["old_tier"]["description"],
+            trigger(&decision, "TierEarned").data.to_value()["old_tier"]["description"],
             Value::Null
         );
     }
@@ -552,7 +552,7 @@ mod tests {
         ]});
         let decision = run(customer(i64::MAX - 1, Some("low"), Some(0)).config(config));
         assert_eq!(
-            trigger(&decision, "TierStatusChanged").data["progress_percent"],
+            trigger(&decision, "TierStatusChanged").data.to_value()["progress_percent"],
             99
         );
     }
