@@ -877,6 +877,21 @@ impl Decision {
         self
     }
 
+    /// Sends an outbound trigger whose data is any serializable value, such as a struct of
+    /// the rule's own: it is written straight to JSON, without the tree of values `json!`
+    /// builds first (in wasm every map entry of that tree is an allocation).
+    pub fn trigger_as<T: Serialize + ?Sized>(
+        mut self,
+        name: impl Into<String>,
+        data: &T,
+    ) -> Result<Decision, Error> {
+        let name = name.into();
+        let data = RawJson::to_json(data)
+            .map_err(|why| Error::new(format!("trigger {name}: {}", why.message())))?;
+        self.triggers.push(Trigger { name, data });
+        Ok(self)
+    }
+
     /// Replaces this plugin's state for the customer.
     pub fn state<T: Serialize>(mut self, state: &T) -> Result<Decision, Error> {
         let text = RawJson::to_json(state)

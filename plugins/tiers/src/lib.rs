@@ -63,7 +63,6 @@
 //! `{"lifetime": n}`: the lifetime points this plugin last saw for the customer.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tally_sdk::wire::MAX_NAME_LEN;
 use tally_sdk::{Decimal, Decision, Error, Input, log, plugin};
 
@@ -168,22 +167,69 @@ impl Config {
     }
 
     /// A tier as notifications describe it.
-    fn describe(&self, index: usize) -> Value {
+    fn describe(&self, index: usize) -> Described<'_> {
         let tier = &self.tiers[index];
-        let mut described = json!({
-            "name": tier.name,
-            "rank": index + 1,
-            "min_lifetime": tier.min_lifetime,
-            "description": tier.description,
-        });
-        if let (Some(multiplier), Value::Object(fields)) = (tier.multiplier, &mut described) {
-            fields.insert(
-                "points_multiplier".to_owned(),
-                Value::String(multiplier.to_string()),
-            );
+        Described {
+            description: tier.description.as_deref(),
+            min_lifetime: Some(tier.min_lifetime),
+            name: &tier.name,
+            points_multiplier: tier.multiplier.map(|multiplier| multiplier.to_string()),
+            rank: Some(index + 1),
         }
-        described
     }
+
+    /// A move from `old_tier` to the tier at `index`, with the customer's lifetime points.
+    fn change<'a>(
+        &'a self,
+        index: usize,
+        old_tier: Option<Described<'a>>,
+        points_earned: i64,
+    ) -> TierChange<'a> {
+        TierChange {
+            new_tier: self.describe(index),
+            old_tier,
+            points_earned,
+        }
+    }
+}
+
+// The notifications' data, written straight to JSON (`Decision::trigger_as`) rather than
+// built as `json!` trees: this plugin sends one on almost every event. Fields are in
+// alphabetical order, the order the trees had, so the JSON is the same text.
+
+/// A tier in `TierEarned` and `TierLost`.
+#[derive(Debug, Serialize)]
+struct Described<'a> {
+    description: Option<&'a str>,
+    /// `None` for a tier the config does not have.
+    min_lifetime: Option<i64>,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points_multiplier: Option<String>,
+    /// `None` for a tier the config does not have.
+    rank: Option<usize>,
+}
+
+/// The data of `TierEarned` and `TierLost`.
+#[derive(Debug, Serialize)]
+struct TierChange<'a> {
+    new_tier: Described<'a>,
+    old_tier: Option<Described<'a>>,
+    points_earned: i64,
+}
+
+/// The data of `TierStatusChanged`.
+#[derive(Debug, Serialize)]
+struct TierStatus<'a> {
+    current_points: i64,
+    next_tier: Option<&'a str>,
+    points_above_tier_minimum: i64,
+    points_needed_for_next_tier: Option<i64>,
+    points_needed_to_maintain_tier: i64,
+    previous_points: i64,
+    progress_percent: i64,
+    tier: &'a str,
+    tier_rank: usize,
 }
 
 /// What the plugin remembers per customer.
@@ -208,19 +254,13 @@ fn rule(input: &Input) -> Result<Decision, Error> {
         Some(current) if current == new_tier.name => {}
         Some(current) => {
             decision = decision.tier(&new_tier.name);
-            let data = |old_tier: Value| {
-                json!({
-                    "old_tier": old_tier,
-                    "new_tier": config.describe(index),
-                    "points_earned": lifetime,
-                })
-            };
+            let change = |old_tier| config.change(index, Some(old_tier), lifetime);
             match config.position(current) {
                 Some(old) if old < index => {
-                    decision = decision.trigger("TierEarned", data(config.describe(old)));
+                    decision = decision.trigger_as("TierEarned", &change(config.describe(old)))?;
                 }
                 Some(old) => {
-                    decision = decision.trigger("TierLost", data(config.describe(old)));
+                    decision = decision.trigger_as("TierLost", &change(config.describe(old)))?;
                 }
                 None => {
                     log::warn(&format!(
@@ -228,13 +268,14 @@ fn rule(input: &Input) -> Result<Decision, Error> {
                         new_tier.name
                     ));
                     if index > 0 {
-                        let old_tier = json!({
-                            "name": current,
-                            "rank": null,
-                            "min_lifetime": null,
-                            "description": null,
-                        });
-                        decision = decision.trigger("TierEarned", data(old_tier));
+                        let unknown = Described {
+                            description: None,
+                            min_lifetime: None,
+                            name: current,
+                            points_multiplier: None,
+                            rank: None,
+                        };
+                        decision = decision.trigger_as("TierEarned", &change(unknown))?;
                     }
                 }
             }
@@ -242,14 +283,8 @@ fn rule(input: &Input) -> Result<Decision, Error> {
         None => {
             decision = decision.tier(&new_tier.name);
             if index > 0 {
-                decision = decision.trigger(
-                    "TierEarned",
-                    json!({
-                        "old_tier": null,
-                        "new_tier": config.describe(index),
-                        "points_earned": lifetime,
-                    }),
-                );
+                decision =
+                    decision.trigger_as("TierEarned", &config.change(index, None, lifetime))?;
             }
         }
     }
@@ -259,10 +294,10 @@ fn rule(input: &Input) -> Result<Decision, Error> {
     let previous = state.lifetime.unwrap_or(0);
     if lifetime != previous {
         decision = decision
-            .trigger(
+            .trigger_as(
                 "TierStatusChanged",
-                status(&config, index, lifetime, previous),
-            )
+                &status(&config, index, lifetime, previous),
+            )?
             .state(&State {
                 lifetime: Some(lifetime),
             })?;
@@ -270,7 +305,7 @@ fn rule(input: &Input) -> Result<Decision, Error> {
     Ok(decision)
 }
 
-fn status(config: &Config, index: usize, lifetime: i64, previous: i64) -> Value {
+fn status(config: &Config, index: usize, lifetime: i64, previous: i64) -> TierStatus<'_> {
     let tier = &config.tiers[index];
     let next = config.tiers.get(index + 1);
     let progress = match next {
@@ -280,20 +315,22 @@ fn status(config: &Config, index: usize, lifetime: i64, previous: i64) -> Value 
             // not overflow on a hostile config.
             let done = i128::from(lifetime) - i128::from(tier.min_lifetime);
             let span = i128::from(next.min_lifetime) - i128::from(tier.min_lifetime);
-            (done * 100 / span).clamp(0, 100)
+            // Clamped to 0..=100, so it fits.
+            i64::try_from((done * 100 / span).clamp(0, 100)).unwrap_or(100)
         }
     };
-    json!({
-        "current_points": lifetime,
-        "previous_points": previous,
-        "tier": tier.name,
-        "tier_rank": index + 1,
-        "next_tier": next.map(|next| &next.name),
-        "points_needed_for_next_tier": next.map(|next| next.min_lifetime.saturating_sub(lifetime).max(0)),
-        "progress_percent": progress,
-        "points_needed_to_maintain_tier": tier.min_lifetime.saturating_sub(lifetime).max(0),
-        "points_above_tier_minimum": lifetime.saturating_sub(tier.min_lifetime).max(0),
-    })
+    TierStatus {
+        current_points: lifetime,
+        next_tier: next.map(|next| next.name.as_str()),
+        points_above_tier_minimum: lifetime.saturating_sub(tier.min_lifetime).max(0),
+        points_needed_for_next_tier: next
+            .map(|next| next.min_lifetime.saturating_sub(lifetime).max(0)),
+        points_needed_to_maintain_tier: tier.min_lifetime.saturating_sub(lifetime).max(0),
+        previous_points: previous,
+        progress_percent: progress,
+        tier: &tier.name,
+        tier_rank: index + 1,
+    }
 }
 
 #[cfg(test)]
@@ -302,7 +339,7 @@ fn status(config: &Config, index: usize, lifetime: i64, previous: i64) -> Value 
     reason = "tests fail loudly on a broken expectation"
 )]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
     use tally_sdk::Trigger;
     use tally_sdk::testing::{self, InputBuilder};
 
