@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::runtime::Limits;
+use crate::storage::redb::DEFAULT_CACHE_BYTES;
 
 /// The address `tally serve` listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -35,6 +36,8 @@ pub struct Config {
     pub max_wasm_bytes: usize,
     /// The most events one `POST /v1/events/batch` or CSV import may carry.
     pub max_batch_events: usize,
+    /// The most memory redb's page cache may hold.
+    pub cache_bytes: usize,
 }
 
 impl Config {
@@ -54,6 +57,7 @@ impl Config {
             max_batch: 256,
             max_body_bytes: 1 << 20,
             max_batch_events: 1000,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 

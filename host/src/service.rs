@@ -193,7 +193,10 @@ impl Service {
                 config.data_dir.display()
             ))
         })?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(config.database_path())?);
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open_with_cache(
+            config.database_path(),
+            config.cache_bytes,
+        )?);
         let runtime = Runtime::with_cache_dir(config.limits.clone(), config.artifact_dir())?;
         let plugins = Arc::new(PluginCache {
             store: store.clone(),

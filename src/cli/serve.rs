@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tally_host::api;
 use tally_host::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use tally_host::service::Service;
+use tally_host::storage::redb::DEFAULT_CACHE_BYTES;
 use tracing_subscriber::EnvFilter;
 
 /// Options of `tally serve`.
@@ -39,6 +40,9 @@ pub struct ServeArgs {
     /// Threads serving HTTP; by default one fewer than the machine has cores (at least one).
     #[arg(long, env = "TALLY_HTTP_THREADS")]
     http_threads: Option<usize>,
+    /// The most memory, in MiB, the store's page cache may hold.
+    #[arg(long, env = "TALLY_CACHE_MB", default_value_t = DEFAULT_CACHE_BYTES >> 20)]
+    cache_mb: usize,
 }
 
 /// The HTTP threads when none are asked for. Answering a request takes a fraction of what
@@ -96,6 +100,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.listen = args.listen;
     config.queue_capacity = args.queue_capacity.max(1);
     config.max_batch = args.max_batch.max(1);
+    config.cache_bytes = args.cache_mb.saturating_mul(1 << 20);
     config.admin_key = std::env::var("TALLY_ADMIN_KEY")
         .ok()
         .filter(|key| !key.trim().is_empty());
