@@ -1134,7 +1134,7 @@ mod storage {
         assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
         assert_eq!(state("tiers", "bob"), None);
         drop(store);
-        // Opened again, it is format 5 and stays as it is.
+        // Opened again, it is format 4 and stays as it is.
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(
             acme_state(&store, "tiers", "ada").as_deref(),
@@ -1177,7 +1177,7 @@ mod storage {
                     .unwrap();
             }
         });
-        for opening in ["migrates", "is already format 5"] {
+        for opening in ["migrates", "is already format 4"] {
             let store = RedbStore::open(&path).unwrap();
             let state = |plugin, customer| acme_state(&store, plugin, customer);
             assert_eq!(
@@ -1244,8 +1244,8 @@ mod storage {
         // Rewrite the file as format 3 left it: the same rows under that format's tables.
         let path = dir.path().join("tally.redb");
         {
-            type Format5Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
-            let data_table: redb::TableDefinition<'_, Format5Key<'_>, &[u8]> =
+            type Format4Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
+            let data_table: redb::TableDefinition<'_, Format4Key<'_>, &[u8]> =
                 redb::TableDefinition::new("customer_data");
             let rows_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
                 redb::TableDefinition::new("customer_rows");
@@ -1278,10 +1278,7 @@ mod storage {
                                 .unwrap();
                         }
                         1 => {
-                            // Format 5's row: the record's length, the record, no states.
-                            let length = u32::from_le_bytes(value[..4].try_into().unwrap());
-                            assert_eq!(value.len(), 4 + length as usize, "no plugin states");
-                            rows.insert((tenant, customer, ""), &value[4..]).unwrap();
+                            rows.insert((tenant, customer, ""), value).unwrap();
                         }
                         3 => {
                             ledger
@@ -1301,7 +1298,7 @@ mod storage {
             txn.commit().unwrap();
         }
 
-        for opening in ["migrates", "is already format 5"] {
+        for opening in ["migrates", "is already format 4"] {
             let store = RedbStore::open(&path).unwrap();
             assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"], "{opening}");
             assert_eq!(history(&store, "bob"), ["e4"], "{opening}");
@@ -1337,158 +1334,49 @@ mod storage {
         }
     }
 
-    /// Format 4 kept each plugin's state in a row of its own, between the customer's record
-    /// and ledger; opening such a file folds the states into the record's row (format 5) and
-    /// keeps every record, state, event and entry, so the next event appends on them. More
-    /// customers than one slice of the migration holds, so that the slices meet.
+    /// `tally serve --cache-mb` bounds redb's page cache; a cache far smaller than what is
+    /// written still reads back every event, entry and record, then and after a reopen.
     #[test]
-    fn a_format_4_file_is_migrated_with_its_states_in_the_record_row() {
-        type Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
-        let data_table: redb::TableDefinition<'_, Key<'_>, &[u8]> =
-            redb::TableDefinition::new("customer_data");
-        let meta_table: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
-        let (dir, store) = with_tenants(&["acme"]);
-        for (id, customer, at, points) in [
-            ("e1", "ada", T0, vec![earn(10)]),
-            ("e2", "ada", T0 + 60, vec![earn(5), spend(3)]),
-            ("e3", "bob", T0, vec![earn(1)]),
-        ] {
-            post(&store, "acme", id, customer, "checkout", at, &points).unwrap();
-        }
-        let ada = store.customer("acme", "ada").unwrap().unwrap();
-        let ada_ledger = store.ledger("acme", "ada", usize::MAX, None).unwrap().items;
-        drop(store);
-
-        // Rewrite the file as format 4 left it: records as bare JSON, states in part 2.
+    fn a_small_page_cache_reads_back_everything() {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tally.redb");
-        const MANY: usize = 10_050;
-        let many = |n: usize| format!("m{n:05}");
-        {
-            let db = redb::Database::open(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                use redb::ReadableTable as _;
-                let mut data = txn.open_table(data_table).unwrap();
-                let records: Vec<((String, String), Vec<u8>)> = data
-                    .iter()
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .filter(|(key, _)| key.value().2 == 1)
-                    .map(|(key, value)| {
-                        let (tenant, customer, ..) = key.value();
-                        let value = value.value();
-                        let length = u32::from_le_bytes(value[..4].try_into().unwrap()) as usize;
-                        assert_eq!(value.len(), 4 + length, "posted with no plugin states");
-                        (
-                            (tenant.to_owned(), customer.to_owned()),
-                            value[4..].to_vec(),
-                        )
-                    })
-                    .collect();
-                for ((tenant, customer), record) in &records {
-                    data.insert(
-                        (tenant.as_str(), customer.as_str(), 1, 0, 0, ""),
-                        record.as_slice(),
-                    )
-                    .unwrap();
-                }
-                for (customer, plugin, state) in [
-                    ("ada", "points", r#"{"n":1}"#),
-                    ("ada", "tiers", r#"{"lifetime":15}"#),
-                    ("bob", "points", r#"{"n":2}"#),
-                    // A state with no record, as a format-2 file could leave it.
-                    ("cy", "points", r#"{"n":3}"#),
-                ] {
-                    data.insert(("acme", customer, 2, 0, 0, plugin), state.as_bytes())
-                        .unwrap();
-                }
-                let record = serde_json::to_vec(&ada).unwrap();
-                for n in 0..MANY {
-                    let customer = many(n);
-                    data.insert(("acme", customer.as_str(), 1, 0, 0, ""), record.as_slice())
-                        .unwrap();
-                    let state = format!(r#"{{"n":{n}}}"#);
-                    data.insert(
-                        ("acme", customer.as_str(), 2, 0, 0, "points"),
-                        state.as_bytes(),
-                    )
-                    .unwrap();
-                }
-                let mut meta = txn.open_table(meta_table).unwrap();
-                meta.insert("format", 4_u32.to_le_bytes().as_slice())
-                    .unwrap();
-            }
-            txn.commit().unwrap();
+        let store = RedbStore::open_with_cache(&path, 64 << 10).unwrap();
+        store.create_tenant(&tenant_record("acme"), key(1)).unwrap();
+        for n in 0..300 {
+            let customer = format!("c{}", n % 7);
+            post(
+                &store,
+                "acme",
+                &format!("e{n}"),
+                &customer,
+                "checkout",
+                T0 + n,
+                &[earn(3)],
+            )
+            .unwrap();
         }
-
-        for opening in ["migrates", "is already format 5"] {
-            let store = RedbStore::open(&path).unwrap();
-            let state = |plugin, customer| acme_state(&store, plugin, customer);
-            assert_eq!(
-                state("points", "ada").as_deref(),
-                Some(r#"{"n":1}"#),
-                "{opening}"
-            );
-            assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":15}"#));
-            assert_eq!(state("points", "bob").as_deref(), Some(r#"{"n":2}"#));
-            assert_eq!(state("tiers", "bob"), None);
-            assert_eq!(state("points", "cy").as_deref(), Some(r#"{"n":3}"#));
-            assert_eq!(
-                store.customer("acme", "cy").unwrap(),
-                None,
-                "cy had only a state"
-            );
-            assert_eq!(store.customer("acme", "ada").unwrap().as_ref(), Some(&ada));
-            assert_eq!(
-                store.ledger("acme", "ada", usize::MAX, None).unwrap().items,
-                ada_ledger
-            );
-            for n in 0..MANY {
-                let customer = many(n);
-                let expected = format!(r#"{{"n":{n}}}"#);
+        let check = |store: &RedbStore, opening: &str| {
+            for n in 0..7 {
+                let customer = format!("c{n}");
+                // 300 events over 7 customers: 43 each for the first six, 42 for the last.
+                let expected = if n < 6 { 43 } else { 42 };
                 assert_eq!(
-                    acme_state(&store, "points", &customer),
-                    Some(expected),
+                    all_events(store, "acme", &customer).len(),
+                    expected,
                     "{opening}"
                 );
                 assert_eq!(
-                    store.customer("acme", &customer).unwrap().as_ref(),
-                    Some(&ada)
+                    assert_ledger_matches_balance(store, "acme", &customer).balance,
+                    3 * expected as i64
                 );
             }
-        }
-        {
-            let db = redb::Database::open(&path).unwrap();
-            let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-            let data = txn.open_table(data_table).unwrap();
-            let left = redb::ReadableTable::iter(&data)
-                .unwrap()
-                .filter(|row| row.as_ref().unwrap().0.value().2 == 2)
-                .count();
-            assert_eq!(left, 0, "no state row is left in part 2");
-        }
-        // The next event of a migrated customer appends on what they had, and a state it
-        // does not change is kept.
-        let store = RedbStore::open(&path).unwrap();
-        store
-            .write_batch(&mut |txn: &mut dyn BatchTxn| {
-                let mut append =
-                    evaluate(txn, "acme", "e4", "ada", "checkout", T0 + 90, &[earn(2)]);
-                append.plugin_states = vec![("points".to_owned(), Some(raw(json!({"n": 4}))))];
-                txn.append(append).map(drop)
-            })
-            .unwrap();
-        assert_eq!(
-            acme_state(&store, "points", "ada").as_deref(),
-            Some(r#"{"n":4}"#)
-        );
-        assert_eq!(
-            acme_state(&store, "tiers", "ada").as_deref(),
-            Some(r#"{"lifetime":15}"#)
-        );
-        assert_eq!(
-            assert_ledger_matches_balance(&store, "acme", "ada").balance,
-            14
+            assert!(store.event("acme", "e299").unwrap().is_some(), "{opening}");
+        };
+        check(&store, "as written");
+        drop(store);
+        check(
+            &RedbStore::open_with_cache(&path, 64 << 10).unwrap(),
+            "reopened",
         );
     }
 
@@ -1501,7 +1389,7 @@ mod storage {
         assert!(
             error
                 .to_string()
-                .ends_with("has storage format 99; this build reads format 5"),
+                .ends_with("has storage format 99; this build reads format 4"),
             "{error}"
         );
     }

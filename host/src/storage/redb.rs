@@ -63,20 +63,16 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tally_sdk::{Customer, Decision, Points};
 
-use self::customer_row::CustomerRow;
 use super::{
     AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry,
     OnError, OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store, StoreError,
     StoredEvent, TenantRecord,
 };
 
-mod customer_row;
-
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
 /// before plugin. 3: customer records and plugin states in one table, `customer_rows`.
-/// 4: that table, `customer_events` and `ledger` in one, `customer_data`. 5: a customer's
-/// plugin states inside their record's row ([`customer_row`]).
-const FORMAT_VERSION: u32 = 5;
+/// 4: that table, `customer_events` and `ledger` in one, `customer_data`.
+const FORMAT_VERSION: u32 = 4;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
@@ -109,15 +105,15 @@ const SEQ_OUTBOX: &str = "outbox";
 /// | part | rows, in key order | time | number | plugin |
 /// |---|---|---|---|---|
 /// | [`PART_HISTORY`] | one per event, oldest first | unix seconds | event seq | `""` |
-/// | [`PART_RECORD`] | the [`CustomerRecord`] and the plugins' states, see [`customer_row`] | 0 | 0 | `""` |
+/// | [`PART_RECORD`] | the [`CustomerRecord`] | 0 | 0 | `""` |
+/// | [`PART_STATE`] | one per plugin with a state | 0 | 0 | the plugin |
 /// | [`PART_LEDGER`] | one per entry, newest first | 0 | `u64::MAX - seq` | `""` |
-///
-/// Part 2 held one row per plugin state in format 4 (see [`migration`]).
 type CustomerKey<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
 /// The customer's events by event time; the value is (action, event id), see
 /// [`encode_history`].
 const PART_HISTORY: u8 = 0;
 const PART_RECORD: u8 = 1;
+const PART_STATE: u8 = 2;
 /// Ledger entries, numbered down so that the newest is next to the states.
 const PART_LEDGER: u8 = 3;
 
@@ -131,6 +127,10 @@ fn history_key<'a>(
 
 fn record_key<'a>(tenant: &'a str, customer: &'a str) -> CustomerKey<'a> {
     (tenant, customer, PART_RECORD, 0, 0, "")
+}
+
+fn state_key<'a>(tenant: &'a str, customer: &'a str, plugin: &'a str) -> CustomerKey<'a> {
+    (tenant, customer, PART_STATE, 0, 0, plugin)
 }
 
 fn ledger_key<'a>(tenant: &'a str, customer: &'a str, seq: u64) -> CustomerKey<'a> {
@@ -213,17 +213,14 @@ impl RedbStore {
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(old @ (1..=4)) => {
+                Some(old @ (1..=3)) => {
                     if old == 1 {
                         migration::rekey_plugin_state(&txn)?;
                     }
                     if old <= 2 {
                         migration::merge_customer_rows(&txn)?;
                     }
-                    if old <= 3 {
-                        migration::merge_customer_data(&txn)?;
-                    }
-                    migration::states_into_records(&txn)?;
+                    migration::merge_customer_data(&txn)?;
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                     tracing::info!(
                         path = %path.display(),
@@ -765,8 +762,6 @@ struct StoredPoints {
 struct Checked {
     /// Balance and lifetime after each ledger entry.
     points_after: Vec<Points>,
-    /// The customer's plugin states after the event, encoded for their row.
-    states: Vec<u8>,
 }
 
 impl<'txn> RedbBatch<'txn> {
@@ -812,27 +807,8 @@ impl<'txn> RedbBatch<'txn> {
                 event.id, append.customer.customer.id
             )));
         }
-        let row = self.customer_data.get(record_key(tenant, customer_id))?;
-        let row = row
-            .as_ref()
-            .map(|bytes| parse_row(bytes.value(), tenant, customer_id))
-            .transpose()?;
-        let previous: Option<StoredCounters> = row
-            .and_then(|row| row.record())
-            .map(|record| {
-                decode(record, || {
-                    format!("customer {customer_id} of tenant {tenant}")
-                })
-            })
-            .transpose()?;
-        let states =
-            customer_row::merged_states(row.as_ref(), &append.plugin_states).map_err(|why| {
-                StoreError::Invalid(format!(
-                    "the plugin states of customer {customer_id} of tenant {tenant} after event \
-                     {}: {why}",
-                    event.id
-                ))
-            })?;
+        let previous: Option<StoredCounters> =
+            get_customer(&self.customer_data, tenant, customer_id)?;
         let (count_before, points_before) = previous.map_or((0, Points::default()), |p| {
             (p.event_count, p.customer.points)
         });
@@ -875,10 +851,7 @@ impl<'txn> RedbBatch<'txn> {
                 append.ledger.len()
             )));
         }
-        Ok(Checked {
-            points_after,
-            states,
-        })
+        Ok(Checked { points_after })
     }
 
     /// Every write of an append, after its checks passed.
@@ -888,7 +861,7 @@ impl<'txn> RedbBatch<'txn> {
             mut event,
             customer,
             ledger,
-            plugin_states: _,
+            plugin_states,
             triggers,
         } = append;
         let tenant = tenant.as_str();
@@ -908,14 +881,11 @@ impl<'txn> RedbBatch<'txn> {
             ),
             encode_history(&event.action, &event.id).as_slice(),
         )?;
-        let record = encode(&customer, || {
+        let bytes = encode(&customer, || {
             format!("customer {customer_id} of tenant {tenant}")
         })?;
-        let row = customer_row::encode(&record, &checked.states).map_err(|why| {
-            StoreError::Invalid(format!("customer {customer_id} of tenant {tenant}: {why}"))
-        })?;
         self.customer_data
-            .insert(record_key(tenant, customer_id), row.as_slice())?;
+            .insert(record_key(tenant, customer_id), bytes.as_slice())?;
 
         let first = self.reserve(tenant, SEQ_LEDGER, len_u64(ledger.len()))?;
         let at = event.timestamp.to_string();
@@ -936,6 +906,18 @@ impl<'txn> RedbBatch<'txn> {
             let bytes = encode(&entry, || format!("ledger entry {seq} of tenant {tenant}"))?;
             self.customer_data
                 .insert(ledger_key(tenant, customer_id, seq), bytes.as_slice())?;
+        }
+
+        for (plugin, state) in plugin_states {
+            let key = state_key(tenant, customer_id, plugin.as_str());
+            match state {
+                Some(state) => {
+                    self.customer_data.insert(key, state.get().as_bytes())?;
+                }
+                None => {
+                    self.customer_data.remove(key)?;
+                }
+            }
         }
 
         let first = self.reserve(tenant, SEQ_OUTBOX, len_u64(triggers.len()))?;
@@ -1067,21 +1049,8 @@ fn get_customer<T: DeserializeOwned>(
     tenant: &str,
     id: &str,
 ) -> Result<Option<T>, StoreError> {
-    let Some(bytes) = table.get(record_key(tenant, id))? else {
-        return Ok(None);
-    };
-    let row = parse_row(bytes.value(), tenant, id)?;
-    row.record()
-        .map(|record| decode(record, || format!("customer {id} of tenant {tenant}")))
-        .transpose()
-}
-
-/// The row of customer `id`, its layout checked.
-fn parse_row<'a>(bytes: &'a [u8], tenant: &str, id: &str) -> Result<CustomerRow<'a>, StoreError> {
-    CustomerRow::parse(bytes).map_err(|why| {
-        StoreError::Corrupt(format!(
-            "the row of customer {id} of tenant {tenant}: {why}"
-        ))
+    get_json(table, record_key(tenant, id), || {
+        format!("customer {id} of tenant {tenant}")
     })
 }
 
@@ -1103,13 +1072,6 @@ mod migration {
     /// The third key part of a customer's record in format 3's `customer_rows`. Plugin names
     /// are never empty (the service refuses them), so no state can take its place.
     const CUSTOMER_RECORD: &str = "";
-    /// Format 4's plugin states, a row per plugin between the customer's record and ledger.
-    const PART_STATE: u8 = 2;
-
-    fn state_key<'a>(tenant: &'a str, customer: &'a str, plugin: &'a str) -> CustomerKey<'a> {
-        (tenant, customer, PART_STATE, 0, 0, plugin)
-    }
-
     /// Formats 1 to 3's history index: (tenant, customer, unix seconds, seq) -> (action, id).
     const CUSTOMER_EVENTS: TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
         TableDefinition::new("customer_events");
@@ -1210,100 +1172,6 @@ mod migration {
         txn.delete_table(LEDGER)?;
         Ok(())
     }
-
-    /// A customer's record and states as format 4 kept them, to be written as one row.
-    struct Folded {
-        tenant: String,
-        customer: String,
-        record: Option<Vec<u8>>,
-        /// (plugin, state), by name, as the keys ordered them.
-        states: Vec<(String, Vec<u8>)>,
-    }
-
-    /// Format 4 -> 5: every customer's record rewritten as [`customer_row`] lays a row out,
-    /// with their state rows folded into it and removed. A slice of customers at a time, so
-    /// that memory holds one slice's records and states, not the table's.
-    pub(super) fn states_into_records(txn: &WriteTransaction) -> Result<(), StoreError> {
-        const CUSTOMERS_PER_SLICE: usize = 10_000;
-        let mut table = txn.open_table(CUSTOMER_DATA)?;
-        let mut after: Option<(String, String)> = None;
-        loop {
-            let mut slice: Vec<Folded> = Vec::new();
-            {
-                let rows = match &after {
-                    None => table.range::<CustomerKey<'_>>(..)?,
-                    // Past every part of the last customer done, before the next customer.
-                    Some((tenant, customer)) => table.range::<CustomerKey<'_>>(
-                        (
-                            tenant.as_str(),
-                            customer.as_str(),
-                            PART_LEDGER + 1,
-                            i64::MIN,
-                            0,
-                            "",
-                        )..,
-                    )?,
-                };
-                for row in rows {
-                    let (key, value) = row?;
-                    let (tenant, customer, part, _, _, plugin) = key.value();
-                    if part != PART_RECORD && part != PART_STATE {
-                        continue;
-                    }
-                    let continues = slice
-                        .last()
-                        .is_some_and(|last| last.tenant == tenant && last.customer == customer);
-                    if !continues {
-                        if slice.len() == CUSTOMERS_PER_SLICE {
-                            break;
-                        }
-                        slice.push(Folded {
-                            tenant: tenant.to_owned(),
-                            customer: customer.to_owned(),
-                            record: None,
-                            states: Vec::new(),
-                        });
-                    }
-                    let Some(current) = slice.last_mut() else {
-                        continue;
-                    };
-                    if part == PART_RECORD {
-                        current.record = Some(value.value().to_vec());
-                    } else {
-                        current
-                            .states
-                            .push((plugin.to_owned(), value.value().to_vec()));
-                    }
-                }
-            }
-            let Some(last) = slice.last() else {
-                return Ok(());
-            };
-            after = Some((last.tenant.clone(), last.customer.clone()));
-            for folded in &slice {
-                let (tenant, customer) = (folded.tenant.as_str(), folded.customer.as_str());
-                let unfit = |why: customer_row::RowError| {
-                    StoreError::Corrupt(format!(
-                        "customer {customer} of tenant {tenant} does not fit one row: {why}"
-                    ))
-                };
-                let states = customer_row::encode_states(
-                    folded
-                        .states
-                        .iter()
-                        .map(|(plugin, state)| (plugin.as_str(), state.as_slice())),
-                )
-                .map_err(unfit)?;
-                let row =
-                    customer_row::encode(folded.record.as_deref().unwrap_or_default(), &states)
-                        .map_err(unfit)?;
-                for (plugin, _) in &folded.states {
-                    table.remove(state_key(tenant, customer, plugin))?;
-                }
-                table.insert(record_key(tenant, customer), row.as_slice())?;
-            }
-        }
-    }
 }
 
 fn get_plugin_state(
@@ -1312,17 +1180,9 @@ fn get_plugin_state(
     plugin: &str,
     customer: &str,
 ) -> Result<Option<RawJson>, StoreError> {
-    let Some(bytes) = table.get(record_key(tenant, customer))? else {
-        return Ok(None);
-    };
-    parse_row(bytes.value(), tenant, customer)?
-        .state(plugin)
-        .map(|state| {
-            decode(state, || {
-                format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
-            })
-        })
-        .transpose()
+    get_json(table, state_key(tenant, customer, plugin), || {
+        format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
+    })
 }
 
 fn require_tenant(
