@@ -6,8 +6,10 @@
 //! `--customers K`; defaults 20000, 32, 1000; `--plugins DIR` uploads `DIR/points.wasm`,
 //! `DIR/tiers.wasm` and `DIR/engagement.wasm` instead of this build's, to compare two builds of
 //! the plugins on one host; `--host PATH` runs that `tally` binary instead of this build's, and
-//! `--tally-only` skips the two baselines: together they compare two builds of the host in
-//! interleaved runs).
+//! `--tally-only` skips the two baselines; `--compare PATH` measures this build's host (or
+//! `--host`'s) and the `tally` binary at PATH in `--rounds N` interleaved pairs, default 6,
+//! alternating which goes first, and prints each pair and the means: on a shared machine one
+//! pair cannot show a change of less than ~15%).
 //!
 //! What it does:
 //! 1. Starts the real `tally serve` binary on a loopback port with a fresh data directory,
@@ -50,6 +52,10 @@ struct Options {
     host: Option<std::path::PathBuf>,
     /// Measure the host alone, without the bare axum route and raw redb.
     tally_only: bool,
+    /// A second `tally` binary to measure against the first, in interleaved pairs.
+    compare: Option<std::path::PathBuf>,
+    /// How many pairs `--compare` runs.
+    rounds: usize,
 }
 
 impl Options {
@@ -61,6 +67,8 @@ impl Options {
             plugins: None,
             host: None,
             tally_only: false,
+            compare: None,
+            rounds: 6,
         };
         let args: Vec<String> = std::env::args().collect();
         let given = |name: &str| {
@@ -81,6 +89,10 @@ impl Options {
         options.plugins = given("--plugins").map(std::path::PathBuf::from);
         options.host = given("--host").map(std::path::PathBuf::from);
         options.tally_only = args.iter().any(|arg| arg == "--tally-only");
+        options.compare = given("--compare").map(std::path::PathBuf::from);
+        if let Some(rounds) = value("--rounds") {
+            options.rounds = rounds;
+        }
         options
     }
 }
@@ -91,6 +103,8 @@ struct Figures {
     events_per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// The host's CPU time per event, in µs; measured for the tally runs only.
+    host_cpu_micros: Option<f64>,
 }
 
 /// CPU time the host's threads spent, by thread name, in nanoseconds. Throughput on a shared
@@ -170,7 +184,7 @@ fn cpu_per_event(
     before: &std::collections::BTreeMap<String, u64>,
     after: &std::collections::BTreeMap<String, u64>,
     events: usize,
-) -> String {
+) -> (String, f64) {
     let mut parts = Vec::new();
     let mut total = 0;
     for (name, spent) in after {
@@ -183,10 +197,13 @@ fn cpu_per_event(
             ));
         }
     }
-    format!(
-        "host CPU per event (µs): total {:.0} = {}",
-        total as f64 / events as f64 / 1000.0,
-        parts.join(", ")
+    let micros = total as f64 / events as f64 / 1000.0;
+    (
+        format!(
+            "host CPU per event (µs): total {micros:.0} = {}",
+            parts.join(", ")
+        ),
+        micros,
     )
 }
 
@@ -385,6 +402,7 @@ fn figures(name: &'static str, elapsed: Duration, mut latencies: Vec<Duration>) 
         events_per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
+        host_cpu_micros: None,
     }
 }
 
@@ -436,15 +454,12 @@ fn start_host(binary: &std::path::Path, data: &std::path::Path) -> Host {
 
 async fn run_tally(
     options: &Options,
+    binary: &std::path::Path,
     bodies: Arc<Vec<Vec<u8>>>,
     warmup: Arc<Vec<Vec<u8>>>,
 ) -> Figures {
     let data = tempfile::tempdir().expect("a temp dir");
-    let binary = options
-        .host
-        .clone()
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tally").into());
-    let host = start_host(&binary, data.path());
+    let host = start_host(binary, data.path());
     let base = format!("http://{}", host.address);
     let client = reqwest::Client::new();
     let created: Value = client
@@ -496,10 +511,8 @@ async fn run_tally(
     let machine_after = machine_cpu();
     assert_eq!(failures, 0, "every event is accepted");
     println!("{}", machine_shares(&machine_before, &machine_after));
-    println!(
-        "{}",
-        cpu_per_event(&before, &host_cpu(pid), latencies.len())
-    );
+    let (cpu_line, host_cpu_micros) = cpu_per_event(&before, &host_cpu(pid), latencies.len());
+    println!("{cpu_line}");
     println!(
         "host disk writes per event: {:.1} KiB",
         host_disk_writes(pid).saturating_sub(written_before) as f64
@@ -514,11 +527,14 @@ async fn run_tally(
         "load generator CPU per event (µs): {:.0}",
         generator as f64 / latencies.len() as f64 / 1000.0
     );
-    figures(
-        "tally: POST /v1/events, 3 plugins, durable",
-        elapsed,
-        latencies,
-    )
+    Figures {
+        host_cpu_micros: Some(host_cpu_micros),
+        ..figures(
+            "tally: POST /v1/events, 3 plugins, durable",
+            elapsed,
+            latencies,
+        )
+    }
 }
 
 fn run_bare_axum(
@@ -651,7 +667,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let tally = runtime.block_on(run_tally(&options, bodies.clone(), warmup.clone()));
+    let binary = options
+        .host
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tally").into());
+    if let Some(other) = &options.compare {
+        compare(&runtime, &options, [&binary, other], &bodies, &warmup);
+        return;
+    }
+    let tally = runtime.block_on(run_tally(&options, &binary, bodies.clone(), warmup.clone()));
     let mut rows = vec![tally];
     if !options.tally_only {
         rows.push(run_bare_axum(&runtime, &options, bodies.clone(), warmup));
@@ -673,4 +697,79 @@ fn main() {
             tally_per_second / row.events_per_second
         );
     }
+}
+
+/// `--compare`: the two hosts in interleaved pairs, A first in even rounds and B first in odd
+/// ones, so that a machine slowing down during the run does not favour either.
+fn compare(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    binaries: [&std::path::PathBuf; 2],
+    bodies: &Arc<Vec<Vec<u8>>>,
+    warmup: &Arc<Vec<Vec<u8>>>,
+) {
+    println!("A: {}", binaries[0].display());
+    println!("B: {}", binaries[1].display());
+    let mut pairs = Vec::new();
+    for round in 0..options.rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut pair: [Option<Figures>; 2] = [None, None];
+        for which in order {
+            println!(
+                "round {} of {}: {}",
+                round + 1,
+                options.rounds,
+                ["A", "B"][which]
+            );
+            let figures = runtime.block_on(run_tally(
+                options,
+                binaries[which],
+                bodies.clone(),
+                warmup.clone(),
+            ));
+            pair[which] = Some(figures);
+        }
+        if let [Some(a), Some(b)] = pair {
+            pairs.push((a, b));
+        }
+    }
+    println!();
+    println!(
+        "{:>5} {:>12} {:>12} {:>8} {:>10} {:>10} {:>8}",
+        "round", "A events/s", "B events/s", "B / A", "A µs/ev", "B µs/ev", "B / A"
+    );
+    let micros = |figures: &Figures| figures.host_cpu_micros.unwrap_or(f64::NAN);
+    for (round, (a, b)) in pairs.iter().enumerate() {
+        println!(
+            "{:>5} {:>12.0} {:>12.0} {:>8.3} {:>10.1} {:>10.1} {:>8.3}",
+            round + 1,
+            a.events_per_second,
+            b.events_per_second,
+            b.events_per_second / a.events_per_second,
+            micros(a),
+            micros(b),
+            micros(b) / micros(a)
+        );
+    }
+    let count = pairs.len().max(1) as f64;
+    let mean =
+        |value: &dyn Fn(&(Figures, Figures)) -> f64| pairs.iter().map(value).sum::<f64>() / count;
+    let faster = pairs
+        .iter()
+        .filter(|(a, b)| b.events_per_second > a.events_per_second)
+        .count();
+    let cheaper = pairs.iter().filter(|(a, b)| micros(b) < micros(a)).count();
+    println!(
+        "means: A {:.0} events/s, {:.1} µs/event; B {:.0} events/s, {:.1} µs/event",
+        mean(&|(a, _)| a.events_per_second),
+        mean(&|(a, _)| micros(a)),
+        mean(&|(_, b)| b.events_per_second),
+        mean(&|(_, b)| micros(b)),
+    );
+    println!(
+        "B / A, mean of the pairs: events/s {:.3}, CPU per event {:.3}; B faster in {faster} of {} pairs, cheaper in {cheaper}",
+        mean(&|(a, b)| b.events_per_second / a.events_per_second),
+        mean(&|(a, b)| micros(b) / micros(a)),
+        pairs.len()
+    );
 }
