@@ -208,6 +208,7 @@ impl Service {
             plugins.clone(),
             config.queue_capacity,
             config.max_batch,
+            config.evaluation_threads,
         )
         .map_err(|error| ServiceError::internal(format!("cannot start the writer: {error}")))?;
         let (admin_key_hash, generated_admin_key) =

@@ -203,7 +203,8 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
         plugin: runtime.load(plugin.wasm).expect("the plugin loads"),
     };
     // A small batch limit, so that the events below make many batches.
-    let writer = Writer::start(store.clone(), Arc::new(source), 4096, 8).expect("a writer");
+    // Two evaluation threads whatever the machine, so that chains run in parallel here.
+    let writer = Writer::start(store.clone(), Arc::new(source), 4096, 8, 2).expect("a writer");
     Host {
         store,
         writer,

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Threads serving HTTP; by default one fewer than the machine has cores (at least one).
     #[arg(long, env = "TALLY_HTTP_THREADS")]
     http_threads: Option<usize>,
+    /// Threads evaluating plugins in parallel; by default one per core.
+    #[arg(long, env = "TALLY_EVALUATION_THREADS")]
+    evaluation_threads: Option<usize>,
     /// The most memory, in MiB, the store's page cache may hold.
     #[arg(long, env = "TALLY_CACHE_MB", default_value_t = DEFAULT_CACHE_BYTES >> 20)]
     cache_mb: usize,
@@ -101,6 +104,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.queue_capacity = args.queue_capacity.max(1);
     config.max_batch = args.max_batch.max(1);
     config.cache_bytes = args.cache_mb.saturating_mul(1 << 20);
+    if let Some(threads) = args.evaluation_threads.filter(|&threads| threads > 0) {
+        config.evaluation_threads = threads;
+    }
     config.admin_key = std::env::var("TALLY_ADMIN_KEY")
         .ok()
         .filter(|key| !key.trim().is_empty());

@@ -194,12 +194,13 @@ impl std::fmt::Debug for Job {
 
 impl Writer {
     /// Starts the writer's two threads with a queue of `capacity` events and batches of at
-    /// most `max_batch`.
+    /// most `max_batch`, evaluating on `evaluation_threads` threads (one: the evaluator's own).
     pub fn start(
         store: Arc<dyn Store>,
         plugins: Arc<dyn PluginSource>,
         capacity: usize,
         max_batch: usize,
+        evaluation_threads: usize,
     ) -> std::io::Result<Writer> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         // Evaluated batches wait here while a commit runs, and the next commit takes them all.
@@ -207,7 +208,7 @@ impl Writer {
         let (evaluated_sender, evaluated_receiver) =
             std::sync::mpsc::sync_channel(MAX_BATCHES_WAITING);
         let progress = Arc::new(Progress::default());
-        let pool = evaluation_pool()?;
+        let pool = evaluation_pool(evaluation_threads)?;
         let evaluator = {
             let (store, progress) = (store.clone(), progress.clone());
             std::thread::Builder::new()
@@ -962,11 +963,11 @@ struct ChainEnd {
     states: Vec<(String, Option<RawJson>)>,
 }
 
-/// The threads chains are evaluated on: one per core, named like the evaluator, started once.
-fn evaluation_pool() -> std::io::Result<rayon::ThreadPool> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+/// The threads chains are evaluated on, named like the evaluator, started once. With one, a
+/// batch is evaluated on the evaluator thread itself.
+fn evaluation_pool(threads: usize) -> std::io::Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(threads.max(1))
         .thread_name(|_| "tally-evaluator".to_owned())
         .build()
         .map_err(std::io::Error::other)
