@@ -699,8 +699,8 @@ fn main() {
     }
 }
 
-/// `--compare`: the two hosts in interleaved pairs, A first in even rounds and B first in odd
-/// ones, so that a machine slowing down during the run does not favour either.
+/// `--compare`: the two hosts in interleaved pairs, A first in rounds 1, 3, ... and B first
+/// in rounds 2, 4, ..., so that a machine slowing down during the run does not favour either.
 fn compare(
     runtime: &tokio::runtime::Runtime,
     options: &Options,
