@@ -6,7 +6,8 @@
 //! `--customers K`; defaults 20000, 32, 1000; `--plugins DIR` uploads `DIR/points.wasm`,
 //! `DIR/tiers.wasm` and `DIR/engagement.wasm` instead of this build's, to compare two builds of
 //! the plugins on one host; `--host PATH` runs that `tally` binary instead of this build's, and
-//! `--tally-only` skips the two baselines; `--compare PATH` measures this build's host (or
+//! `--tally-only` skips the two baselines; `--random-ids` gives events ids scattered over the
+//! key space, as UUIDs are, instead of `bench-N`; `--compare PATH` measures this build's host (or
 //! `--host`'s) and the `tally` binary at PATH in `--rounds N` interleaved pairs, default 6,
 //! alternating which goes first, and prints each pair and the means: on a shared machine one
 //! pair cannot show a change of less than ~15%).
@@ -52,6 +53,8 @@ struct Options {
     host: Option<std::path::PathBuf>,
     /// Measure the host alone, without the bare axum route and raw redb.
     tally_only: bool,
+    /// Event ids spread over the key space, as UUIDs are, instead of `bench-N` in sequence.
+    random_ids: bool,
     /// A second `tally` binary to measure against the first, in interleaved pairs.
     compare: Option<std::path::PathBuf>,
     /// How many pairs `--compare` runs.
@@ -67,6 +70,7 @@ impl Options {
             plugins: None,
             host: None,
             tally_only: false,
+            random_ids: false,
             compare: None,
             rounds: 6,
         };
@@ -89,6 +93,7 @@ impl Options {
         options.plugins = given("--plugins").map(std::path::PathBuf::from);
         options.host = given("--host").map(std::path::PathBuf::from);
         options.tally_only = args.iter().any(|arg| arg == "--tally-only");
+        options.random_ids = args.iter().any(|arg| arg == "--random-ids");
         options.compare = given("--compare").map(std::path::PathBuf::from);
         if let Some(rounds) = value("--rounds") {
             options.rounds = rounds;
@@ -207,7 +212,7 @@ fn cpu_per_event(
     )
 }
 
-fn checkout(sequence: usize, customers: usize) -> Value {
+fn checkout(sequence: usize, customers: usize, random_ids: bool) -> Value {
     let transaction = format!("T-{sequence:08}");
     let items: Vec<Value> = (0..4)
         .map(|item| {
@@ -224,11 +229,20 @@ fn checkout(sequence: usize, customers: usize) -> Value {
         })
         .collect();
     json!({
-        "id": format!("bench-{sequence}"),
+        "id": if random_ids { scattered_id(sequence) } else { format!("bench-{sequence}") },
         "customer": format!("customer-{}", sequence % customers),
         "action": "checkout",
         "data": {"total": "200", "transaction_id": transaction, "items": items}
     })
+}
+
+/// A unique id whose place in the key order has nothing to do with `sequence`, as a client's
+/// random UUIDs would (splitmix64: a bijection, so no two sequences share an id).
+fn scattered_id(sequence: usize) -> String {
+    let mut z = (sequence as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("{:016x}", z ^ (z >> 31))
 }
 
 /// One request as the load generator sends it: head and body in one buffer, built before
@@ -641,13 +655,21 @@ fn main() {
     let options = Options::from_args();
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..options.events)
-            .map(|n| serde_json::to_vec(&checkout(n, options.customers)).expect("JSON"))
+            .map(|n| {
+                serde_json::to_vec(&checkout(n, options.customers, options.random_ids))
+                    .expect("JSON")
+            })
             .collect(),
     );
     let warmup: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..1000)
             .map(|n| {
-                serde_json::to_vec(&checkout(options.events + n, options.customers)).expect("JSON")
+                serde_json::to_vec(&checkout(
+                    options.events + n,
+                    options.customers,
+                    options.random_ids,
+                ))
+                .expect("JSON")
             })
             .collect(),
     );
