@@ -24,8 +24,8 @@ use tally_host::pipeline::writer::{
 };
 use tally_host::runtime::{Limits, Plugin, Runtime};
 use tally_host::storage::{
-    BatchRead, BatchTxn, CustomerRecord, EventQuery, OnError, PendingSync, PluginRecord,
-    PluginVersion, RawJson, RedbStore, Store, StoreError, TenantRecord,
+    BatchRead, BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RawJson,
+    RedbStore, Store, StoreError, TenantRecord,
 };
 use tally_sdk::Timestamp;
 
@@ -69,21 +69,12 @@ macro_rules! delegate {
     };
 }
 
-/// A redb store whose next `fail_next` commits fail, whose next `fail_sync_next` commits
-/// succeed but report that their sync failed, and which refuses to append the event `refuse`
-/// as if the pipeline had built it on the wrong state.
+/// A redb store whose next `fail_next` commits fail, and which refuses to append the event
+/// `refuse` as if the pipeline had built it on the wrong state.
 struct Flaky {
     store: RedbStore,
     fail_next: AtomicUsize,
-    fail_sync_next: AtomicUsize,
     refuse: Mutex<Option<String>>,
-}
-
-/// Takes one from `counter` when it is above zero.
-fn take_one(counter: &AtomicUsize) -> bool {
-    counter
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
 }
 
 /// A batch transaction that refuses one event id.
@@ -147,36 +138,32 @@ impl Store for Flaky {
         read_batch(work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>) -> Result<(), StoreError>;
     }
 
-    fn commit_batch(
+    fn write_batch(
         &self,
         work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
-    ) -> Result<PendingSync, StoreError> {
-        if take_one(&self.fail_next) {
+    ) -> Result<(), StoreError> {
+        let fail = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
             // Do the work, then fail as a commit would: nothing of it is kept.
-            let _ = self.store.commit_batch(&mut |txn| {
+            let _ = self.store.write_batch(&mut |txn| {
                 work(txn)?;
                 Err(StoreError::backend("the disk is full"))
             });
             return Err(StoreError::backend("the disk is full"));
         }
         let refuse = self.refuse.lock().expect("not poisoned").clone();
-        let committed = match refuse {
-            Some(id) => self.store.commit_batch(&mut |txn| {
+        match refuse {
+            Some(id) => self.store.write_batch(&mut |txn| {
                 work(&mut Refusing {
                     txn,
                     id: id.as_str(),
                 })
             }),
-            None => self.store.commit_batch(work),
-        }?;
-        if take_one(&self.fail_sync_next) {
-            // Committed, but the disk did not confirm it: it may or may not be there.
-            let _ = committed.wait();
-            return Ok(PendingSync::new(|| {
-                Err(StoreError::backend("the disk did not confirm the write"))
-            }));
+            None => self.store.write_batch(work),
         }
-        Ok(committed)
     }
 }
 
@@ -196,7 +183,6 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
     let store = Arc::new(Flaky {
         store: RedbStore::open(dir.path().join("tally.redb")).expect("a store"),
         fail_next: AtomicUsize::new(0),
-        fail_sync_next: AtomicUsize::new(0),
         refuse: Mutex::new(None),
     });
     store
@@ -407,34 +393,6 @@ fn a_failed_commit_stores_nothing_and_what_follows_starts_from_disk() {
         .remove(0)
         .expect("stored");
     host.assert_consistent("ada");
-}
-
-#[test]
-fn a_failed_sync_is_answered_as_an_error_and_a_retry_awards_once() {
-    let host = host();
-    host.post_all(vec![checkout("before", "ada", 100)])
-        .remove(0)
-        .expect("stored");
-
-    host.store.fail_sync_next.store(1, Ordering::SeqCst);
-    let unsure = host.post_all(vec![checkout("unsure", "ada", 10)]);
-    assert!(matches!(unsure[0], Err(IngestError::Storage(_))));
-
-    // The client retries: the event did reach the store here, so the retry is a replay,
-    // and the points are counted once.
-    let retried = host
-        .post_all(vec![checkout("unsure", "ada", 10)])
-        .remove(0)
-        .expect("answered");
-    assert!(retried.replayed);
-    let record = host.assert_consistent("ada");
-    assert_eq!(record.event_count, 2);
-    assert_eq!(record.customer.points.balance, 110);
-
-    host.post_all(vec![checkout("later", "ada", 1)])
-        .remove(0)
-        .expect("stored");
-    assert_eq!(host.assert_consistent("ada").customer.points.balance, 111);
 }
 
 /// The writer keeps committed customers in its overlay as a cache. When the store refuses an

@@ -788,58 +788,6 @@ mod storage {
         assert_eq!(store.event("acme2", "e1").unwrap().unwrap().points, 7);
     }
 
-    /// The writer's way of committing: each batch commits, and its sync is waited on later
-    /// on another thread, while the next batches (and an admin write) commit meanwhile.
-    #[test]
-    fn batches_whose_syncs_are_waited_on_later_are_all_there_after_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tally.redb");
-        let store = RedbStore::open(&path).unwrap();
-        store.create_tenant(&tenant_record("acme"), key(1)).unwrap();
-        let mut syncs = Vec::new();
-        for n in 0..20_i64 {
-            let sync = store
-                .commit_batch(&mut |txn: &mut dyn BatchTxn| {
-                    for customer in ["ada", "bob"] {
-                        let id = format!("e{n}-{customer}");
-                        let append =
-                            evaluate(txn, "acme", &id, customer, "visit", T0 + n, &[earn(1)]);
-                        txn.append(append)?;
-                    }
-                    Ok(())
-                })
-                .unwrap();
-            syncs.push(sync);
-            if n == 10 {
-                // A commit of its own is on disk when it returns, whatever is owed before it.
-                store
-                    .create_tenant(&tenant_record("globex"), key(2))
-                    .unwrap();
-            }
-        }
-        std::thread::scope(|scope| {
-            let waiting: Vec<_> = syncs
-                .into_iter()
-                .rev()
-                .map(|sync| scope.spawn(move || sync.wait()))
-                .collect();
-            for waiter in waiting {
-                waiter.join().unwrap().unwrap();
-            }
-        });
-        drop(store);
-
-        let store = RedbStore::open(&path).unwrap();
-        assert!(store.tenant("globex").unwrap().is_some());
-        for customer in ["ada", "bob"] {
-            assert_eq!(all_events(&store, "acme", customer).len(), 20);
-            assert_eq!(
-                assert_ledger_matches_balance(&store, "acme", customer).balance,
-                20
-            );
-        }
-    }
-
     #[test]
     fn reopening_the_file_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! Group commit: the one writer of events, in three threads.
+//! Group commit: the one writer of events, in two threads.
 //!
 //! Request handlers validate an event, then hand it to the writer through a bounded queue
 //! with a oneshot for the answer. Redb writes and wasm evaluation block, so the writer runs
@@ -18,27 +18,20 @@
 //! - the **committer** takes every evaluated batch waiting, appends their events in arrival
 //!   order (each with its ledger entries, customer, plugin states and triggers, through
 //!   [`BatchTxn::append`], which checks each against what is stored) in one
-//!   [`Store::commit_batch`], commits, hands the group to the syncer and goes on with the
-//!   next;
-//! - the **syncer** waits for each committed group's fsync ([`PendingSync::wait`]) and only
-//!   then answers its requests, in commit order. The store holds the next commit's writes
-//!   back until that fsync is done, so the disk sees what one thread committing durably
-//!   would have shown it; the committer just does not sit idle through the fsync (on the
-//!   ingest bench it halved the committer's time a batch: see `storage::deferred_sync`).
+//!   [`Store::write_batch`], commits durably, and only then answers their requests.
 //!
-//! So a success means the event is on disk, and while one batch waits for the disk the next
-//! is already being evaluated and written. A failed commit answers every event in it with an
-//! error, and nothing of it was stored; a failed sync answers its events with an error too,
-//! though they may be on disk (a retry with the same id then gets the stored event).
+//! So a success means the event is on disk, and while one commit waits for the disk the next
+//! batch is already being evaluated. A failed commit answers every event in it with an error,
+//! and nothing of it was stored.
 //!
-//! Between the evaluator and the rest, the *overlay* holds what the batches handed over will write
+//! Between the two threads, the *overlay* holds what the batches handed over will write
 //! (customers, plugin states, event ids): the evaluator reads it before the store, so each
 //! batch is evaluated on everything before it. Event ids leave it once their batch is
 //! finished; customers and states stay, as a bounded cache of what is stored (this writer is
 //! the only one that changes them), except a customer the store refused an event of, whom
 //! the committer names before it answers, and the evaluator drops.
-//! A failed commit (or sync) bumps a generation number; the evaluator then forgets the
-//! overlay, and the committer refuses every batch that was evaluated on top of the failure (its clients may
+//! A failed commit bumps a generation number; the evaluator then forgets the overlay, and the
+//! committer refuses every batch that was evaluated on top of the failure (its clients may
 //! retry) rather than store it on state that is not on disk.
 //!
 //! One evaluator, one committer, and one chain per customer within a batch are what give
@@ -60,8 +53,8 @@ use crate::runtime::{EvalError, Plugin};
 use crate::schema::ContactCardValue;
 use crate::storage::{
     AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger,
-    OnError, PendingSync, PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store,
-    StoreError, StoredEvent,
+    OnError, PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store, StoreError,
+    StoredEvent,
 };
 
 /// A validated event on its way to the writer.
@@ -230,29 +223,12 @@ impl Writer {
                     run_evaluator(receiver, &sources, max_batch.max(1), &evaluated_sender);
                 })?
         };
-        // Committed groups wait here for their sync; the next commit's writes reach the disk
-        // only after it, so more than a few never pile up.
-        let (committed_sender, committed_receiver) =
-            std::sync::mpsc::sync_channel(MAX_BATCHES_WAITING);
-        let committer = {
-            let progress = progress.clone();
-            std::thread::Builder::new()
-                .name("tally-writer".to_owned())
-                .spawn(move || {
-                    run_committer(
-                        &evaluated_receiver,
-                        store.as_ref(),
-                        &progress,
-                        &committed_sender,
-                    );
-                })?
-        };
-        let syncer = std::thread::Builder::new()
-            .name("tally-syncer".to_owned())
-            .spawn(move || run_syncer(&committed_receiver, &progress))?;
+        let committer = std::thread::Builder::new()
+            .name("tally-writer".to_owned())
+            .spawn(move || run_committer(&evaluated_receiver, store.as_ref(), &progress))?;
         Ok(Writer {
             sender: Mutex::new(Some(sender)),
-            threads: Mutex::new(vec![evaluator, committer, syncer]),
+            threads: Mutex::new(vec![evaluator, committer]),
         })
     }
 
@@ -307,12 +283,12 @@ impl Drop for Writer {
 /// How many evaluated batches may wait for the committer.
 const MAX_BATCHES_WAITING: usize = 16;
 
-/// How far the writer has got, shared by its three threads.
+/// How far the committer has got, shared by the writer's two threads.
 ///
 /// Batches are numbered from 1 in the order the evaluator hands them over, and the committer
-/// and the syncer take them in that order. `generation` grows each time a batch fails to
-/// commit or to sync: every batch evaluated before the evaluator learned of it was built on
-/// state that may not be on disk, and the committer refuses it.
+/// takes them in that order. `generation` grows each time a batch fails to commit: every
+/// batch evaluated before the evaluator learned of it was built on state that is not on
+/// disk, and the committer refuses it.
 #[derive(Debug, Default)]
 struct Progress {
     state: Mutex<ProgressShared>,
@@ -331,7 +307,7 @@ struct ProgressShared {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct ProgressState {
-    /// The last batch the writer finished: answered, on disk or refused.
+    /// The last batch the committer finished, committed or failed.
     finished: u64,
     generation: u64,
 }
@@ -344,17 +320,12 @@ impl Progress {
             .now
     }
 
-    /// Every batch up to `batch` is answered: on disk, or refused.
-    fn finished(&self, batch: u64) {
+    fn finished(&self, batch: u64, failed: bool) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.now.finished = batch;
-        self.changed.notify_all();
-    }
-
-    /// A commit failed, or its sync did: nothing evaluated before this may be stored.
-    fn failed(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.now.generation += 1;
+        if failed {
+            state.now.generation += 1;
+        }
         self.changed.notify_all();
     }
 
@@ -703,16 +674,14 @@ fn evaluate_batch(
     }
 }
 
-/// Takes evaluated batches in order and writes every batch waiting in one transaction:
-/// while one commit waits for the disk the evaluator gets ahead, and the next commit takes
-/// all it did, so the commit's fixed cost is shared by more events the busier the host is.
-/// A committed group goes to the syncer, which answers it once it is on disk; meanwhile this
-/// thread writes the next group (whose commit reaches the disk only after that sync).
+/// Takes evaluated batches in order and writes every batch waiting in one durable
+/// transaction: while one commit waits for the disk the evaluator gets ahead, and the next
+/// commit takes all it did, so the commit's fixed cost is shared by more events the busier
+/// the host is.
 fn run_committer(
     batches: &std::sync::mpsc::Receiver<EvaluatedBatch>,
     store: &dyn Store,
     progress: &Progress,
-    syncer: &std::sync::mpsc::SyncSender<Committed>,
 ) {
     while let Ok(first) = batches.recv() {
         let mut group = vec![first];
@@ -721,102 +690,21 @@ fn run_committer(
         }
         let last = group.last().map_or(0, |batch| batch.number);
         let outcome = catch_unwind(AssertUnwindSafe(|| commit_group(store, progress, group)));
-        let syncing = outcome.unwrap_or_else(|_| {
-            tracing::error!(batch = last, "the writer panicked while committing");
-            progress.failed();
-            None
-        });
-        if syncer.send(Committed { last, syncing }).is_err() {
-            tracing::error!("the syncer has stopped; the writer stops");
-            return;
-        }
+        let failed = match outcome {
+            Ok(committed) => !committed,
+            Err(_) => {
+                tracing::error!(batch = last, "the writer panicked while committing");
+                true
+            }
+        };
+        progress.finished(last, failed);
     }
     tracing::debug!("the committer has committed everything handed over and stops");
 }
 
-/// A group the committer is done with, for the syncer, in commit order.
-struct Committed {
-    /// The group's last batch.
-    last: u64,
-    /// What waits for the disk; `None` when every event of the group is answered already.
-    syncing: Option<Syncing>,
-}
-
-/// A committed group whose answers wait for its sync.
-struct Syncing {
-    sync: PendingSync,
-    answers: Vec<(Job, Pending)>,
-    /// For the debug log.
-    batches: usize,
-    timings: Timings,
-    writes: Duration,
-    commit: Duration,
-}
-
-/// Waits for each committed group to be on disk, then answers its requests and tells the
-/// evaluator the group is finished, in commit order.
-fn run_syncer(committed: &std::sync::mpsc::Receiver<Committed>, progress: &Progress) {
-    while let Ok(Committed { last, syncing }) = committed.recv() {
-        if let Some(syncing) = syncing {
-            answer_when_synced(progress, syncing);
-        }
-        progress.finished(last);
-    }
-    tracing::debug!("the syncer has answered everything committed and stops");
-}
-
-fn answer_when_synced(progress: &Progress, syncing: Syncing) {
-    let Syncing {
-        sync,
-        answers,
-        batches,
-        timings,
-        writes,
-        commit,
-    } = syncing;
-    let count = answers.len();
-    let started = Instant::now();
-    match sync.wait() {
-        Ok(()) => {
-            for (job, answer) in answers {
-                let reply = match answer {
-                    Pending::Stored(ingested) => Ok(*ingested),
-                    Pending::Refused(error) => Err(error),
-                };
-                // The client may have gone away; the event is stored all the same.
-                let _ = job.reply.send(reply);
-            }
-            tracing::debug!(
-                count,
-                batches,
-                reads = ?timings.reads,
-                evaluation = ?timings.evaluation,
-                ?writes,
-                ?commit,
-                sync = ?started.elapsed(),
-                "batch committed"
-            );
-        }
-        Err(error) => {
-            // Every batch after this one fails too (the store takes no more writes), so what
-            // the evaluator built on it is dropped.
-            progress.failed();
-            tracing::error!(%error, count, "a batch of events may not be on disk");
-            for (job, _) in answers {
-                let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
-            }
-        }
-    }
-}
-
-/// Writes a group of batches in one transaction. Answers at once the events of batches it
-/// refuses and, when the commit fails, every event; otherwise hands back the answers, which
-/// wait for the sync.
-fn commit_group(
-    store: &dyn Store,
-    progress: &Progress,
-    group: Vec<EvaluatedBatch>,
-) -> Option<Syncing> {
+/// Writes a group of batches in one transaction and answers their events; `false` when
+/// the commit failed and nothing of it was stored.
+fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatch>) -> bool {
     let generation = progress.now().generation;
     let mut writing = Vec::with_capacity(group.len());
     for mut batch in group {
@@ -841,13 +729,13 @@ fn commit_group(
         }
     }
     if writing.is_empty() {
-        return None;
+        return true;
     }
     let started = Instant::now();
     let mut answers: Vec<Vec<Pending>> = Vec::with_capacity(writing.len());
     let mut refused = Vec::new();
-    let mut writes = Duration::ZERO;
-    let committed = store.commit_batch(&mut |txn| {
+    let mut written = Duration::ZERO;
+    let committed = store.write_batch(&mut |txn| {
         answers.clear();
         refused.clear();
         for batch in &mut writing {
@@ -859,42 +747,48 @@ fn commit_group(
                 &mut refused,
             )?);
         }
-        writes = started.elapsed();
+        written = started.elapsed();
         Ok(())
     });
-    let commit = started.elapsed().saturating_sub(writes);
+    let count: usize = writing.iter().map(|batch| batch.jobs.len()).sum();
     match committed {
-        Ok(sync) => {
+        Ok(()) => {
             // Before any answer: a client that posts again once answered must find those
             // customers read from the store.
             progress.refused(std::mem::take(&mut refused));
             let batches = writing.len();
-            let mut timings = Timings::default();
-            let mut pending = Vec::new();
+            let (mut reads, mut evaluation) = (Duration::ZERO, Duration::ZERO);
             for (batch, answers) in writing.into_iter().zip(answers) {
-                timings.reads += batch.timings.reads;
-                timings.evaluation += batch.timings.evaluation;
-                pending.extend(batch.jobs.into_iter().zip(answers));
+                reads += batch.timings.reads;
+                evaluation += batch.timings.evaluation;
+                for (job, answer) in batch.jobs.into_iter().zip(answers) {
+                    let reply = match answer {
+                        Pending::Stored(ingested) => Ok(*ingested),
+                        Pending::Refused(error) => Err(error),
+                    };
+                    // The client may have gone away; the event is stored all the same.
+                    let _ = job.reply.send(reply);
+                }
             }
-            Some(Syncing {
-                sync,
-                answers: pending,
+            tracing::debug!(
+                count,
                 batches,
-                timings,
-                writes,
-                commit,
-            })
+                ?reads,
+                ?evaluation,
+                writes = ?written,
+                commit = ?started.elapsed().saturating_sub(written),
+                "batch committed"
+            );
+            true
         }
         Err(error) => {
-            progress.failed();
-            let count: usize = writing.iter().map(|batch| batch.jobs.len()).sum();
             tracing::error!(%error, count, "a batch of events could not be committed");
             for batch in writing {
                 for job in batch.jobs {
                     let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
                 }
             }
-            None
+            false
         }
     }
 }

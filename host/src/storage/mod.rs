@@ -10,10 +10,7 @@
 //! [`Store::write_batch`]: one transaction for a whole batch of waiting events (group commit),
 //! in which [`BatchTxn::append`] writes an event, its ledger entries, the customer's new state,
 //! plugin state and outbound triggers. Nothing of a batch is visible or durable until the
-//! batch commits, and when `write_batch` returns `Ok` it is on disk. The writer uses
-//! [`Store::commit_batch`] instead, which returns once the batch is committed and visible, with
-//! a [`PendingSync`] to wait on before the batch's requests are answered: so the next batch is
-//! written while this one's fsync runs.
+//! batch commits, and when `write_batch` returns `Ok` it is on disk.
 //!
 //! What the store derives and what it checks, on append:
 //! - it assigns the event's `seq`, and each ledger entry's `seq`, `balance_after`,
@@ -26,7 +23,6 @@
 //!   new state on something other than the stored state (a stale read inside a batch, for
 //!   instance); it is refused with [`StoreError::Inconsistent`] rather than stored.
 
-mod deferred_sync;
 pub mod model;
 pub mod redb;
 
@@ -304,48 +300,14 @@ pub trait Store: BatchRead + Send + Sync {
         work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
-    /// Runs `work` in one write transaction and commits it once, when `work` returns `Ok`;
-    /// the batch is then visible to reads, and it is on disk once the returned
-    /// [`PendingSync::wait`] answers `Ok`, which must come before anyone is told it is stored.
-    /// Until then the caller may go on with the next batch: its commit's writes reach the
-    /// disk only after this one's sync. When `work` returns `Err`, nothing it wrote is kept
-    /// and the error is returned.
+    /// Runs `work` in one write transaction and commits it durably once, when `work` returns
+    /// `Ok`. When `work` returns `Err`, nothing it wrote is kept and the error is returned.
     ///
     /// Write transactions run one at a time: `work` must not call this store's other writing
     /// methods, which would wait for the transaction `work` is in. Reads outside the batch see
     /// the last committed state until the batch commits.
-    fn commit_batch(
-        &self,
-        work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
-    ) -> Result<PendingSync, StoreError>;
-
-    /// [`Store::commit_batch`], on disk when it returns `Ok`.
     fn write_batch(
         &self,
         work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.commit_batch(work)?.wait()
-    }
-}
-
-/// A committed batch on its way to disk: see [`Store::commit_batch`].
-#[must_use = "a committed batch is on disk only once `wait` answers Ok"]
-pub struct PendingSync(Box<dyn FnOnce() -> Result<(), StoreError> + Send>);
-
-impl PendingSync {
-    /// A batch that is on disk once `sync` answers `Ok`.
-    pub fn new(sync: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> PendingSync {
-        PendingSync(Box::new(sync))
-    }
-
-    /// Blocks until the batch is on disk; `Err` when it may not be.
-    pub fn wait(self) -> Result<(), StoreError> {
-        (self.0)()
-    }
-}
-
-impl std::fmt::Debug for PendingSync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingSync").finish_non_exhaustive()
-    }
+    ) -> Result<(), StoreError>;
 }

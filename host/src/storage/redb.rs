@@ -53,7 +53,6 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use ::redb::backends::FileBackend;
 use ::redb::{
     Builder, Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
     TableDefinition, WriteTransaction,
@@ -64,11 +63,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tally_sdk::{Customer, Decision, Points};
 
-use super::deferred_sync::{DeferredSyncFile, SyncHandle, deferring_syncs};
 use super::{
     AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry,
-    OnError, OutboxTrigger, Page, PendingSync, PluginRecord, PluginVersion, RawJson, Store,
-    StoreError, StoredEvent, TenantRecord,
+    OnError, OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store, StoreError,
+    StoredEvent, TenantRecord,
 };
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
@@ -164,8 +162,6 @@ fn decode_history(bytes: &[u8]) -> Option<(&str, &str)> {
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
-    /// Makes the syncs [`Store::commit_batch`] leaves owed happen.
-    sync: SyncHandle<FileBackend>,
 }
 
 /// redb's own default for its page cache, kept as the store's default.
@@ -185,23 +181,10 @@ impl RedbStore {
         cache_bytes: usize,
     ) -> Result<RedbStore, StoreError> {
         let path = path.as_ref();
-        let cannot_open = |why: &dyn std::fmt::Display| {
-            StoreError::backend(format!("cannot open {}: {why}", path.display()))
-        };
-        // Opened as redb's `Builder::create` opens it.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|why| cannot_open(&why))?;
-        let file = FileBackend::new(file).map_err(|why| cannot_open(&why))?;
-        let (file, sync) = DeferredSyncFile::new(file);
         let db = Builder::new()
             .set_cache_size(cache_bytes)
-            .create_with_backend(file)
-            .map_err(|why| cannot_open(&why))?;
+            .create(path)
+            .map_err(|why| StoreError::backend(format!("cannot open {}: {why}", path.display())))?;
         let txn = db.begin_write()?;
         {
             // Creating every table up front means a read never meets a missing table.
@@ -253,7 +236,7 @@ impl RedbStore {
             }
         }
         txn.commit()?;
-        Ok(RedbStore { db, sync })
+        Ok(RedbStore { db })
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -719,10 +702,10 @@ impl Store for RedbStore {
         work(&snapshot)
     }
 
-    fn commit_batch(
+    fn write_batch(
         &self,
         work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
-    ) -> Result<PendingSync, StoreError> {
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         let outcome = RedbBatch::open(&txn).and_then(|mut batch| {
             work(&mut batch)?;
@@ -733,17 +716,9 @@ impl Store for RedbStore {
         });
         match outcome {
             Ok(()) => {
-                // One fsync for the whole batch: this is where group commit pays off. It is
-                // owed, not done, when the commit returns (see `deferred_sync`).
-                let (committed, owed) = deferring_syncs(|| txn.commit());
-                committed?;
-                let sync = self.sync.clone();
-                Ok(PendingSync::new(move || match owed {
-                    Some(owed) => sync.sync_through(owed).map_err(|why| {
-                        StoreError::backend(format!("the batch may not be on disk: {why}"))
-                    }),
-                    None => Ok(()),
-                }))
+                // One fsync for the whole batch: this is where group commit pays off.
+                txn.commit()?;
+                Ok(())
             }
             Err(error) => {
                 abort(txn);
