@@ -29,9 +29,10 @@ fn main() -> ExitCode {
 /// mimalloc has given back to the kernel (it purges pages idle for a second) or of a fresh
 /// wasm instance's heap faults in and zeroes a whole 2 MiB page. Under ingest load that was
 /// 8.7% of the host's CPU (`clear_page_erms`, half of it on the writer threads), and the
-/// stalls fell on the committer in the middle of a batch. Measured with the ingest bench,
-/// 128 connections, five alternating pairs: 9,590-9,690 events/s and p99 20-21 ms with THP
-/// off against 8,820-9,060 and 26-28 ms with it on (docs/ingest.md). The flag is the
+/// stalls fell on the committer in the middle of a batch. Measured with the ingest bench at
+/// 128 connections, eight interleaved pairs: 9,304 events/s with THP off against 8,761 with
+/// it on (+6%, faster in 7 of 8 pairs), 2.6% less host CPU an event, and p99 20-21 ms against
+/// 26-28 in five more pairs (docs/ingest.md). The flag is the
 /// process's own (`PR_SET_THP_DISABLE`), so the machine's setting is left alone; failing to
 /// set it costs only that speed, so its result is ignored.
 #[cfg(target_os = "linux")]
