@@ -95,7 +95,7 @@ impl BatchTxn for Refusing<'_> {
     fn append(
         &mut self,
         append: tally_host::storage::AppendEvent,
-    ) -> Result<tally_host::storage::StoredEvent, StoreError> {
+    ) -> Result<tally_host::storage::Appended, StoreError> {
         if append.event.id == self.id {
             return Err(StoreError::Inconsistent(format!(
                 "event {} refused by the test",

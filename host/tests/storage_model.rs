@@ -406,9 +406,9 @@ mod storage {
                     let append = evaluate(txn, planned);
                     let accepted = model_append(&mut pending, planned);
                     match txn.append(append) {
-                        Ok(event) => {
+                        Ok(appended) => {
                             assert!(accepted, "seed {seed}: repeated id {} stored", planned.id);
-                            assert_eq!(Some(&event.seq), pending.seq.get(planned.tenant));
+                            assert_eq!(Some(&appended.event.seq), pending.seq.get(planned.tenant));
                         }
                         Err(StoreError::Conflict(_)) => {
                             assert!(!accepted, "seed {seed}: new id {} refused", planned.id);

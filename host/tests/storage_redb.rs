@@ -136,7 +136,7 @@ mod storage {
         let mut stored = None;
         store.write_batch(&mut |txn: &mut dyn BatchTxn| {
             let append = evaluate(txn, tenant, id, customer, action, at, points);
-            stored = Some(txn.append(append)?);
+            stored = Some(txn.append(append)?.event);
             Ok(())
         })?;
         Ok(stored.unwrap())
@@ -466,7 +466,7 @@ mod storage {
                 ];
                 let expected_customer = append.customer.clone();
                 let mut expected_event = append.event.clone();
-                let event = txn.append(append)?;
+                let event = txn.append(append)?.event;
                 expected_event.seq = 1;
                 assert_eq!(event, expected_event);
                 assert_eq!(txn.event("acme", "e1")?, Some(expected_event));
@@ -641,10 +641,15 @@ mod storage {
                 let mut first =
                     evaluate(txn, "acme", "e1", "c1", "checkout", T0 + 10, &[earn(100)]);
                 first.plugin_states = vec![("points".to_owned(), Some(raw(json!({"n": 1}))))];
-                assert_eq!(txn.append(first)?.seq, 2);
+                let appended_customer = first.customer.clone();
+                let appended = txn.append(first)?;
+                assert_eq!(appended.event.seq, 2);
 
-                // The second event of the batch is evaluated on the first one's result.
+                // The second event of the batch is evaluated on the first one's result, which
+                // is the customer the append handed back.
                 let before = txn.customer("acme", "c1")?.unwrap();
+                assert_eq!(appended.customer, appended_customer);
+                assert_eq!(before, appended.customer);
                 assert_eq!(before.customer.points.balance, 105);
                 assert_eq!(before.event_count, 2);
                 assert_eq!(txn.event("acme", "e1")?.unwrap().seq, 2);
@@ -654,7 +659,7 @@ mod storage {
                 );
                 let mut second = evaluate(txn, "acme", "e2", "c1", "redeem", T0 + 20, &[spend(30)]);
                 second.plugin_states = vec![("points".to_owned(), None)];
-                assert_eq!(txn.append(second)?.seq, 3);
+                assert_eq!(txn.append(second)?.event.seq, 3);
                 assert_eq!(txn.plugin_state("acme", "points", "c1")?, None);
                 let after = txn.customer("acme", "c1")?.unwrap();
                 assert_eq!(
@@ -729,7 +734,7 @@ mod storage {
 
                 // Refused appends left nothing behind, so the batch goes on.
                 let fresh = evaluate(txn, "acme", "e2", "c1", "checkout", T0 + 1, &[earn(50)]);
-                assert_eq!(txn.append(fresh)?.seq, 2);
+                assert_eq!(txn.append(fresh)?.event.seq, 2);
                 Ok(())
             })
             .unwrap();

@@ -52,9 +52,9 @@ use super::{PluginCall, PluginResult, run_plugins};
 use crate::runtime::{EvalError, Plugin};
 use crate::schema::ContactCardValue;
 use crate::storage::{
-    AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger,
-    OnError, PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store, StoreError,
-    StoredEvent,
+    AppendEvent, Appended, BatchRead, BatchTxn, CustomerRecord, EventOutcome, NewLedgerEntry,
+    NewTrigger, OnError, PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, RawJson, Store,
+    StoreError, StoredEvent,
 };
 
 /// A validated event on its way to the writer.
@@ -1096,9 +1096,8 @@ fn append_event(
     new: &NewEvent,
     append: AppendEvent,
 ) -> Result<Pending, StoreError> {
-    let customer = append.customer.clone();
     match txn.append(append) {
-        Ok(event) => Ok(Pending::Stored(Box::new(Ingested {
+        Ok(Appended { event, customer }) => Ok(Pending::Stored(Box::new(Ingested {
             event,
             customer,
             replayed: false,

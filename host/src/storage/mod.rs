@@ -137,6 +137,16 @@ pub struct AppendEvent {
     pub triggers: Vec<NewTrigger>,
 }
 
+/// What [`BatchTxn::append`] stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The event as stored, with its `seq`.
+    pub event: StoredEvent,
+    /// [`AppendEvent::customer`], handed back: the pipeline answers with it, and the one
+    /// serial stage should not copy a customer's maps only to drop the original.
+    pub customer: CustomerRecord,
+}
+
 /// A points entry a plugin decided, before the store places it in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLedgerEntry {
@@ -177,13 +187,13 @@ pub trait BatchRead {
 /// The view of one write transaction that [`Store::write_batch`] hands to its `work`.
 pub trait BatchTxn: BatchRead {
     /// Appends an evaluated event and everything it changes; returns the event as stored,
-    /// with its `seq`.
+    /// with its `seq`, and hands the customer back.
     ///
     /// Refuses a repeated event id with [`StoreError::Conflict`] and state that does not
     /// follow from the stored state with [`StoreError::Inconsistent`]. Every check runs before
     /// anything is written, so a refused append leaves the batch as it was and the batch may
     /// go on. Should a write itself fail, the whole batch is refused at commit.
-    fn append(&mut self, append: AppendEvent) -> Result<StoredEvent, StoreError>;
+    fn append(&mut self, append: AppendEvent) -> Result<Appended, StoreError>;
 }
 
 /// Everything Tally stores, in domain terms.

@@ -64,9 +64,9 @@ use sha2::{Digest, Sha256};
 use tally_sdk::{Customer, Decision, Points};
 
 use super::{
-    AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry,
-    OnError, OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store, StoreError,
-    StoredEvent, TenantRecord,
+    AppendEvent, Appended, BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord,
+    LedgerEntry, OnError, OutboxTrigger, Page, PluginRecord, PluginVersion, RawJson, Store,
+    StoreError, StoredEvent, TenantRecord,
 };
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
@@ -855,7 +855,7 @@ impl<'txn> RedbBatch<'txn> {
     }
 
     /// Every write of an append, after its checks passed.
-    fn write(&mut self, append: AppendEvent, checked: Checked) -> Result<StoredEvent, StoreError> {
+    fn write(&mut self, append: AppendEvent, checked: Checked) -> Result<Appended, StoreError> {
         let AppendEvent {
             tenant,
             mut event,
@@ -935,7 +935,7 @@ impl<'txn> RedbBatch<'txn> {
             })?;
             self.outbox.insert((tenant, seq), bytes.as_slice())?;
         }
-        Ok(event)
+        Ok(Appended { event, customer })
     }
 
     /// Reserves `count` numbers of a tenant's sequence `kind`; returns the first.
@@ -998,7 +998,7 @@ struct RedbSnapshot {
 }
 
 impl BatchTxn for RedbBatch<'_> {
-    fn append(&mut self, append: AppendEvent) -> Result<StoredEvent, StoreError> {
+    fn append(&mut self, append: AppendEvent) -> Result<Appended, StoreError> {
         if let Some(error) = &self.poisoned {
             return Err(error.clone());
         }
