@@ -1139,7 +1139,7 @@ mod storage {
         assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
         assert_eq!(state("tiers", "bob"), None);
         drop(store);
-        // Opened again, it is format 4 and stays as it is.
+        // Opened again, it is format 5 and stays as it is.
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(
             acme_state(&store, "tiers", "ada").as_deref(),
@@ -1182,7 +1182,7 @@ mod storage {
                     .unwrap();
             }
         });
-        for opening in ["migrates", "is already format 4"] {
+        for opening in ["migrates", "is already format 5"] {
             let store = RedbStore::open(&path).unwrap();
             let state = |plugin, customer| acme_state(&store, plugin, customer);
             assert_eq!(
@@ -1244,6 +1244,8 @@ mod storage {
         assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"]);
         let ada_ledger = ledger(&store, "ada");
         let ada = store.customer("acme", "ada").unwrap().unwrap();
+        // Format 3 kept ledger entries as JSON.
+        let json_entries = json_ledger_rows(&store, &["ada", "bob"]);
         drop(store);
 
         // Rewrite the file as format 3 left it: the same rows under that format's tables.
@@ -1286,8 +1288,9 @@ mod storage {
                             rows.insert((tenant, customer, ""), value).unwrap();
                         }
                         3 => {
+                            let seq = u64::MAX - number;
                             ledger
-                                .insert((tenant, customer, u64::MAX - number), value)
+                                .insert((tenant, customer, seq), json_entries[&seq].as_slice())
                                 .unwrap();
                         }
                         other => panic!("the test posted no plugin state, but part {other}"),
@@ -1303,7 +1306,7 @@ mod storage {
             txn.commit().unwrap();
         }
 
-        for opening in ["migrates", "is already format 4"] {
+        for opening in ["migrates", "is already format 5"] {
             let store = RedbStore::open(&path).unwrap();
             assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"], "{opening}");
             assert_eq!(history(&store, "bob"), ["e4"], "{opening}");
@@ -1337,6 +1340,129 @@ mod storage {
                 "{gone} is gone: {tables:?}"
             );
         }
+    }
+
+    /// Each ledger entry of `customers` (tenant `acme`) as JSON, by seq: how formats 1 to 4
+    /// stored them.
+    fn json_ledger_rows(
+        store: &RedbStore,
+        customers: &[&str],
+    ) -> std::collections::HashMap<u64, Vec<u8>> {
+        customers
+            .iter()
+            .flat_map(|customer| {
+                store
+                    .ledger("acme", customer, usize::MAX, None)
+                    .unwrap()
+                    .items
+            })
+            .map(|entry| (entry.seq, serde_json::to_vec(&entry).unwrap()))
+            .collect()
+    }
+
+    /// Format 4 stored ledger entries as JSON; opening such a file rewrites them in format
+    /// 5's binary layout with every field (expiry included) as it was, and the ledger still
+    /// adds up to the balance, then and after the next event.
+    #[test]
+    fn a_format_4_file_is_migrated_with_its_ledger() {
+        let (dir, store) = with_tenants(&["acme"]);
+        let expiring = PointEntry {
+            expires_at: Some(Timestamp::from_unix_seconds(T0 + 86_400 * 365)),
+            ..earn(12)
+        };
+        for (id, customer, at, points) in [
+            ("e1", "ada", T0, vec![earn(10), expiring]),
+            ("e2", "ada", T0 + 60, vec![earn(5), spend(3)]),
+            ("e3", "bob", T0, vec![earn(1)]),
+        ] {
+            post(&store, "acme", id, customer, "checkout", at, &points).unwrap();
+        }
+        let ledger = |store: &RedbStore, customer| {
+            store
+                .ledger("acme", customer, usize::MAX, None)
+                .unwrap()
+                .items
+        };
+        let (ada_ledger, bob_ledger) = (ledger(&store, "ada"), ledger(&store, "bob"));
+        assert!(ada_ledger.iter().any(|entry| entry.expires_at.is_some()));
+        let json_entries = json_ledger_rows(&store, &["ada", "bob"]);
+        drop(store);
+
+        // Rewrite the ledger rows as format 4 left them.
+        let path = dir.path().join("tally.redb");
+        {
+            type Format4Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
+            let data_table: redb::TableDefinition<'_, Format4Key<'_>, &[u8]> =
+                redb::TableDefinition::new("customer_data");
+            let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
+                redb::TableDefinition::new("meta");
+            let db = redb::Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut data = txn.open_table(data_table).unwrap();
+                for (seq, (customer, json)) in json_entries.iter().map(|(seq, json)| {
+                    let customer = if bob_ledger.iter().any(|e| e.seq == *seq) {
+                        "bob"
+                    } else {
+                        "ada"
+                    };
+                    (seq, (customer, json))
+                }) {
+                    data.insert(
+                        ("acme", customer, 3, 0, u64::MAX - seq, ""),
+                        json.as_slice(),
+                    )
+                    .unwrap();
+                }
+                let mut meta = txn.open_table(meta_table).unwrap();
+                meta.insert("format", 4_u32.to_le_bytes().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+
+        for opening in ["migrates", "is already format 5"] {
+            let store = RedbStore::open(&path).unwrap();
+            assert_eq!(ledger(&store, "ada"), ada_ledger, "{opening}");
+            assert_eq!(ledger(&store, "bob"), bob_ledger, "{opening}");
+            assert_ledger_matches_balance(&store, "acme", "ada");
+        }
+        let store = RedbStore::open(&path).unwrap();
+        post(&store, "acme", "e4", "ada", "checkout", T0 + 90, &[earn(2)]).unwrap();
+        assert_eq!(ledger(&store, "ada").len(), 5);
+        assert_eq!(
+            assert_ledger_matches_balance(&store, "acme", "ada").balance,
+            10 + 12 + 5 - 3 + 2
+        );
+    }
+
+    /// A ledger row that is not format 5's layout is reported as corrupt, with its seq, not
+    /// misread.
+    #[test]
+    fn a_ledger_row_that_does_not_decode_is_corrupt() {
+        let (dir, store) = with_tenants(&["acme"]);
+        post(&store, "acme", "e1", "ada", "checkout", T0, &[earn(10)]).unwrap();
+        let seq = store.ledger("acme", "ada", 1, None).unwrap().items[0].seq;
+        drop(store);
+        let path = dir.path().join("tally.redb");
+        {
+            type Format5Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
+            let data_table: redb::TableDefinition<'_, Format5Key<'_>, &[u8]> =
+                redb::TableDefinition::new("customer_data");
+            let db = redb::Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(data_table)
+                .unwrap()
+                .insert(("acme", "ada", 3, 0, u64::MAX - seq, ""), &[1_u8, 9, 0][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let error = store.ledger("acme", "ada", 10, None).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt(message) if message.contains(&format!("ledger entry {seq} of customer ada"))),
+            "{error:?}"
+        );
     }
 
     /// `tally serve --cache-mb` bounds redb's page cache; a cache far smaller than what is
@@ -1394,7 +1520,7 @@ mod storage {
         assert!(
             error
                 .to_string()
-                .ends_with("has storage format 99; this build reads format 4"),
+                .ends_with("has storage format 99; this build reads format 5"),
             "{error}"
         );
     }

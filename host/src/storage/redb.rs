@@ -44,8 +44,12 @@
 //! schemas), which only a self-describing format round-trips; JSON keeps records readable
 //! with any redb dump and lets fields be added with `#[serde(default)]`. The cost, a few
 //! hundred bytes and microseconds per event, is small beside the fsync each batch pays.
-//! Keys, which decide order, are native redb types. `meta.format` records the layout version
-//! so that a later layout can refuse or migrate an older file instead of misreading it.
+//! The two kinds of row every event adds to a customer's key range are the exception: history
+//! rows and ledger entries are small binary layouts ([`encode_history`], [`LedgerRow`]),
+//! because their size decides how many leaves a customer spans and so how many pages each
+//! commit writes (format 5's binary ledger: ~1.5 KiB less written an event). Keys, which
+//! decide order, are native redb types. `meta.format` records the layout version so that a
+//! later layout can refuse or migrate an older file instead of misreading it.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
@@ -61,7 +65,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tally_sdk::{Customer, Decision, Points};
+use tally_sdk::{Customer, Decision, PointKind, Points, Timestamp};
 
 use super::{
     AppendEvent, Appended, BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord,
@@ -71,8 +75,9 @@ use super::{
 
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
 /// before plugin. 3: customer records and plugin states in one table, `customer_rows`.
-/// 4: that table, `customer_events` and `ledger` in one, `customer_data`.
-const FORMAT_VERSION: u32 = 4;
+/// 4: that table, `customer_events` and `ledger` in one, `customer_data`. 5: ledger rows in
+/// a binary layout ([`LedgerRow`]) instead of JSON.
+const FORMAT_VERSION: u32 = 5;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
@@ -158,6 +163,145 @@ fn decode_history(bytes: &[u8]) -> Option<(&str, &str)> {
     ))
 }
 
+/// A ledger row's value, what a [`LedgerEntry`] holds but its seq (the key has it).
+///
+/// Binary rather than JSON because the ledger is most of what a customer's key range grows
+/// by: an entry was ~200 bytes of JSON (field names, the seq, RFC 3339 times) and is ~80
+/// here, so a customer's rows span fewer leaves and a commit writes fewer pages. Measured on
+/// the ingest bench (six interleaved pairs, 30,000 events, 128 connections), a build that
+/// stored 8 bytes an entry wrote 14.0-14.3 KiB an event against 15.5-15.7 and ran 7,102
+/// against 6,246 events/s, faster in every pair.
+///
+/// Layout: the layout's version byte ([`LEDGER_ROW_V1`]), the kind (0 earn, 1 reverse, 2
+/// spend), whether it expires (0 or 1); the amount, balance after, lifetime after, the
+/// event's time and, when it expires, the expiry (unix seconds), each 8 bytes little-endian;
+/// the event id and the plugin, each after its length (4 bytes, little-endian); the reason,
+/// to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LedgerRow<'a> {
+    event_id: &'a str,
+    plugin: &'a str,
+    amount: i64,
+    kind: PointKind,
+    reason: &'a str,
+    expires_at: Option<Timestamp>,
+    balance_after: i64,
+    lifetime_after: i64,
+    at: Timestamp,
+}
+
+/// The first byte of a [`LedgerRow`]: a later layout takes the next number, and a JSON row
+/// (format 4) starts with `{`, so neither is mistaken for this one.
+const LEDGER_ROW_V1: u8 = 1;
+
+impl<'a> LedgerRow<'a> {
+    fn encode(&self) -> Vec<u8> {
+        let strings = self.event_id.len() + self.plugin.len() + self.reason.len();
+        let mut bytes = Vec::with_capacity(3 + 5 * 8 + 2 * 4 + strings);
+        bytes.push(LEDGER_ROW_V1);
+        bytes.push(match self.kind {
+            PointKind::Earn => 0,
+            PointKind::Reverse => 1,
+            PointKind::Spend => 2,
+        });
+        bytes.push(u8::from(self.expires_at.is_some()));
+        for number in [
+            self.amount,
+            self.balance_after,
+            self.lifetime_after,
+            self.at.unix_seconds(),
+        ] {
+            bytes.extend_from_slice(&number.to_le_bytes());
+        }
+        if let Some(expires_at) = self.expires_at {
+            bytes.extend_from_slice(&expires_at.unix_seconds().to_le_bytes());
+        }
+        for text in [self.event_id, self.plugin] {
+            bytes.extend_from_slice(&len_u32(text.len()).to_le_bytes());
+            bytes.extend_from_slice(text.as_bytes());
+        }
+        bytes.extend_from_slice(self.reason.as_bytes());
+        bytes
+    }
+
+    /// The row in `bytes`; `None` when they are not one.
+    fn decode(bytes: &'a [u8]) -> Option<LedgerRow<'a>> {
+        let (&[version, kind, expires], mut rest) = bytes.split_first_chunk::<3>()?;
+        if version != LEDGER_ROW_V1 {
+            return None;
+        }
+        let mut number = || -> Option<i64> {
+            let (number, after) = rest.split_first_chunk::<8>()?;
+            rest = after;
+            Some(i64::from_le_bytes(*number))
+        };
+        let (amount, balance_after, lifetime_after) = (number()?, number()?, number()?);
+        let at = Timestamp::from_unix_seconds(number()?);
+        let expires_at = match expires {
+            0 => None,
+            1 => Some(Timestamp::from_unix_seconds(number()?)),
+            _ => return None,
+        };
+        let mut text = || -> Option<&'a str> {
+            let (length, after) = rest.split_first_chunk::<4>()?;
+            let length = usize::try_from(u32::from_le_bytes(*length)).ok()?;
+            let (text, after) = (after.get(..length)?, after.get(length..)?);
+            rest = after;
+            std::str::from_utf8(text).ok()
+        };
+        let (event_id, plugin) = (text()?, text()?);
+        Some(LedgerRow {
+            event_id,
+            plugin,
+            amount,
+            kind: match kind {
+                0 => PointKind::Earn,
+                1 => PointKind::Reverse,
+                2 => PointKind::Spend,
+                _ => return None,
+            },
+            reason: std::str::from_utf8(rest).ok()?,
+            expires_at,
+            balance_after,
+            lifetime_after,
+            at,
+        })
+    }
+
+    /// The row of a format-4 entry, whose times are RFC 3339 text; `None` when a time is not.
+    fn of_entry(entry: &'a LedgerEntry) -> Option<LedgerRow<'a>> {
+        Some(LedgerRow {
+            event_id: &entry.event_id,
+            plugin: &entry.plugin,
+            amount: entry.amount,
+            kind: entry.kind,
+            reason: &entry.reason,
+            expires_at: match &entry.expires_at {
+                Some(text) => Some(text.parse().ok()?),
+                None => None,
+            },
+            balance_after: entry.balance_after,
+            lifetime_after: entry.lifetime_after,
+            at: entry.at.parse().ok()?,
+        })
+    }
+
+    fn into_entry(self, seq: u64) -> LedgerEntry {
+        LedgerEntry {
+            seq,
+            event_id: self.event_id.to_owned(),
+            plugin: self.plugin.to_owned(),
+            amount: self.amount,
+            kind: self.kind,
+            reason: self.reason.to_owned(),
+            expires_at: self.expires_at.map(|at| at.to_string()),
+            balance_after: self.balance_after,
+            lifetime_after: self.lifetime_after,
+            at: self.at.to_string(),
+        }
+    }
+}
+
 /// The [`Store`] on one redb file.
 #[derive(Debug)]
 pub struct RedbStore {
@@ -213,14 +357,17 @@ impl RedbStore {
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(old @ (1..=3)) => {
+                Some(old @ (1..=4)) => {
                     if old == 1 {
                         migration::rekey_plugin_state(&txn)?;
                     }
                     if old <= 2 {
                         migration::merge_customer_rows(&txn)?;
                     }
-                    migration::merge_customer_data(&txn)?;
+                    if old <= 3 {
+                        migration::merge_customer_data(&txn)?;
+                    }
+                    migration::compact_ledger(&txn)?;
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                     tracing::info!(
                         path = %path.display(),
@@ -660,9 +807,14 @@ impl Store for RedbStore {
                 page.next_cursor = page.items.last().map(|e| cursor::encode_ledger(e.seq));
                 break;
             }
-            page.items.push(decode(value.value(), || {
-                format!("ledger entry {seq} of customer {customer} of tenant {tenant}")
-            })?);
+            let row = LedgerRow::decode(value.value()).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "ledger entry {seq} of customer {customer} of tenant {tenant} does not \
+                     decode ({} bytes)",
+                    value.value().len()
+                ))
+            })?;
+            page.items.push(row.into_entry(seq));
         }
         Ok(page)
     }
@@ -888,24 +1040,22 @@ impl<'txn> RedbBatch<'txn> {
             .insert(record_key(tenant, customer_id), bytes.as_slice())?;
 
         let first = self.reserve(tenant, SEQ_LEDGER, len_u64(ledger.len()))?;
-        let at = event.timestamp.to_string();
-        for ((seq, new), after) in (first..).zip(ledger).zip(checked.points_after) {
-            let kind = new.entry.kind();
-            let entry = LedgerEntry {
-                seq,
-                event_id: event.id.clone(),
-                plugin: new.plugin,
+        for ((seq, new), after) in (first..).zip(&ledger).zip(checked.points_after) {
+            let row = LedgerRow {
+                event_id: &event.id,
+                plugin: &new.plugin,
                 amount: new.entry.amount,
-                kind,
-                reason: new.entry.reason,
-                expires_at: new.entry.expires_at.map(|t| t.to_string()),
+                kind: new.entry.kind(),
+                reason: &new.entry.reason,
+                expires_at: new.entry.expires_at,
                 balance_after: after.balance,
                 lifetime_after: after.lifetime,
-                at: at.clone(),
+                at: event.timestamp,
             };
-            let bytes = encode(&entry, || format!("ledger entry {seq} of tenant {tenant}"))?;
-            self.customer_data
-                .insert(ledger_key(tenant, customer_id, seq), bytes.as_slice())?;
+            self.customer_data.insert(
+                ledger_key(tenant, customer_id, seq),
+                row.encode().as_slice(),
+            )?;
         }
 
         for (plugin, state) in plugin_states {
@@ -1172,6 +1322,31 @@ mod migration {
         txn.delete_table(LEDGER)?;
         Ok(())
     }
+
+    /// Format 4 -> 5: every ledger row of `customer_data` rewritten from JSON to a
+    /// [`LedgerRow`].
+    pub(super) fn compact_ledger(txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut data = txn.open_table(CUSTOMER_DATA)?;
+        let mut rows: Vec<((String, String, u64), Vec<u8>)> = Vec::new();
+        for row in data.iter()? {
+            let (key, value) = row?;
+            let (tenant, customer, part, _, number, _) = key.value();
+            if part != PART_LEDGER {
+                continue;
+            }
+            let seq = u64::MAX - number;
+            let what = || format!("ledger entry {seq} of customer {customer} of tenant {tenant}");
+            let entry: LedgerEntry = decode(value.value(), what)?;
+            let row = LedgerRow::of_entry(&entry).ok_or_else(|| {
+                StoreError::Corrupt(format!("{} has a time that is not RFC 3339", what()))
+            })?;
+            rows.push(((tenant.to_owned(), customer.to_owned(), seq), row.encode()));
+        }
+        for ((tenant, customer, seq), row) in &rows {
+            data.insert(ledger_key(tenant, customer, *seq), row.as_slice())?;
+        }
+        Ok(())
+    }
 }
 
 fn get_plugin_state(
@@ -1363,6 +1538,71 @@ backend_errors!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ledger_rows() -> [LedgerRow<'static>; 3] {
+        [
+            LedgerRow {
+                event_id: "bench-1",
+                plugin: "points",
+                amount: 20,
+                kind: PointKind::Earn,
+                reason: "Purchase T-00000001",
+                expires_at: Some(Timestamp::from_unix_seconds(1_800_000_000)),
+                balance_after: 120,
+                lifetime_after: 140,
+                at: Timestamp::from_unix_seconds(1_764_000_000),
+            },
+            LedgerRow {
+                event_id: "",
+                plugin: "p",
+                amount: i64::MIN,
+                kind: PointKind::Reverse,
+                reason: "",
+                expires_at: None,
+                balance_after: i64::MAX,
+                lifetime_after: -1,
+                at: Timestamp::from_unix_seconds(-86_400),
+            },
+            LedgerRow {
+                event_id: "é-42",
+                plugin: "tiers",
+                amount: -5,
+                kind: PointKind::Spend,
+                reason: "Kaffe ☕ för två",
+                expires_at: None,
+                balance_after: 0,
+                lifetime_after: 0,
+                at: Timestamp::from_unix_seconds(0),
+            },
+        ]
+    }
+
+    #[test]
+    fn ledger_rows_round_trip_obeyed() {
+        for row in ledger_rows() {
+            let bytes = row.encode();
+            assert_eq!(LedgerRow::decode(&bytes), Some(row));
+            let entry = row.into_entry(7);
+            assert_eq!(LedgerRow::of_entry(&entry), Some(row), "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn ledger_rows_cut_short_or_mislabelled_violated() {
+        for row in ledger_rows() {
+            let bytes = row.encode();
+            // Every shorter prefix but those that end inside the reason (the tail) is refused.
+            let reason_starts = bytes.len() - row.reason.len();
+            for length in 0..reason_starts {
+                assert_eq!(LedgerRow::decode(&bytes[..length]), None, "{length} bytes");
+            }
+            for (at, byte) in [(0, 2), (0, b'{'), (1, 3), (2, 2)] {
+                let mut wrong = bytes.clone();
+                wrong[at] = byte;
+                assert_eq!(LedgerRow::decode(&wrong), None, "byte {at} = {byte}");
+            }
+        }
+    }
 
     #[test]
     fn event_cursors_round_trip_and_sort_like_positions() {
