@@ -1078,15 +1078,21 @@ mod storage {
         assert!(matches!(error, StoreError::Invalid(_)), "{error}");
     }
 
+    /// `meta`, as every format has it, for tests that write a file by hand.
+    const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+    /// `customer_data`'s key in formats 4 and 5: (tenant, customer, part, time, number, plugin).
+    type CustomerDataKey<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
+    /// `customer_data`, as formats 4 and 5 have it.
+    const CUSTOMER_DATA: redb::TableDefinition<'_, CustomerDataKey<'_>, &[u8]> =
+        redb::TableDefinition::new("customer_data");
+
     /// A redb file as an older build left it: `meta.format` set to `format`, then whatever
     /// `fill` writes in the same transaction.
     fn old_file(path: &std::path::Path, format: u32, fill: impl FnOnce(&redb::WriteTransaction)) {
         let db = redb::Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
-                redb::TableDefinition::new("meta");
-            let mut meta = txn.open_table(meta_table).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
             meta.insert("format", format.to_le_bytes().as_slice())
                 .unwrap();
         }
@@ -1251,22 +1257,17 @@ mod storage {
         // Rewrite the file as format 3 left it: the same rows under that format's tables.
         let path = dir.path().join("tally.redb");
         {
-            type Format4Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
-            let data_table: redb::TableDefinition<'_, Format4Key<'_>, &[u8]> =
-                redb::TableDefinition::new("customer_data");
             let rows_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
                 redb::TableDefinition::new("customer_rows");
             let history_table: redb::TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
                 redb::TableDefinition::new("customer_events");
             let ledger_table: redb::TableDefinition<'_, (&str, &str, u64), &[u8]> =
                 redb::TableDefinition::new("ledger");
-            let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
-                redb::TableDefinition::new("meta");
             let db = redb::Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             {
                 use redb::ReadableTable as _;
-                let data = txn.open_table(data_table).unwrap();
+                let data = txn.open_table(CUSTOMER_DATA).unwrap();
                 let mut rows = txn.open_table(rows_table).unwrap();
                 let mut history = txn.open_table(history_table).unwrap();
                 let mut ledger = txn.open_table(ledger_table).unwrap();
@@ -1298,11 +1299,11 @@ mod storage {
                 }
                 rows.insert(("acme", "ada", "points"), br#"{"n":1}"#.as_slice())
                     .unwrap();
-                let mut meta = txn.open_table(meta_table).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
                 meta.insert("format", 3_u32.to_le_bytes().as_slice())
                     .unwrap();
             }
-            txn.delete_table(data_table).unwrap();
+            txn.delete_table(CUSTOMER_DATA).unwrap();
             txn.commit().unwrap();
         }
 
@@ -1391,15 +1392,10 @@ mod storage {
         // Rewrite the ledger rows as format 4 left them.
         let path = dir.path().join("tally.redb");
         {
-            type Format4Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
-            let data_table: redb::TableDefinition<'_, Format4Key<'_>, &[u8]> =
-                redb::TableDefinition::new("customer_data");
-            let meta_table: redb::TableDefinition<'_, &str, &[u8]> =
-                redb::TableDefinition::new("meta");
             let db = redb::Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             {
-                let mut data = txn.open_table(data_table).unwrap();
+                let mut data = txn.open_table(CUSTOMER_DATA).unwrap();
                 for (seq, (customer, json)) in json_entries.iter().map(|(seq, json)| {
                     let customer = if bob_ledger.iter().any(|e| e.seq == *seq) {
                         "bob"
@@ -1414,7 +1410,7 @@ mod storage {
                     )
                     .unwrap();
                 }
-                let mut meta = txn.open_table(meta_table).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
                 meta.insert("format", 4_u32.to_le_bytes().as_slice())
                     .unwrap();
             }
@@ -1446,12 +1442,9 @@ mod storage {
         drop(store);
         let path = dir.path().join("tally.redb");
         {
-            type Format5Key<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
-            let data_table: redb::TableDefinition<'_, Format5Key<'_>, &[u8]> =
-                redb::TableDefinition::new("customer_data");
             let db = redb::Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(data_table)
+            txn.open_table(CUSTOMER_DATA)
                 .unwrap()
                 .insert(("acme", "ada", 3, 0, u64::MAX - seq, ""), &[1_u8, 9, 0][..])
                 .unwrap();
