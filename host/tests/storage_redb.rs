@@ -1082,9 +1082,34 @@ mod storage {
     const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
     /// `customer_data`'s key in formats 4 and 5: (tenant, customer, part, time, number, plugin).
     type CustomerDataKey<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
-    /// `customer_data`, as formats 4 and 5 have it.
+    /// `customer_data`, as formats 4 to 6 have it.
     const CUSTOMER_DATA: redb::TableDefinition<'_, CustomerDataKey<'_>, &[u8]> =
         redb::TableDefinition::new("customer_data");
+    /// `events`, as every format has it: (tenant, event id) -> the event, as JSON in formats
+    /// 1 to 5.
+    const EVENTS: redb::TableDefinition<'_, (&str, &str), &[u8]> =
+        redb::TableDefinition::new("events");
+
+    /// Every event of `customers` (tenant `acme`) as JSON, by id: how formats 1 to 5 stored
+    /// them.
+    fn json_event_rows(store: &RedbStore, customers: &[&str]) -> Vec<(String, Vec<u8>)> {
+        customers
+            .iter()
+            .flat_map(|customer| all_events(store, "acme", customer))
+            .map(|event| (event.id.clone(), serde_json::to_vec(&event).unwrap()))
+            .collect()
+    }
+
+    /// Writes `rows` (from [`json_event_rows`]) over tenant `acme`'s event rows, as a file of
+    /// format 5 or older holds them.
+    fn write_json_events(txn: &redb::WriteTransaction, rows: &[(String, Vec<u8>)]) {
+        let mut events = txn.open_table(EVENTS).unwrap();
+        for (id, json) in rows {
+            events
+                .insert(("acme", id.as_str()), json.as_slice())
+                .unwrap();
+        }
+    }
 
     /// A redb file as an older build left it: `meta.format` set to `format`, then whatever
     /// `fill` writes in the same transaction.
@@ -1145,7 +1170,7 @@ mod storage {
         assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
         assert_eq!(state("tiers", "bob"), None);
         drop(store);
-        // Opened again, it is format 5 and stays as it is.
+        // Opened again, it is format 6 and stays as it is.
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(
             acme_state(&store, "tiers", "ada").as_deref(),
@@ -1188,7 +1213,7 @@ mod storage {
                     .unwrap();
             }
         });
-        for opening in ["migrates", "is already format 5"] {
+        for opening in ["migrates", "is already format 6"] {
             let store = RedbStore::open(&path).unwrap();
             let state = |plugin, customer| acme_state(&store, plugin, customer);
             assert_eq!(
@@ -1250,8 +1275,9 @@ mod storage {
         assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"]);
         let ada_ledger = ledger(&store, "ada");
         let ada = store.customer("acme", "ada").unwrap().unwrap();
-        // Format 3 kept ledger entries as JSON.
+        // Format 3 kept ledger entries and events as JSON.
         let json_entries = json_ledger_rows(&store, &["ada", "bob"]);
+        let json_events = json_event_rows(&store, &["ada", "bob"]);
         drop(store);
 
         // Rewrite the file as format 3 left it: the same rows under that format's tables.
@@ -1303,11 +1329,12 @@ mod storage {
                 meta.insert("format", 3_u32.to_le_bytes().as_slice())
                     .unwrap();
             }
+            write_json_events(&txn, &json_events);
             txn.delete_table(CUSTOMER_DATA).unwrap();
             txn.commit().unwrap();
         }
 
-        for opening in ["migrates", "is already format 5"] {
+        for opening in ["migrates", "is already format 6"] {
             let store = RedbStore::open(&path).unwrap();
             assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"], "{opening}");
             assert_eq!(history(&store, "bob"), ["e4"], "{opening}");
@@ -1387,9 +1414,10 @@ mod storage {
         let (ada_ledger, bob_ledger) = (ledger(&store, "ada"), ledger(&store, "bob"));
         assert!(ada_ledger.iter().any(|entry| entry.expires_at.is_some()));
         let json_entries = json_ledger_rows(&store, &["ada", "bob"]);
+        let json_events = json_event_rows(&store, &["ada", "bob"]);
         drop(store);
 
-        // Rewrite the ledger rows as format 4 left them.
+        // Rewrite the ledger rows and the events as format 4 left them.
         let path = dir.path().join("tally.redb");
         {
             let db = redb::Database::open(&path).unwrap();
@@ -1414,10 +1442,11 @@ mod storage {
                 meta.insert("format", 4_u32.to_le_bytes().as_slice())
                     .unwrap();
             }
+            write_json_events(&txn, &json_events);
             txn.commit().unwrap();
         }
 
-        for opening in ["migrates", "is already format 5"] {
+        for opening in ["migrates", "is already format 6"] {
             let store = RedbStore::open(&path).unwrap();
             assert_eq!(ledger(&store, "ada"), ada_ledger, "{opening}");
             assert_eq!(ledger(&store, "bob"), bob_ledger, "{opening}");
@@ -1456,6 +1485,126 @@ mod storage {
             matches!(&error, StoreError::Corrupt(message) if message.contains(&format!("ledger entry {seq} of customer ada"))),
             "{error:?}"
         );
+    }
+
+    /// Format 5 stored events as JSON; opening such a file compresses every one (a chunk at
+    /// a time, so more events than one chunk holds) and each reads back as it was, by id and
+    /// in its customer's history, then and after the next event.
+    #[test]
+    fn a_format_5_file_is_migrated_with_its_events() {
+        let (dir, store) = with_tenants(&["acme"]);
+        let customers = ["ada", "bob", "cy"];
+        // More than the migration's chunk of 4,096 rows, in one batch to keep the test quick.
+        store
+            .write_batch(&mut |txn: &mut dyn BatchTxn| {
+                for n in 0..5000 {
+                    let customer = customers[n % 3];
+                    let id = format!("e{n:05}");
+                    let at = T0 + i64::try_from(n).unwrap();
+                    let append = evaluate(txn, "acme", &id, customer, "checkout", at, &[earn(2)]);
+                    txn.append(append)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let histories: Vec<Vec<StoredEvent>> = customers
+            .iter()
+            .map(|customer| all_events(&store, "acme", customer))
+            .collect();
+        let json_events = json_event_rows(&store, &customers);
+        assert_eq!(json_events.len(), 5000);
+        drop(store);
+
+        let path = dir.path().join("tally.redb");
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            write_json_events(&txn, &json_events);
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", 5_u32.to_le_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+
+        for opening in ["migrates", "is already format 6"] {
+            let store = RedbStore::open(&path).unwrap();
+            for (customer, history) in customers.iter().zip(&histories) {
+                assert_eq!(&all_events(&store, "acme", customer), history, "{opening}");
+            }
+            for (id, json) in &json_events {
+                let event = store
+                    .event("acme", id)
+                    .unwrap()
+                    .expect("every event is kept");
+                assert_eq!(
+                    serde_json::to_vec(&event).unwrap(),
+                    *json,
+                    "{opening}: {id}"
+                );
+            }
+        }
+        // Every row is now compressed: none is JSON, and each is smaller than its JSON was.
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+            let events = txn.open_table(EVENTS).unwrap();
+            for (id, json) in &json_events {
+                let row = events.get(("acme", id.as_str())).unwrap().unwrap();
+                assert_ne!(row.value().first(), Some(&b'{'), "{id}");
+                assert!(row.value().len() < json.len(), "{id}");
+            }
+        }
+        let store = RedbStore::open(&path).unwrap();
+        post(
+            &store,
+            "acme",
+            "e99999",
+            "ada",
+            "checkout",
+            T0 + 9999,
+            &[earn(2)],
+        )
+        .unwrap();
+        assert_eq!(
+            all_events(&store, "acme", "ada").len(),
+            histories[0].len() + 1
+        );
+        assert_eq!(
+            assert_ledger_matches_balance(&store, "acme", "ada").balance,
+            2 * (i64::try_from(histories[0].len()).unwrap() + 1)
+        );
+    }
+
+    /// An event row that is not format 6's layout (a format-5 JSON row, as a failed
+    /// migration would leave, or a damaged one) is reported as corrupt, with its id, both when
+    /// read by id and from its customer's history; a migration never meets such a row because
+    /// `meta.format` says which layout the file holds.
+    #[test]
+    fn an_event_row_that_does_not_decode_is_corrupt() {
+        let (dir, store) = with_tenants(&["acme"]);
+        post(&store, "acme", "e1", "ada", "checkout", T0, &[earn(10)]).unwrap();
+        let json = json_event_rows(&store, &["ada"]);
+        drop(store);
+        let path = dir.path().join("tally.redb");
+        for damaged in [json[0].1.clone(), vec![1, 200, 0, 0, 0, 0x10, b'x']] {
+            {
+                let db = redb::Database::open(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                write_json_events(&txn, &[("e1".to_owned(), damaged)]);
+                txn.commit().unwrap();
+            }
+            let store = RedbStore::open(&path).unwrap();
+            let is_corrupt = |error: &StoreError| matches!(error, StoreError::Corrupt(message) if message.contains("event e1 of tenant acme"));
+            let error = store.event("acme", "e1").unwrap_err();
+            assert!(is_corrupt(&error), "{error:?}");
+            let query = EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            };
+            let error = store.customer_events("acme", "ada", &query).unwrap_err();
+            assert!(is_corrupt(&error), "{error:?}");
+        }
     }
 
     /// `tally serve --cache-mb` bounds redb's page cache; a cache far smaller than what is
@@ -1513,7 +1662,7 @@ mod storage {
         assert!(
             error
                 .to_string()
-                .ends_with("has storage format 99; this build reads format 5"),
+                .ends_with("has storage format 99; this build reads format 6"),
             "{error}"
         );
     }

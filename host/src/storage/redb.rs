@@ -18,7 +18,7 @@
 //! | `plugin_wasm`     | (tenant, plugin, version)                | wasm module bytes          |
 //! | `customer_data`   | (tenant, customer, part, ...), see below | by part                    |
 //! | `sequences`       | (tenant, `event` / `ledger` / `outbox`)  | last number assigned       |
-//! | `events`          | (tenant, event id)                       | JSON [`StoredEvent`]       |
+//! | `events`          | (tenant, event id)                       | LZ4'd JSON [`StoredEvent`] |
 //! | `outbox`          | (tenant, seq)                            | JSON [`OutboxTrigger`]     |
 //!
 //! Events are stored once, under their id, which is what makes posting idempotent.
@@ -47,8 +47,11 @@
 //! The two kinds of row every event adds to a customer's key range are the exception: history
 //! rows and ledger entries are small binary layouts ([`encode_history`], [`LedgerRow`]),
 //! because their size decides how many leaves a customer spans and so how many pages each
-//! commit writes (format 5's binary ledger: ~1.5 KiB less written an event). Keys, which
-//! decide order, are native redb types. `meta.format` records the layout version so that a
+//! commit writes (format 5's binary ledger: ~1.5 KiB less written an event). Event rows are
+//! JSON compressed with LZ4 ([`encode_event_row`]): an event is written once and read by id,
+//! and its rows are most of the bytes a commit writes (format 6: ~2.4 KiB less written an
+//! event); any redb dump still reads them with one LZ4 call. Keys, which decide order, are
+//! native redb types. `meta.format` records the layout version so that a
 //! later layout can refuse or migrate an older file instead of misreading it.
 
 use std::borrow::Borrow;
@@ -76,8 +79,8 @@ use super::{
 /// The layout version this build writes and reads. 2: `plugin_state` keyed by customer
 /// before plugin. 3: customer records and plugin states in one table, `customer_rows`.
 /// 4: that table, `customer_events` and `ledger` in one, `customer_data`. 5: ledger rows in
-/// a binary layout ([`LedgerRow`]) instead of JSON.
-const FORMAT_VERSION: u32 = 5;
+/// a binary layout ([`LedgerRow`]) instead of JSON. 6: events compressed ([`encode_event_row`]).
+const FORMAT_VERSION: u32 = 6;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
@@ -162,6 +165,61 @@ fn decode_history(bytes: &[u8]) -> Option<(&str, &str)> {
         std::str::from_utf8(id).ok()?,
     ))
 }
+
+/// An event row's value: [`EVENT_ROW_LZ4`], the length of the event's JSON (4 bytes,
+/// little-endian), the JSON compressed in LZ4's block format.
+///
+/// Compressed because the events table is most of the bytes a commit writes: a checkout as
+/// the ingest bench posts it is ~1,800 bytes of JSON (the data as posted, the outcome, the
+/// profile's attributes) and ~800 compressed, for ~2 µs. Events are appended in id order
+/// more or less, so their rows fill leaves one after another and halving a row halves the
+/// event leaves a batch writes. Measured on the ingest bench, six interleaved pairs (30,000
+/// events, 128 connections): 5,915 against 5,516 events/s without (+7.2%, faster in 6 of 6),
+/// host CPU 261.8 against 276.8 µs an event, 11.6-11.7 KiB written to disk an event against
+/// 14.0-14.1. zstd (level 1) makes ~600 bytes but costs ~18 µs an event, more than the
+/// pages it saves.
+fn encode_event_row(json: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let length = u32::try_from(json.len()).map_err(|_| {
+        StoreError::Invalid(format!(
+            "an event of {} bytes is larger than the {} a row can hold",
+            json.len(),
+            u32::MAX
+        ))
+    })?;
+    let mut bytes = vec![0; 5 + lz4_flex::block::get_maximum_output_size(json.len())];
+    bytes[0] = EVENT_ROW_LZ4;
+    bytes[1..5].copy_from_slice(&length.to_le_bytes());
+    let compressed = lz4_flex::block::compress_into(json, &mut bytes[5..]).map_err(|why| {
+        StoreError::Invalid(format!(
+            "an event of {} bytes does not compress: {why}",
+            json.len()
+        ))
+    })?;
+    bytes.truncate(5 + compressed);
+    Ok(bytes)
+}
+
+/// The event JSON of an event row; `None` when the bytes are not one.
+fn decode_event_row(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (&[version], rest) = bytes.split_first_chunk::<1>()?;
+    if version != EVENT_ROW_LZ4 {
+        return None;
+    }
+    let (length, compressed) = rest.split_first_chunk::<4>()?;
+    let length = usize::try_from(u32::from_le_bytes(*length)).ok()?;
+    // LZ4 turns no byte into more than 255, so a longer length is a damaged row; refusing it
+    // keeps a damaged length from allocating up to 4 GiB.
+    if length > compressed.len().saturating_mul(255) {
+        return None;
+    }
+    let mut json = vec![0; length];
+    let written = lz4_flex::block::decompress_into(compressed, &mut json).ok()?;
+    (written == length).then_some(json)
+}
+
+/// The first byte of an event row: a later layout takes the next number, and a JSON row
+/// (formats 1 to 5) starts with `{`, so neither is mistaken for this one.
+const EVENT_ROW_LZ4: u8 = 1;
 
 /// A ledger row's value, what a [`LedgerEntry`] holds but its seq (the key has it).
 ///
@@ -363,7 +421,7 @@ impl RedbStore {
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(old @ (1..=4)) => {
+                Some(old @ (1..=5)) => {
                     if old == 1 {
                         migration::rekey_plugin_state(&txn)?;
                     }
@@ -373,7 +431,10 @@ impl RedbStore {
                     if old <= 3 {
                         migration::merge_customer_data(&txn)?;
                     }
-                    migration::compact_ledger(&txn)?;
+                    if old <= 4 {
+                        migration::compact_ledger(&txn)?;
+                    }
+                    migration::compress_events(&txn)?;
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
                     tracing::info!(
                         path = %path.display(),
@@ -1028,7 +1089,8 @@ impl<'txn> RedbBatch<'txn> {
         let customer_id = customer_id.as_str();
 
         event.seq = self.reserve(tenant, SEQ_EVENT, 1)?;
-        let bytes = encode(&event, || format!("event {} of tenant {tenant}", event.id))?;
+        let json = encode(&event, || format!("event {} of tenant {tenant}", event.id))?;
+        let bytes = encode_event_row(&json)?;
         self.events
             .insert((tenant, event.id.as_str()), bytes.as_slice())?;
         self.customer_data.insert(
@@ -1193,9 +1255,18 @@ fn get_event(
     tenant: &str,
     id: &str,
 ) -> Result<Option<StoredEvent>, StoreError> {
-    get_json(table, (tenant, id), || {
-        format!("event {id} of tenant {tenant}")
-    })
+    let Some(row) = table.get((tenant, id))? else {
+        return Ok(None);
+    };
+    let what = || format!("event {id} of tenant {tenant}");
+    let json = decode_event_row(row.value()).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "{} is not an event row of format {FORMAT_VERSION} ({} bytes)",
+            what(),
+            row.value().len()
+        ))
+    })?;
+    decode(&json, what).map(Some)
 }
 
 /// The customer record of (tenant, id), decoded as `T`: the whole [`CustomerRecord`], or
@@ -1352,6 +1423,49 @@ mod migration {
             data.insert(ledger_key(tenant, customer, *seq), row.as_slice())?;
         }
         Ok(())
+    }
+
+    /// How many event rows [`compress_events`] holds in memory at once: a file's events can
+    /// be gigabytes, a chunk's are a few megabytes.
+    const EVENTS_PER_CHUNK: usize = 4096;
+
+    /// Formats 1 to 5 -> 6: every event row rewritten from JSON to [`encode_event_row`]'s
+    /// layout. Rewriting a value keeps its key where it is, so the table is walked in key
+    /// order a chunk at a time, each chunk starting after the last key rewritten.
+    pub(super) fn compress_events(txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut events = txn.open_table(EVENTS)?;
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let lower = match &after {
+                Some((tenant, id)) => Bound::Excluded((tenant.as_str(), id.as_str())),
+                None => Bound::Unbounded,
+            };
+            let mut chunk: Vec<((String, String), Vec<u8>)> = Vec::new();
+            for row in events
+                .range::<(&str, &str)>((lower, Bound::Unbounded))?
+                .take(EVENTS_PER_CHUNK)
+            {
+                let (key, value) = row?;
+                let (tenant, id) = key.value();
+                if value.value().first() != Some(&b'{') {
+                    return Err(StoreError::Corrupt(format!(
+                        "event {id} of tenant {tenant} is not the JSON of format 5 or older"
+                    )));
+                }
+                chunk.push((
+                    (tenant.to_owned(), id.to_owned()),
+                    encode_event_row(value.value())?,
+                ));
+            }
+            let Some((last, _)) = chunk.last() else {
+                return Ok(());
+            };
+            let last = last.clone();
+            for ((tenant, id), row) in &chunk {
+                events.insert((tenant.as_str(), id.as_str()), row.as_slice())?;
+            }
+            after = Some(last);
+        }
     }
 }
 
@@ -1608,6 +1722,71 @@ mod tests {
                 assert_eq!(LedgerRow::decode(&wrong), None, "byte {at} = {byte}");
             }
         }
+    }
+
+    /// Event JSON of the sizes a row meets: none, a byte, a checkout, a large repetitive
+    /// body, and bytes LZ4 cannot shrink (which it stores a little larger).
+    fn event_jsons() -> Vec<Vec<u8>> {
+        let checkout = serde_json::json!({
+            "id": "bench-1", "action": "checkout", "customer": "c-17",
+            "data": {"transaction_id": "T-1", "total": 120.5,
+                     "items": [{"sku": "A-1", "quantity": 2, "price": 60.25}]},
+        });
+        let repetitive = format!("[{}]", vec!["{\"sku\":\"A-1\"}"; 20_000].join(","));
+        let incompressible: Vec<u8> = (0..4096_u32)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        vec![
+            Vec::new(),
+            b"{".to_vec(),
+            serde_json::to_vec(&checkout).unwrap(),
+            repetitive.into_bytes(),
+            incompressible,
+        ]
+    }
+
+    #[test]
+    fn event_rows_round_trip_obeyed() {
+        for json in event_jsons() {
+            let row = encode_event_row(&json).unwrap();
+            assert_eq!(row[0], EVENT_ROW_LZ4);
+            assert_eq!(decode_event_row(&row).as_deref(), Some(json.as_slice()));
+        }
+        let repetitive = &event_jsons()[3];
+        let row = encode_event_row(repetitive).unwrap();
+        assert!(
+            row.len() * 50 < repetitive.len(),
+            "{} bytes compress to {}",
+            repetitive.len(),
+            row.len()
+        );
+    }
+
+    #[test]
+    fn event_rows_cut_short_damaged_or_json_violated() {
+        for json in event_jsons() {
+            let row = encode_event_row(&json).unwrap();
+            // An LZ4 block ends with literals, so a row cut anywhere decodes to less than its
+            // length says, or not at all.
+            for length in 0..row.len() {
+                assert_eq!(decode_event_row(&row[..length]), None, "{length} bytes");
+            }
+            let mut longer = row.clone();
+            longer[1..5].copy_from_slice(&(len_u32(json.len()) + 1).to_le_bytes());
+            assert_eq!(decode_event_row(&longer), None, "a length one too long");
+            if !json.is_empty() {
+                let mut shorter = row.clone();
+                shorter[1..5].copy_from_slice(&(len_u32(json.len()) - 1).to_le_bytes());
+                assert_eq!(decode_event_row(&shorter), None, "a length one too short");
+            }
+            let mut huge = row.clone();
+            huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+            assert_eq!(decode_event_row(&huge), None, "a length of 4 GiB");
+            let mut mislabelled = row.clone();
+            mislabelled[0] = 2;
+            assert_eq!(decode_event_row(&mislabelled), None, "version 2");
+        }
+        assert_eq!(decode_event_row(br#"{"id":"e1"}"#), None, "format 5's JSON");
     }
 
     #[test]
