@@ -36,7 +36,7 @@
 //! own, three leaves an event; measured on the ingest bench, format 3 wrote 20.8 KiB an
 //! event, format 4 16.2 (and a build that wrote no history or ledger at all 11.8). Formats 1
 //! and 2 spread records and states over two more tables. Opening a file of an older format
-//! migrates it.
+//! migrates it, in the transaction that opens it, and then compacts the file.
 //!
 //! # Encoding
 //!
@@ -389,11 +389,12 @@ impl RedbStore {
         cache_bytes: usize,
     ) -> Result<RedbStore, StoreError> {
         let path = path.as_ref();
-        let db = Builder::new()
+        let mut db = Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|why| StoreError::backend(format!("cannot open {}: {why}", path.display())))?;
         let txn = db.begin_write()?;
+        let mut migrated = false;
         {
             // Creating every table up front means a read never meets a missing table.
             let mut meta = txn.open_table(META)?;
@@ -436,6 +437,7 @@ impl RedbStore {
                     }
                     migration::compress_events(&txn)?;
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+                    migrated = true;
                     tracing::info!(
                         path = %path.display(),
                         "storage format {old} migrated to {FORMAT_VERSION}"
@@ -450,6 +452,27 @@ impl RedbStore {
             }
         }
         txn.commit()?;
+        if migrated {
+            // A migration rewrites rows in one transaction, so none of the pages it frees can
+            // be reused before it commits: the file ends up about twice the size of its data
+            // (measured: 301,000 events of format 5, 1.1 GB, grew to 2.3 GB in a 4 s migration).
+            // Compacting gives that back, once (10 s more there, to 1.06 GB). It only moves
+            // committed pages, so a failure costs space, not data.
+            let before = file_len(path);
+            match db.compact() {
+                Ok(_) => tracing::info!(
+                    path = %path.display(),
+                    bytes_before = before,
+                    bytes_after = file_len(path),
+                    "compacted the store after migrating it"
+                ),
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "could not compact the store after migrating it; it keeps its free space"
+                ),
+            }
+        }
         Ok(RedbStore { db })
     }
 
@@ -475,6 +498,11 @@ impl RedbStore {
             }
         }
     }
+}
+
+/// The file's length for a log line, 0 when it cannot be read.
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |metadata| metadata.len())
 }
 
 /// Single-record reads on the store: each its own read transaction.
