@@ -1525,8 +1525,8 @@ mod storage {
                 .insert("format", 5_u32.to_le_bytes().as_slice())
                 .unwrap();
             txn.commit().unwrap();
-            // Without free space, as a long-used file is: the migration cannot reuse pages
-            // that rewriting the rows as JSON just freed.
+            // Compacted, so that the migration finds no free pages (those rewriting the rows
+            // as JSON just freed) and the file shows what the migration alone adds.
             db.compact().unwrap();
         }
         let format_5_bytes = std::fs::metadata(&path).unwrap().len();
