@@ -172,22 +172,43 @@ fn eval_config_and_state_pair_with_plugins_in_order() {
         "reject.json",
         r#"{"customer": "c1", "action": "checkout_reject", "data": {"transaction_id": "5475-4343-4343-4343-3333"}}"#,
     );
-    let report = json_of(&tally(&[
-        "eval",
-        "--plugin",
-        POINTS.path,
-        "--event",
-        &reject,
-        "--config",
-        &config,
-        "--state",
-        &state,
-    ]));
+    // The customer still holds what the remembered checkout earned.
+    let customer = write(
+        dir.path(),
+        "customer.json",
+        r#"{"id": "c1", "points": {"balance": 100, "lifetime": 100}}"#,
+    );
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--plugin",
+            POINTS.path,
+            "--event",
+            &reject,
+            "--config",
+            &config,
+            "--state",
+            &state,
+        ];
+        args.extend_from_slice(extra);
+        tally(&args)
+    };
+    let report = json_of(&eval(&["--customer", &customer]));
     assert_eq!(
         report["decision"]["points"][0]["amount"], -100,
         "the reversal of what the state remembers"
     );
     assert_eq!(report["decision"]["points"][0]["kind"], "reverse");
+    assert_eq!(report["customer"]["points"]["balance"], 0);
+
+    // A new customer has nothing to take back: the same rule as the host's refuses it, unless
+    // the tenant allows a negative balance.
+    let refused = eval(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&refused.stdout).expect("a JSON report");
+    assert_eq!(report["plugins"][0]["error"]["code"], "insufficient_points");
+    let allowed = json_of(&eval(&["--allow-negative-balance"]));
+    assert_eq!(allowed["customer"]["points"]["balance"], -100);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod domain;
 pub mod pipeline;
 pub mod runtime;
 pub mod schema;

@@ -27,11 +27,12 @@ pub use self::events::{
 };
 use crate::auth;
 use crate::config::Config;
-use crate::pipeline::writer::{
-    ActivePlugin, IngestError, Ingested, NewEvent, PluginSource, Writer, empty_customer, wire_event,
+use crate::domain::{TenantId, new_account};
+use crate::pipeline::writer::{IngestError, Ingested, NewEvent, Writer};
+use crate::pipeline::{
+    ActivePlugin, PluginFailure, RuleSource, TenantRules, evaluate_event_reporting,
 };
-use crate::pipeline::{PluginCall, run_plugins};
-use crate::runtime::{EvalError, LogLine, Plugin, Runtime};
+use crate::runtime::{LogLine, Plugin, Runtime};
 use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
 use crate::storage::{
     CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError, Page, PluginRecord, RawJson,
@@ -68,6 +69,9 @@ pub struct NewTenant {
     /// Whether events of actions without a type are accepted.
     #[serde(default)]
     pub allow_untyped_events: bool,
+    /// Whether a decision may take a customer's balance below zero.
+    #[serde(default)]
+    pub allow_negative_balance: bool,
 }
 
 /// What `PATCH /v1/tenant` changes; absent fields stay.
@@ -80,6 +84,9 @@ pub struct TenantPatch {
     /// Turns untyped custom events on or off.
     #[serde(default)]
     pub allow_untyped_events: Option<bool>,
+    /// Lets decisions take balances below zero, or stops them.
+    #[serde(default)]
+    pub allow_negative_balance: Option<bool>,
 }
 
 /// What `PATCH /v1/plugins/{name}` changes; absent fields stay.
@@ -136,12 +143,13 @@ pub struct Simulation {
     pub event: NewEvent,
     /// The customer as stored now (a new one if unknown).
     pub customer_before: Customer,
-    /// The customer as the decision would leave them.
+    /// The customer as the event would leave them: the decision applied, and what the host
+    /// itself keeps (statistics, profile fields), exactly as a posted event would.
     pub customer_after: Customer,
     /// The plugin's state for the customer before.
     pub state_before: Option<Value>,
     /// The decision, or why there is none.
-    pub outcome: Result<Decision, EvalError>,
+    pub outcome: Result<Decision, PluginFailure>,
     /// What the plugin logged.
     pub logs: Vec<LogLine>,
     /// Instructions used.
@@ -172,7 +180,7 @@ pub struct Service {
     principals: StoreCache<[u8; 32], TenantRecord>,
     /// Each tenant's event-type documents, so that checking an event does not read them all
     /// from the store. Dropped for a tenant when one of its types changes.
-    type_documents: StoreCache<String, Arc<Vec<Value>>>,
+    type_documents: StoreCache<TenantId, Arc<Vec<Value>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -287,18 +295,16 @@ impl Service {
 
     /// Creates a tenant; returns it with its API key, which is not stored and not shown again.
     pub fn create_tenant(&self, new: NewTenant) -> Result<(TenantRecord, String), ServiceError> {
-        if !is_valid_id(&new.id) {
-            return Err(ServiceError::invalid_request(format!(
-                "tenant id {:?}: an id is 1-64 letters, digits, '_', '.' or '-', starting with a letter",
-                new.id
-            ))
-            .with_details(serde_json::json!({ "field": "id" })));
-        }
+        let id = TenantId::parse(new.id.as_str()).map_err(|error| {
+            ServiceError::invalid_request(format!("tenant id {:?}: an id {error}", new.id))
+                .with_details(serde_json::json!({ "field": "id" }))
+        })?;
         let tenant = TenantRecord {
             name: new.name.unwrap_or_else(|| new.id.clone()),
-            id: new.id,
+            id,
             created_at: now().to_string(),
             allow_untyped_events: new.allow_untyped_events,
+            allow_negative_balance: new.allow_negative_balance,
         };
         let key = new_tenant_key()?;
         self.store.create_tenant(&tenant, auth::hash_key(&key))?;
@@ -328,6 +334,9 @@ impl Service {
             .ok_or_else(|| ServiceError::not_found(format!("no tenant {tenant}")))?;
         if let Some(name) = patch.name {
             record.name = name;
+        }
+        if let Some(allow) = patch.allow_negative_balance {
+            record.allow_negative_balance = allow;
         }
         if let Some(allow) = patch.allow_untyped_events {
             record.allow_untyped_events = allow;
@@ -553,32 +562,40 @@ impl Service {
             .plugins
             .get(&tenant.id, name, version)
             .map_err(ServiceError::internal)?;
-        let customer = self
+        let account = self
             .store
-            .customer(&tenant.id, &event.customer)?
-            .unwrap_or_else(|| empty_customer(&event.customer, &event.received_at))
-            .customer;
-        let state = self.store.plugin_state(&tenant.id, name, &event.customer)?;
-        let wire = wire_event(&event).map_err(ServiceError::internal)?;
-        let config = RawJson::from_value(&record.config);
-        let call = PluginCall {
-            name,
-            version,
-            plugin: &plugin,
-            config: Some(&config),
-            state: state.as_ref(),
+            .customer(&tenant.id, event.customer.as_str())?
+            .unwrap_or_else(|| new_account(&event.customer, event.received_at));
+        let state = self
+            .store
+            .plugin_state(&tenant.id, name, event.customer.as_str())?;
+        let active = ActivePlugin::new(record, Ok(plugin));
+        let mut call = active.call(state.as_ref());
+        call.version = version;
+        let mut evaluation = evaluate_event_reporting(
+            &tenant.id,
+            tenant.policy(),
+            &event,
+            &account,
+            &[call],
+            |_, _| {},
+        )
+        .map_err(|error| ServiceError::internal(error.to_string()))?;
+        let result =
+            evaluation.runs.results.pop().ok_or_else(|| {
+                ServiceError::internal("the pipeline ran no plugin for a simulation")
+            })?;
+        // A rejection is shown as the plugin's error; the customer stays as they are.
+        let customer_after = match evaluation.applied {
+            Ok(append) => append.customer.customer,
+            Err(_) => account.customer.clone(),
         };
-        let mut outcome = run_plugins(&tenant.id, &wire, customer.clone(), &[call]);
-        let result = outcome
-            .results
-            .pop()
-            .ok_or_else(|| ServiceError::internal("the pipeline ran no plugin for a simulation"))?;
         Ok(Simulation {
             plugin: name.to_owned(),
             version,
             event,
-            customer_before: customer,
-            customer_after: outcome.customer,
+            customer_before: account.customer,
+            customer_after,
             state_before: state.as_ref().map(RawJson::to_value),
             outcome: result.outcome,
             logs: result.logs,
@@ -856,9 +873,14 @@ impl PluginCache {
     }
 }
 
-impl PluginSource for PluginCache {
-    fn active_plugins(&self, tenant: &str) -> Result<Vec<ActivePlugin>, StoreError> {
-        Ok(self
+impl RuleSource for PluginCache {
+    fn rules(&self, tenant: &str) -> Result<TenantRules, StoreError> {
+        let policy = self
+            .store
+            .tenant(tenant)?
+            .map(|record| record.policy())
+            .unwrap_or_default();
+        let plugins = self
             .store
             .plugins(tenant)?
             .into_iter()
@@ -871,7 +893,8 @@ impl PluginSource for PluginCache {
                 };
                 ActivePlugin::new(record, plugin)
             })
-            .collect())
+            .collect();
+        Ok(TenantRules { plugins, policy })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The four reference plugins, built to wasm, run together through `run_plugins` in the
+//! The four reference plugins, built to wasm, run together through `evaluate_event_reporting` in the
 //! order a tenant would give them (points, tiers, circular, engagement) on one customer's
 //! journey through the interactions of the seed documents: an Antavo checkout with its
 //! numbers as strings, Voyado repairs and recycling, a Sitecore swim, reviews, a referral,
@@ -15,16 +15,18 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use tally_host::pipeline::{PipelineOutcome, PluginCall, run_plugins};
+use tally_host::domain::records::{AppendEvent, CustomerRecord, OnError};
+use tally_host::domain::{CustomerId, EventId, NewEvent, Policy, TenantId, new_account};
+use tally_host::pipeline::{PluginCall, evaluate_event_reporting};
 use tally_host::runtime::{Limits, Plugin, Runtime};
 use tally_host::storage::RawJson;
 use tally_plugin_wasm::REFERENCE;
-use tally_sdk::{Customer, Event};
+use tally_sdk::Timestamp;
 
 struct Journey {
     plugins: Vec<(&'static str, Plugin)>,
     states: HashMap<&'static str, RawJson>,
-    customer: Customer,
+    account: CustomerRecord,
     clock: i64,
     next_id: u32,
 }
@@ -40,49 +42,62 @@ impl Journey {
                 )
             })
             .collect();
-        let customer = Customer {
-            id: "374397439743".into(),
-            ..Customer::default()
-        };
+        let customer = CustomerId::parse("374397439743").expect("a customer id");
+        let clock = 1_795_428_000;
         Journey {
             plugins,
             states: HashMap::new(),
-            customer,
-            clock: 1_795_428_000,
+            account: new_account(&customer, Timestamp::from_unix_seconds(clock)),
+            clock,
             next_id: 0,
         }
     }
 
     /// Posts one event: runs every plugin, keeps what the host would keep.
-    fn post(&mut self, action: &str, data: Value) -> PipelineOutcome {
+    fn post(&mut self, action: &str, data: Value) -> AppendEvent {
         self.clock += 3600;
         self.next_id += 1;
-        let timestamp = tally_sdk::Timestamp::from_unix_seconds(self.clock);
-        let event = Event::new(
-            format!("event-{}", self.next_id),
-            action,
-            &self.customer.id,
+        let timestamp = Timestamp::from_unix_seconds(self.clock);
+        let event = NewEvent {
+            tenant: TenantId::parse("acme").expect("a tenant id"),
+            id: EventId::parse(format!("event-{}", self.next_id)).expect("an event id"),
+            action: action.to_owned(),
+            label: None,
+            customer: CustomerId::parse(self.account.customer.id.as_str()).expect("an id"),
             timestamp,
-            &data,
-        )
-        .expect("an object");
+            source: "api".to_owned(),
+            ip_address: None,
+            user_agent: None,
+            data: RawJson::from_value(&data),
+            received_at: timestamp,
+            contact_card: Vec::new(),
+        };
         let calls: Vec<PluginCall<'_>> = self
             .plugins
             .iter()
             .map(|(name, plugin)| PluginCall {
                 name,
                 version: 1,
-                plugin,
+                plugin: Ok(plugin),
                 config: None,
                 state: self.states.get(name),
+                on_error: OnError::Skip,
             })
             .collect();
-        let outcome = run_plugins("acme", &event, self.customer.clone(), &calls);
+        let evaluation = evaluate_event_reporting(
+            "acme",
+            Policy::default(),
+            &event,
+            &self.account,
+            &calls,
+            |_, _| {},
+        )
+        .expect("a readable event");
         for (name, result) in self
             .plugins
             .iter()
             .map(|(name, _)| *name)
-            .zip(&outcome.results)
+            .zip(&evaluation.runs.results)
         {
             let decision = result
                 .outcome
@@ -92,14 +107,20 @@ impl Journey {
                 self.states.insert(name, state.clone());
             }
         }
-        self.customer = outcome.customer.clone();
-        outcome
+        let append = evaluation.applied.expect("no plugin rejects");
+        self.account = append.customer.clone();
+        append
+    }
+
+    fn customer(&self) -> &tally_sdk::Customer {
+        &self.account.customer
     }
 }
 
-fn trigger_names(outcome: &PipelineOutcome) -> Vec<&str> {
-    outcome
-        .decision
+fn trigger_names(append: &AppendEvent) -> Vec<&str> {
+    append
+        .event
+        .outcome
         .triggers
         .iter()
         .map(|trigger| trigger.name.as_str())
@@ -119,9 +140,9 @@ fn a_customer_journey_through_every_reference_plugin() {
             "product_name": "Yellow T-Shirt", "product_url": "https://example.com/yellow-t-shirt",
             "quantity": "1", "subtotal": "200", "price": "200", "product_category": "t-shirts"}]}),
     );
-    assert_eq!(checkout.decision.points_total(), 200);
+    assert_eq!(checkout.event.points, 200);
     assert_eq!(
-        journey.customer.tier.as_deref(),
+        journey.customer().tier.as_deref(),
         Some("bronze"),
         "tiers ran after points and placed the customer"
     );
@@ -136,14 +157,14 @@ fn a_customer_journey_through_every_reference_plugin() {
         json!({"isFreeRepair": false, "productModel": "Parka"}),
     );
     assert!(
-        free_repair.decision.points_total() < paid_repair.decision.points_total(),
+        free_repair.event.points < paid_repair.event.points,
         "a free repair earns less"
     );
     let recycled = journey.post(
         "recycled",
         json!({"dropOffPoint": "Store 17", "quantity": "3", "type": 2}),
     );
-    assert!(recycled.decision.points_total() > 0);
+    assert!(recycled.event.points > 0);
 
     // Sitecore's swim app: a personal record earns a bonus and a trigger.
     let swim = journey.post("swim", json!({"distance": 1500, "duration": 1800, "pace": "2:00", "club": "USMS", "personalRecord": true}));
@@ -155,7 +176,7 @@ fn a_customer_journey_through_every_reference_plugin() {
     assert!(trigger_names(&swim).contains(&"EngagementScored"));
 
     let review = journey.post("review", json!({"rating": 5, "text": "Great"}));
-    assert!(review.decision.points_total() > 0);
+    assert!(review.event.points > 0);
     let referral = journey.post(
         "referral",
         json!({"referred_email": "friend@example.com", "referred_first_name": "Ada"}),
@@ -165,33 +186,35 @@ fn a_customer_journey_through_every_reference_plugin() {
     // A big checkout takes the customer over silver and gold: TierEarned with old and new tier.
     let big = journey.post("checkout", json!({"transaction_id": "T-2", "total": 2000}));
     let earned = big
-        .decision
+        .event
+        .outcome
         .triggers
         .iter()
         .find(|trigger| trigger.name == "TierEarned")
         .expect("a tier was earned");
     assert_eq!(earned.data.to_value()["new_tier"]["name"], "gold");
-    assert_eq!(journey.customer.tier.as_deref(), Some("gold"));
+    assert_eq!(journey.customer().tier.as_deref(), Some("gold"));
 
     // Antavo's corrections: the return reverses exactly what T-2 earned, and lifetime points
     // drop with it, so the customer loses gold.
-    let lifetime_before = journey.customer.points.lifetime;
+    let lifetime_before = journey.customer().points.lifetime;
     let reject = journey.post("checkout_reject", json!({"transaction_id": "T-2"}));
-    assert_eq!(reject.decision.points_total(), -2000);
-    assert_eq!(journey.customer.points.lifetime, lifetime_before - 2000);
+    assert_eq!(reject.event.points, -2000);
+    assert_eq!(journey.customer().points.lifetime, lifetime_before - 2000);
     assert!(
         trigger_names(&reject).contains(&"TierLost"),
         "{:?}",
         trigger_names(&reject)
     );
-    assert_ne!(journey.customer.tier.as_deref(), Some("gold"));
+    assert_ne!(journey.customer().tier.as_deref(), Some("gold"));
 
     // Rejecting it again awards nothing twice.
     let again = journey.post("checkout_reject", json!({"transaction_id": "T-2"}));
-    assert_eq!(again.decision.points_total(), 0);
+    assert_eq!(again.event.points, 0);
 
     assert_eq!(
-        journey.customer.points.balance, journey.customer.points.lifetime,
+        journey.customer().points.balance,
+        journey.customer().points.lifetime,
         "nothing was spent"
     );
 }
@@ -218,12 +241,12 @@ fn replaying_history_gives_the_same_decisions() {
         let mut journey = Journey::new(&runtime);
         events
             .iter()
-            .map(|(action, data)| journey.post(action, data.clone()).decision)
+            .map(|(action, data)| journey.post(action, data.clone()).event.outcome)
             .collect::<Vec<_>>()
     };
     let (first, second) = (play(), play());
     assert_eq!(first, second);
     // The fifth circular action earned a coupon whose code comes from the event's seed.
-    let coupons: Vec<_> = first.iter().flat_map(|decision| &decision.perks).collect();
+    let coupons: Vec<_> = first.iter().flat_map(|outcome| &outcome.perks).collect();
     assert_eq!(coupons.len(), 1, "{coupons:?}");
 }

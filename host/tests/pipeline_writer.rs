@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use tally_host::pipeline::writer::{
-    ActivePlugin, IngestError, Ingested, NewEvent, PluginSource, Writer,
-};
+use tally_host::domain::{CustomerId, EventId, TenantId};
+use tally_host::pipeline::writer::{IngestError, Ingested, NewEvent, Writer};
+use tally_host::pipeline::{ActivePlugin, RuleSource, TenantRules};
 use tally_host::runtime::{Limits, Plugin, Runtime};
 use tally_host::storage::{
     BatchRead, BatchTxn, CustomerRecord, EventQuery, OnError, PluginRecord, PluginVersion, RawJson,
@@ -39,9 +39,9 @@ struct OnePlugin {
     plugin: Plugin,
 }
 
-impl PluginSource for OnePlugin {
-    fn active_plugins(&self, _tenant: &str) -> Result<Vec<ActivePlugin>, StoreError> {
-        Ok(vec![ActivePlugin::new(
+impl RuleSource for OnePlugin {
+    fn rules(&self, _tenant: &str) -> Result<TenantRules, StoreError> {
+        let plugins = vec![ActivePlugin::new(
             PluginRecord {
                 name: self.name.to_owned(),
                 versions: vec![PluginVersion {
@@ -58,7 +58,11 @@ impl PluginSource for OnePlugin {
                 on_error: OnError::Skip,
             },
             Ok(self.plugin.clone()),
-        )])
+        )];
+        Ok(TenantRules {
+            plugins,
+            policy: Default::default(),
+        })
     }
 }
 
@@ -188,10 +192,11 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
     store
         .create_tenant(
             &TenantRecord {
-                id: TENANT.to_owned(),
+                id: TenantId::parse(TENANT).expect("a tenant id"),
                 name: "Acme".to_owned(),
                 created_at: "2026-11-23T00:00:00Z".to_owned(),
                 allow_untyped_events: false,
+                allow_negative_balance: false,
             },
             [7; 32],
         )
@@ -217,17 +222,17 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
 
 fn checkout(id: &str, customer: &str, total: u32) -> NewEvent {
     NewEvent {
-        tenant: TENANT.to_owned(),
-        id: id.to_owned(),
+        tenant: TenantId::parse(TENANT).expect("a tenant id"),
+        id: EventId::parse(id).expect("an event id"),
         action: "checkout".to_owned(),
         label: None,
-        customer: customer.to_owned(),
+        customer: CustomerId::parse(customer).expect("a customer id"),
         timestamp: "2026-11-23T10:00:00Z".parse::<Timestamp>().expect("a time"),
         source: "api".to_owned(),
         ip_address: None,
         user_agent: None,
         data: RawJson::from_value(&json!({"transaction_id": id, "total": total, "items": []})),
-        received_at: "2026-11-23T10:00:00Z".to_owned(),
+        received_at: "2026-11-23T10:00:00Z".parse::<Timestamp>().expect("a time"),
         contact_card: Vec::new(),
     }
 }
@@ -330,7 +335,7 @@ fn plugins_see_the_stats_as_they_were_before_the_event() {
     seen.sort_unstable();
     assert_eq!(seen, (0..20).collect::<Vec<u64>>());
     let record = host.assert_consistent("ada");
-    assert_eq!(record.customer.stats["events"]["checkout"], 20);
+    assert_eq!(record.customer.stats.events("checkout"), 20);
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod storage {
     use std::collections::BTreeMap;
 
     use serde_json::{Map, json};
+    use tally_host::domain::TenantId;
     use tally_host::storage::{
         AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery, NewLedgerEntry,
         NewTrigger, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
@@ -386,10 +387,11 @@ mod storage {
         let mut store = RedbStore::open(&path).unwrap();
         for (n, tenant) in (1..).zip(TENANTS) {
             let record = TenantRecord {
-                id: tenant.to_owned(),
+                id: TenantId::parse(tenant).unwrap(),
                 name: tenant.to_owned(),
                 created_at: "2026-01-01T00:00:00Z".to_owned(),
                 allow_untyped_events: true,
+                allow_negative_balance: false,
             };
             store.create_tenant(&record, [n; 32]).unwrap();
         }

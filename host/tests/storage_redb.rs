@@ -7,6 +7,7 @@
 mod storage {
     use serde_json::{Map, Value, json};
     use sha2::{Digest, Sha256};
+    use tally_host::domain::TenantId;
     use tally_host::storage::{
         AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery,
         EventTypeRecord, NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun,
@@ -29,10 +30,11 @@ mod storage {
 
     fn tenant_record(id: &str) -> TenantRecord {
         TenantRecord {
-            id: id.to_owned(),
+            id: TenantId::parse(id).unwrap(),
             name: format!("{id} inc."),
             created_at: "2026-01-01T00:00:00Z".to_owned(),
             allow_untyped_events: false,
+            allow_negative_balance: false,
         }
     }
 
@@ -189,7 +191,12 @@ mod storage {
             Some(acme.clone())
         );
         assert_eq!(store.tenant_by_key_hash(key(9)).unwrap(), None);
-        let ids: Vec<String> = store.tenants().unwrap().into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = store
+            .tenants()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id.to_string())
+            .collect();
         assert_eq!(ids, ["acme", "acme2"]);
 
         let error = store.create_tenant(&acme, key(3)).unwrap_err();
@@ -841,7 +848,10 @@ mod storage {
         assert_eq!(after.4.len(), 2);
         assert_eq!(store.admin_key_hash().unwrap(), Some(key(9)));
         assert_eq!(
-            store.tenant_by_key_hash(key(1)).unwrap().map(|t| t.id),
+            store
+                .tenant_by_key_hash(key(1))
+                .unwrap()
+                .map(|t| t.id.to_string()),
             Some("acme".to_owned())
         );
         assert_eq!(

@@ -630,11 +630,31 @@ pub struct Customer {
     /// Profile attributes the tenant sent (name, email, birthday, ...).
     #[serde(default)]
     pub attributes: Map<String, Value>,
-    /// Counters the host keeps, as they were before this event: `events` per action (on a
-    /// customer's fifth checkout, `events.checkout` is 4), `first_event_at` and
-    /// `last_event_at`.
+    /// Counters the host keeps, as they were before this event.
     #[serde(default)]
-    pub stats: Map<String, Value>,
+    pub stats: Stats,
+}
+
+/// What the host counts of a customer's events, as it was before the event being evaluated:
+/// on a customer's fifth checkout, `events("checkout")` is 4.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events per action.
+    #[serde(default)]
+    pub events: std::collections::BTreeMap<String, u64>,
+    /// The earliest event time seen (business time, from the events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_event_at: Option<Timestamp>,
+    /// The latest event time seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<Timestamp>,
+}
+
+impl Stats {
+    /// How many events of `action` the customer had before this one.
+    pub fn events(&self, action: &str) -> u64 {
+        self.events.get(action).copied().unwrap_or(0)
+    }
 }
 
 /// A customer's points.

@@ -20,11 +20,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tally_host::pipeline::{PluginCall, run_plugins_showing_inputs};
+use tally_host::domain::records::{CustomerRecord, OnError};
+use tally_host::domain::{CustomerId, EventId, NewEvent, Policy, TenantId, new_account};
+use tally_host::pipeline::{PluginCall, evaluate_event_reporting};
 use tally_host::runtime::{Limits, Runtime};
 use tally_host::service::now;
 use tally_host::storage::RawJson;
-use tally_sdk::{Customer, Event, Timestamp};
+use tally_sdk::{Customer, Decision, Timestamp};
 
 /// Options of `tally eval`.
 #[derive(Debug, clap::Args)]
@@ -51,6 +53,9 @@ pub struct EvalArgs {
     /// Instruction budget per plugin; 0 turns fuel metering off.
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
+    /// Let decisions take the customer's balance below zero, as a tenant may allow.
+    #[arg(long)]
+    allow_negative_balance: bool,
     /// Also report each plugin's input: the JSON text exactly as the host writes it, as a
     /// string (`jq -r '.plugins[0].input'` prints it).
     #[arg(long)]
@@ -134,10 +139,27 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
     if !data.is_object() {
         return Err("the event's \"data\" must be a JSON object".to_owned());
     }
-    let mut event = Event::new(id, posted.action, customer_id, timestamp, &data)
-        .map_err(|error| error.to_string())?;
-    event.label = posted.label;
-    event.source = "cli".to_owned();
+    let event = NewEvent {
+        tenant: TenantId::parse(args.tenant.as_str())
+            .map_err(|error| format!("--tenant {:?}: {error}", args.tenant))?,
+        id: EventId::parse(id).map_err(|error| format!("the event's \"id\" {error}"))?,
+        action: posted.action,
+        label: posted.label,
+        customer: CustomerId::parse(customer_id)
+            .map_err(|error| format!("the customer's id {error}"))?,
+        timestamp,
+        source: "cli".to_owned(),
+        ip_address: None,
+        user_agent: None,
+        data: RawJson::from_value(&data),
+        received_at: now(),
+        contact_card: Vec::new(),
+    };
+    // The account a posted event would start from: a new one, holding the given customer.
+    let before = CustomerRecord {
+        customer,
+        ..new_account(&event.customer, event.received_at)
+    };
 
     let limits = match args.fuel {
         Some(0) => Limits {
@@ -169,21 +191,33 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
         .map(|(index, (name, plugin))| PluginCall {
             name,
             version: 1,
-            plugin,
+            plugin: Ok(plugin),
             config: configs.get(index),
             state: states.get(index),
+            on_error: OnError::Skip,
         })
         .collect();
 
+    let policy = Policy {
+        allow_negative_balance: args.allow_negative_balance,
+    };
     let mut inputs: Vec<Option<String>> = vec![None; calls.len()];
-    let outcome =
-        run_plugins_showing_inputs(&args.tenant, &event, customer, &calls, |index, input| {
+    let evaluation = evaluate_event_reporting(
+        &args.tenant,
+        policy,
+        &event,
+        &before,
+        &calls,
+        |index, input| {
             if args.show_input {
                 inputs[index] = Some(String::from_utf8_lossy(input).into_owned());
             }
-        });
+        },
+    )
+    .map_err(|error| error.to_string())?;
     // One result per plugin, in the order they ran: the same order as the inputs.
-    let plugins: Vec<Value> = outcome
+    let plugins: Vec<Value> = evaluation
+        .runs
         .results
         .iter()
         .zip(inputs)
@@ -207,7 +241,22 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
             report
         })
         .collect();
-    let all_decided = outcome.failures().next().is_none();
+    let all_decided = evaluation.runs.failures().next().is_none();
+    // Every plugin runs with `on_error = skip` here, so the event is never rejected.
+    let (decision, customer) = match evaluation.applied {
+        Ok(append) => {
+            let outcome = append.event.outcome;
+            let decision = Decision {
+                points: outcome.points,
+                perks: outcome.perks,
+                tier: outcome.tier,
+                triggers: outcome.triggers,
+                state: None,
+            };
+            (decision, append.customer.customer)
+        }
+        Err(rejection) => return Err(rejection.to_string()),
+    };
     let report = json!({
         "event": {
             "id": event.id,
@@ -216,8 +265,8 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
             "timestamp": event.timestamp,
             "label": event.label,
         },
-        "decision": outcome.decision,
-        "customer": outcome.customer,
+        "decision": decision,
+        "customer": customer,
         "plugins": plugins,
     });
     Ok((report, all_decided))

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tally_sdk::{Perk, PointEntry, Points, Trigger};
+use tally_sdk::{Perk, PointEntry, Points, Stats, Trigger};
 
 use crate::pipeline::writer::Ingested;
 use crate::schema::EventType;
@@ -24,7 +24,7 @@ pub struct CustomerView<'a> {
     tier: &'a Option<String>,
     perks: &'a [Perk],
     attributes: &'a Map<String, Value>,
-    stats: &'a Map<String, Value>,
+    stats: &'a Stats,
     contact_card: &'a Map<String, Value>,
     event_count: u64,
     created_at: &'a str,

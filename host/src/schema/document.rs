@@ -44,16 +44,7 @@ pub struct ContactCardField {
     pub display_name: String,
 }
 
-/// A contact-card field with its value in one event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContactCardValue {
-    /// The property name in the event data.
-    pub property: String,
-    /// Its display name.
-    pub display_name: String,
-    /// The value the event carried.
-    pub value: Value,
-}
+pub use crate::domain::ContactCardValue;
 
 /// A compiled event type: its document, as posted, and what Tally derived from it.
 #[derive(Clone)]

@@ -8,14 +8,11 @@ pub use tally_sdk::wire::kind_of;
 
 use super::ServiceError;
 use crate::auth;
-use crate::pipeline::writer::NewEvent;
+use crate::domain::{CustomerId, EventId, IdError, NewEvent, TenantId};
 use crate::schema::EventTypes;
 use crate::storage::RawJson;
 
-/// The longest customer id.
-pub const MAX_CUSTOMER_LEN: usize = 256;
-/// The longest event id.
-pub const MAX_EVENT_ID_LEN: usize = 128;
+pub use crate::domain::ids::{MAX_CUSTOMER_LEN, MAX_EVENT_ID_LEN};
 /// The longest label.
 pub const MAX_LABEL_LEN: usize = 200;
 
@@ -37,7 +34,7 @@ pub struct Origin {
 /// Checks one posted event and resolves its type. `now` is the received time, and the
 /// event's time when it gives none.
 pub(super) fn read_event(
-    tenant: &str,
+    tenant: &TenantId,
     types: &EventTypes,
     input: Value,
     origin: &Origin,
@@ -61,7 +58,7 @@ pub(super) fn read_event(
             ),
         ));
     }
-    let customer = identifier(&mut fields, "customer", MAX_CUSTOMER_LEN)?.ok_or_else(|| {
+    let customer = identifier(&mut fields, "customer", CustomerId::parse)?.ok_or_else(|| {
         ServiceError::invalid_event(
             "customer",
             "\"customer\" is required: the id of the customer who did this",
@@ -98,7 +95,7 @@ pub(super) fn read_event(
             ));
         }
     };
-    let id = match identifier(&mut fields, "id", MAX_EVENT_ID_LEN)? {
+    let id = match identifier(&mut fields, "id", EventId::parse)? {
         Some(id) => id,
         None => generate_id()?,
     };
@@ -140,7 +137,7 @@ pub(super) fn read_event(
         .map(|event_type| event_type.contact_card_values(&data))
         .unwrap_or_default();
     Ok(NewEvent {
-        tenant: tenant.to_owned(),
+        tenant: tenant.clone(),
         id,
         action,
         label,
@@ -150,18 +147,18 @@ pub(super) fn read_event(
         ip_address: origin.ip_address.clone(),
         user_agent: origin.user_agent.clone(),
         data: RawJson::from_value(&data),
-        received_at: now.to_string(),
+        received_at: now,
         contact_card,
     })
 }
 
-/// A customer or event id: a non-empty string of printable characters, or a whole number
-/// (many systems keep numeric ids), up to `max` bytes. `Ok(None)` when absent.
-fn identifier(
+/// A customer or event id: a string or a whole number (many systems keep numeric ids),
+/// checked by `parse` (the id type's own rules). `Ok(None)` when absent.
+fn identifier<T>(
     fields: &mut Map<String, Value>,
     name: &str,
-    max: usize,
-) -> Result<Option<String>, ServiceError> {
+    parse: fn(String) -> Result<T, IdError>,
+) -> Result<Option<T>, ServiceError> {
     let text = match fields.remove(name) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(text)) => text,
@@ -176,35 +173,15 @@ fn identifier(
             ));
         }
     };
-    if text.trim().is_empty() {
-        return Err(ServiceError::invalid_event(
-            name,
-            format!("\"{name}\" must not be empty"),
-        ));
-    }
-    if text.len() > max {
-        return Err(ServiceError::invalid_event(
-            name,
-            format!(
-                "\"{name}\" is {} bytes long, more than the {max} allowed",
-                text.len()
-            ),
-        ));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(ServiceError::invalid_event(
-            name,
-            format!("\"{name}\" must not contain control characters"),
-        ));
-    }
-    Ok(Some(text))
+    parse(text)
+        .map(Some)
+        .map_err(|error| ServiceError::invalid_event(name, format!("\"{name}\" {error}")))
 }
 
 /// A fresh event id for an event posted without one: 128 random bits.
-pub fn generate_id() -> Result<String, ServiceError> {
-    auth::random_hex(16)
-        .map(|hex| format!("evt_{hex}"))
-        .map_err(|error| ServiceError::internal(error.to_string()))
+pub fn generate_id() -> Result<EventId, ServiceError> {
+    let hex = auth::random_hex(16).map_err(|error| ServiceError::internal(error.to_string()))?;
+    EventId::parse(format!("evt_{hex}")).map_err(|error| ServiceError::internal(error.to_string()))
 }
 
 /// The current time, to the second.

@@ -23,21 +23,20 @@
 //!   new state on something other than the stored state (a stale read inside a batch, for
 //!   instance); it is refused with [`StoreError::Inconsistent`] rather than stored.
 
-pub mod model;
 pub mod redb;
 
 use std::error::Error;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tally_sdk::{PointEntry, Timestamp, Trigger};
+use tally_sdk::Timestamp;
 
-pub use self::model::{
-    CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry, OnError, OutboxTrigger,
-    PluginErrorRecord, PluginRecord, PluginRun, PluginStatus, PluginVersion, RawJson, StoredEvent,
-    TenantRecord,
-};
 pub use self::redb::RedbStore;
+pub use crate::domain::records::{
+    AppendEvent, Appended, CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry,
+    NewLedgerEntry, NewTrigger, OnError, OutboxTrigger, PluginErrorRecord, PluginRecord, PluginRun,
+    PluginStatus, PluginVersion, RawJson, StoredEvent, TenantRecord,
+};
 
 /// The page size a default [`EventQuery`] asks for.
 pub const DEFAULT_PAGE_LIMIT: usize = 50;
@@ -116,53 +115,6 @@ impl Default for EventQuery {
             cursor: None,
         }
     }
-}
-
-/// An evaluated event to append, with everything it changes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AppendEvent {
-    /// The tenant the event belongs to; it must exist.
-    pub tenant: String,
-    /// The event. Its `seq` is ignored and assigned by the store; its `points` must be the sum
-    /// of `ledger`'s amounts.
-    pub event: StoredEvent,
-    /// The customer's new state, built on the stored one: `event_count` one more, points the
-    /// stored points moved by `ledger`.
-    pub customer: CustomerRecord,
-    /// Points entries to append to the customer's ledger, in order.
-    pub ledger: Vec<NewLedgerEntry>,
-    /// Plugin states to replace: `(plugin, Some(state))` sets, `(plugin, None)` deletes.
-    pub plugin_states: Vec<(String, Option<RawJson>)>,
-    /// Outbound triggers to put in the tenant's outbox, in order.
-    pub triggers: Vec<NewTrigger>,
-}
-
-/// What [`BatchTxn::append`] stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Appended {
-    /// The event as stored, with its `seq`.
-    pub event: StoredEvent,
-    /// [`AppendEvent::customer`], handed back: the pipeline answers with it, and the one
-    /// serial stage should not copy a customer's maps only to drop the original.
-    pub customer: CustomerRecord,
-}
-
-/// A points entry a plugin decided, before the store places it in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewLedgerEntry {
-    /// The plugin that decided it.
-    pub plugin: String,
-    /// The entry as the plugin made it.
-    pub entry: PointEntry,
-}
-
-/// A trigger a plugin sent, before the store places it in the outbox.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewTrigger {
-    /// The plugin that sent it.
-    pub plugin: String,
-    /// The trigger as the plugin made it.
-    pub trigger: Trigger,
 }
 
 /// The reads the pipeline makes for a batch of events, all from one snapshot: the one

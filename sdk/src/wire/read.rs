@@ -127,7 +127,7 @@ fn customer_of(cursor: &mut Cursor<'_>) -> Option<Customer> {
         "tier" => once(&mut tier, cursor.optional_string()?),
         "perks" => once(&mut perks, list::<Perk>(cursor.value()?)?),
         "attributes" => once(&mut attributes, map(cursor.value()?)?),
-        "stats" => once(&mut stats, map(cursor.value()?)?),
+        "stats" => once(&mut stats, serde_json::from_str(cursor.value()?).ok()?),
         _ => cursor.value().map(drop),
     })?;
     Some(Customer {
@@ -394,7 +394,7 @@ mod tests {
             .customer
             .attributes
             .insert("name".into(), json!("Ada"));
-        customer.customer.stats.insert("checkout".into(), json!(3));
+        customer.customer.stats.events.insert("checkout".into(), 3);
         customer.event.label =
             Some("Checkout \u{2713} f\u{f6}r \u{c5}sa, en l\u{e5}ng etikett".into());
         customer.event.source = "import".into();

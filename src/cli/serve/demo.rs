@@ -163,6 +163,7 @@ fn set_up(service: &Service) -> Result<(TenantRecord, String), ServiceError> {
             id: TENANT.to_owned(),
             name: Some("Demo brand".to_owned()),
             allow_untyped_events: false,
+            allow_negative_balance: false,
         })?,
     };
     for text in EVENT_TYPES {

@@ -1,4 +1,4 @@
-//! The records the store keeps, as serde types shared by every backend.
+//! The records of the domain, which the store keeps: serde types shared by every backend.
 //!
 //! The wire types plugins see (`Customer`, `PointEntry`, `Perk`, `Trigger`, ...) are reused
 //! from `tally_sdk` rather than copied, so a stored outcome is exactly what the plugins
@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 // Event data and plugin state travel as JSON text from the request to the plugins and into
 // the store, without being rebuilt as a `Value` tree at each step (cloning, re-encoding and
 // dropping those trees was a fifth of the writer's time).
+use crate::domain::TenantId;
 pub use tally_sdk::RawJson;
 use tally_sdk::{Customer, Perk, PointEntry, PointKind, Timestamp, Trigger};
 
@@ -17,7 +18,7 @@ use tally_sdk::{Customer, Perk, PointEntry, PointKind, Timestamp, Trigger};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantRecord {
     /// The tenant's id, the first element of every key the tenant owns.
-    pub id: String,
+    pub id: TenantId,
     /// A human-readable name.
     pub name: String,
     /// When the tenant was created, RFC 3339.
@@ -25,6 +26,19 @@ pub struct TenantRecord {
     /// Whether events whose action has no registered event type are accepted.
     #[serde(default)]
     pub allow_untyped_events: bool,
+    /// Whether a decision may take a customer's balance below zero (see
+    /// [`Policy`](crate::domain::Policy)).
+    #[serde(default)]
+    pub allow_negative_balance: bool,
+}
+
+impl TenantRecord {
+    /// The settings the account's rules read.
+    pub fn policy(&self) -> crate::domain::Policy {
+        crate::domain::Policy {
+            allow_negative_balance: self.allow_negative_balance,
+        }
+    }
 }
 
 /// An event type (interaction schema) a tenant registered.
@@ -250,4 +264,51 @@ pub struct OutboxTrigger {
     /// What it carries, as the plugin wrote it.
     #[serde(default)]
     pub data: RawJson,
+}
+
+/// An evaluated event to append, with everything it changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendEvent {
+    /// The tenant the event belongs to; it must exist.
+    pub tenant: String,
+    /// The event. Its `seq` is ignored and assigned by the store; its `points` must be the sum
+    /// of `ledger`'s amounts.
+    pub event: StoredEvent,
+    /// The customer's new state, built on the stored one: `event_count` one more, points the
+    /// stored points moved by `ledger`.
+    pub customer: CustomerRecord,
+    /// Points entries to append to the customer's ledger, in order.
+    pub ledger: Vec<NewLedgerEntry>,
+    /// Plugin states to replace: `(plugin, Some(state))` sets, `(plugin, None)` deletes.
+    pub plugin_states: Vec<(String, Option<RawJson>)>,
+    /// Outbound triggers to put in the tenant's outbox, in order.
+    pub triggers: Vec<NewTrigger>,
+}
+
+/// What [`BatchTxn::append`] stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The event as stored, with its `seq`.
+    pub event: StoredEvent,
+    /// [`AppendEvent::customer`], handed back: the pipeline answers with it, and the one
+    /// serial stage should not copy a customer's maps only to drop the original.
+    pub customer: CustomerRecord,
+}
+
+/// A points entry a plugin decided, before the store places it in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLedgerEntry {
+    /// The plugin that decided it.
+    pub plugin: String,
+    /// The entry as the plugin made it.
+    pub entry: PointEntry,
+}
+
+/// A trigger a plugin sent, before the store places it in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTrigger {
+    /// The plugin that sent it.
+    pub plugin: String,
+    /// The trigger as the plugin made it.
+    pub trigger: Trigger,
 }

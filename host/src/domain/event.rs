@@ -1,0 +1,235 @@
+//! An accepted event, and what applying it to a customer's account changes.
+
+use tally_sdk::{Customer, Decision, Event, Timestamp};
+
+use super::ids::{CustomerId, EventId, TenantId};
+use super::profile::{ContactCardValue, record_attributes, record_contact_card, record_stats};
+use super::records::{
+    AppendEvent, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger, OnError,
+    PluginErrorRecord, PluginRun, PluginStatus, RawJson, StoredEvent,
+};
+
+/// An event the host has accepted: its envelope and data checked, its type resolved. What the
+/// writer evaluates and stores.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The tenant it belongs to.
+    pub tenant: TenantId,
+    /// Its id, given or generated.
+    pub id: EventId,
+    /// Its action, which has a type or is allowed untyped.
+    pub action: String,
+    /// The sender's name for the action.
+    pub label: Option<String>,
+    /// The customer it is about.
+    pub customer: CustomerId,
+    /// When it happened (business time: the only time plugins see).
+    pub timestamp: Timestamp,
+    /// Where it came from: `api`, `import`, `demo`.
+    pub source: String,
+    /// The sender's address.
+    pub ip_address: Option<String>,
+    /// The sender's user agent.
+    pub user_agent: Option<String>,
+    /// The action's attributes, checked against its type.
+    pub data: RawJson,
+    /// When the host received it.
+    pub received_at: Timestamp,
+    /// The contact-card fields of its type present in `data`.
+    pub contact_card: Vec<ContactCardValue>,
+}
+
+impl NewEvent {
+    /// The event as plugins see it. Fails only for data that is not a JSON object, which the
+    /// checks at the edge never let through.
+    pub fn wire(&self) -> Result<Event, tally_sdk::Error> {
+        let mut event = Event::from_raw(
+            self.id.as_str(),
+            self.action.as_str(),
+            self.customer.as_str(),
+            self.timestamp,
+            self.data.clone(),
+        )?;
+        event.label.clone_from(&self.label);
+        event.source.clone_from(&self.source);
+        Ok(event)
+    }
+}
+
+/// An account the host has not seen before: no points, no tier, no events.
+pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
+    CustomerRecord {
+        customer: Customer {
+            id: id.to_string(),
+            ..Customer::default()
+        },
+        created_at: now.to_string(),
+        updated_at: now.to_string(),
+        event_count: 0,
+        contact_card: serde_json::Map::new(),
+    }
+}
+
+/// What one plugin made of an event, as the account's rules take it: its decision, or why it
+/// failed (its own error, a sandbox limit, a refusal by [`apply_decision`]).
+///
+/// [`apply_decision`]: super::apply_decision
+#[derive(Debug, Clone)]
+pub struct PluginOutcome {
+    /// The plugin's name.
+    pub name: String,
+    /// The version that ran.
+    pub version: u32,
+    /// What its failure does to the event.
+    pub on_error: OnError,
+    /// Its decision, or its failure's code and message.
+    pub result: Result<Decision, PluginErrorRecord>,
+}
+
+/// An event refused because a plugin set to `on_error = reject` failed on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin} (version {version}) rejected the event: {}", error.message)]
+pub struct Rejection {
+    /// The plugin.
+    pub plugin: String,
+    /// Its version.
+    pub version: u32,
+    /// Its failure.
+    pub error: PluginErrorRecord,
+}
+
+/// Everything `event` changes, given the account before it, what each plugin made of it in
+/// the order they ran, and the customer as their successful decisions left it (each applied
+/// with [`apply_decision`](super::apply_decision) as the plugins ran, since each plugin sees
+/// the one before it): the stored event with its outcome, the new account, the ledger
+/// entries, the plugin states and the triggers. Refused whole when a plugin set to reject
+/// failed.
+pub fn apply_event(
+    before: &CustomerRecord,
+    event: &NewEvent,
+    plugins: Vec<PluginOutcome>,
+    customer: Customer,
+) -> Result<AppendEvent, Rejection> {
+    if let Some(failed) = plugins
+        .iter()
+        .find(|plugin| plugin.on_error == OnError::Reject && plugin.result.is_err())
+    {
+        let error = failed
+            .result
+            .clone()
+            .err()
+            .unwrap_or_else(|| PluginErrorRecord {
+                code: String::new(),
+                message: String::new(),
+            });
+        return Err(Rejection {
+            plugin: failed.name.clone(),
+            version: failed.version,
+            error,
+        });
+    }
+    let decided = Decided::from_outcomes(plugins);
+    let points = decided
+        .ledger
+        .iter()
+        .fold(0_i64, |sum, new| sum.saturating_add(new.entry.amount));
+
+    // Built from parts: `before.customer` is replaced by what the plugins left.
+    let mut account = CustomerRecord {
+        customer,
+        created_at: before.created_at.clone(),
+        updated_at: event.received_at.to_string(),
+        event_count: before.event_count.saturating_add(1),
+        contact_card: before.contact_card.clone(),
+    };
+    record_stats(&mut account.customer.stats, &event.action, event.timestamp);
+    record_attributes(&mut account.customer.attributes, event);
+    record_contact_card(&mut account.contact_card, event);
+
+    Ok(AppendEvent {
+        tenant: event.tenant.to_string(),
+        event: StoredEvent {
+            seq: 0,
+            id: event.id.to_string(),
+            action: event.action.clone(),
+            label: event.label.clone(),
+            date: event.timestamp.date_string(),
+            timestamp: event.timestamp,
+            customer: event.customer.to_string(),
+            points,
+            source: event.source.clone(),
+            ip_address: event.ip_address.clone(),
+            user_agent: event.user_agent.clone(),
+            data: event.data.clone(),
+            received_at: event.received_at.to_string(),
+            outcome: decided.outcome,
+        },
+        customer: account,
+        ledger: decided.ledger,
+        plugin_states: decided.plugin_states,
+        triggers: decided.triggers,
+    })
+}
+
+/// The plugins' outcomes sorted into what each part of the store keeps.
+struct Decided {
+    outcome: EventOutcome,
+    ledger: Vec<NewLedgerEntry>,
+    triggers: Vec<NewTrigger>,
+    plugin_states: Vec<(String, Option<RawJson>)>,
+}
+
+impl Decided {
+    /// Consumes the outcomes: each decision's entries and triggers are copied once, for the
+    /// ledger and the outbox, and moved into the event's outcome.
+    fn from_outcomes(plugins: Vec<PluginOutcome>) -> Decided {
+        let mut decided = Decided {
+            outcome: EventOutcome::default(),
+            ledger: Vec::new(),
+            triggers: Vec::new(),
+            plugin_states: Vec::new(),
+        };
+        for plugin in plugins {
+            let (status, error) = match plugin.result {
+                Ok(decision) => {
+                    decided.take(&plugin.name, decision);
+                    (PluginStatus::Ok, None)
+                }
+                Err(error) => (PluginStatus::Error, Some(error)),
+            };
+            decided.outcome.plugins.push(PluginRun {
+                name: plugin.name,
+                version: plugin.version,
+                status,
+                error,
+            });
+        }
+        decided
+    }
+
+    fn take(&mut self, plugin: &str, decision: Decision) {
+        for entry in &decision.points {
+            self.ledger.push(NewLedgerEntry {
+                plugin: plugin.to_owned(),
+                entry: entry.clone(),
+            });
+        }
+        for trigger in &decision.triggers {
+            self.triggers.push(NewTrigger {
+                plugin: plugin.to_owned(),
+                trigger: trigger.clone(),
+            });
+        }
+        if let Some(state) = decision.state {
+            // `null` clears the state; anything else replaces it.
+            let kept = (!state.is_null()).then_some(state);
+            self.plugin_states.push((plugin.to_owned(), kept));
+        }
+        self.outcome.points.extend(decision.points);
+        self.outcome.perks.extend(decision.perks);
+        self.outcome.triggers.extend(decision.triggers);
+        if decision.tier.is_some() {
+            self.outcome.tier = decision.tier;
+        }
+    }
+}

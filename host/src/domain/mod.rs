@@ -1,0 +1,36 @@
+//! The loyalty account's rules, as pure functions: no I/O, no threads, no wasm, no HTTP.
+//!
+//! A customer's account is the stored [`CustomerRecord`]: points balance and lifetime, tier,
+//! perks, profile attributes, statistics, contact card. It changes in two steps, both here:
+//!
+//! - while the plugins run, each successful decision is applied with [`apply_decision`],
+//!   which moves points ([`move_points`], the one points rule) and refuses a decision that
+//!   would break the balance rule, so each plugin sees the customer as the ones before left it;
+//! - once they have run, [`apply_event`] says everything the event changes: the stored event
+//!   with its outcome, the ledger entries, the triggers, the plugin states, the statistics and
+//!   profile fields the host keeps itself, or the event's refusal when a plugin set to reject
+//!   failed.
+//!
+//! The writer, `simulate` and `tally eval` all go through these two functions, so a simulated
+//! event and a posted one cannot disagree, and the store checks every append against
+//! [`points_after`], so a ledger cannot disagree with its balances.
+//!
+//! Ids are typed ([`TenantId`], [`CustomerId`], [`EventId`], [`PluginName`]) and checked once,
+//! where they enter the host.
+
+mod account;
+mod event;
+pub mod ids;
+mod profile;
+pub mod records;
+
+pub use self::account::{Policy, Refusal, apply_decision, move_points, points_after};
+pub use self::event::{NewEvent, PluginOutcome, Rejection, apply_event, new_account};
+pub use self::ids::{CustomerId, EventId, IdError, PluginName, TenantId};
+pub use self::profile::ContactCardValue;
+pub use self::records::CustomerRecord;
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

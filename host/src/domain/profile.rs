@@ -1,0 +1,156 @@
+//! What the host itself keeps of a customer from their events, whatever the plugins decide:
+//! the statistics plugins see, the profile fields an opt-in carries, and the contact card.
+
+use serde_json::{Map, Value, json};
+use tally_sdk::{Stats, Timestamp};
+
+use super::NewEvent;
+
+/// A field of an event type marked `showInContactCard`, with the value one event carried.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ContactCardValue {
+    /// The property name in the event data.
+    pub property: String,
+    /// Its display name.
+    pub display_name: String,
+    /// The value the event carried.
+    pub value: Value,
+}
+
+/// Counts `event` in the statistics: one more of its action, and the first and last event
+/// time widened to include it (events may arrive out of time order: imports are backdated).
+pub fn record_stats(stats: &mut Stats, action: &str, at: Timestamp) {
+    match stats.events.get_mut(action) {
+        Some(count) => *count = count.saturating_add(1),
+        None => {
+            stats.events.insert(action.to_owned(), 1);
+        }
+    }
+    if stats.first_event_at.is_none_or(|first| at < first) {
+        stats.first_event_at = Some(at);
+    }
+    if stats.last_event_at.is_none_or(|last| at > last) {
+        stats.last_event_at = Some(at);
+    }
+}
+
+/// The profile fields an `opt_in` carries (Antavo's opt-in events and CSV imports bring the
+/// customer's email and name), and the opt-in flag itself.
+pub fn record_attributes(attributes: &mut Map<String, Value>, event: &NewEvent) {
+    const PROFILE_FIELDS: [&str; 5] = ["email", "first_name", "last_name", "phone", "language"];
+    match event.action.as_str() {
+        "opt_in" => {
+            let data = event.data.to_value();
+            for field in PROFILE_FIELDS {
+                if let Some(value) = data.get(field).filter(|v| !v.is_null()) {
+                    attributes.insert(field.to_owned(), value.clone());
+                }
+            }
+            attributes.insert("opted_in".to_owned(), Value::Bool(true));
+            attributes.insert("opted_in_at".to_owned(), json!(event.timestamp));
+        }
+        "opt_out" => {
+            attributes.insert("opted_in".to_owned(), Value::Bool(false));
+            attributes.insert("opted_out_at".to_owned(), json!(event.timestamp));
+        }
+        _ => {}
+    }
+}
+
+/// The contact card keeps the latest value of every `showInContactCard` field, keyed
+/// `action.property` (several interaction types have a `date`), with the event it came from.
+/// An event older than the value already shown does not replace it.
+pub fn record_contact_card(card: &mut Map<String, Value>, event: &NewEvent) {
+    for field in &event.contact_card {
+        let key = format!("{}.{}", event.action, field.property);
+        let newer = card
+            .get(&key)
+            .and_then(|shown| shown.get("at"))
+            .and_then(Value::as_str)
+            .and_then(|at| at.parse::<Timestamp>().ok())
+            .is_none_or(|shown_at| event.timestamp >= shown_at);
+        if newer {
+            card.insert(
+                key,
+                json!({
+                    "action": event.action,
+                    "property": field.property,
+                    "display_name": field.display_name,
+                    "value": field.value,
+                    "event_id": event.id,
+                    "at": event.timestamp,
+                }),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failing test should panic")]
+mod tests {
+    use super::*;
+    use crate::domain::testing::event;
+
+    #[test]
+    fn stats_count_actions_and_keep_the_first_and_last_event_time() {
+        let mut stats = Stats::default();
+        for (action, at) in [
+            ("checkout", "2026-11-02T00:00:00Z"),
+            ("repair", "2026-11-01T00:00:00Z"),
+            ("checkout", "2026-11-03T00:00:00Z"),
+        ] {
+            record_stats(&mut stats, action, at.parse().unwrap());
+        }
+        assert_eq!(
+            serde_json::to_value(&stats).unwrap(),
+            json!({
+                "events": {"checkout": 2, "repair": 1},
+                "first_event_at": "2026-11-01T00:00:00Z",
+                "last_event_at": "2026-11-03T00:00:00Z",
+            })
+        );
+        assert_eq!(stats.events("checkout"), 2);
+        assert_eq!(stats.events("swim"), 0);
+    }
+
+    #[test]
+    fn contact_card_keeps_the_latest_value_per_action_and_property() {
+        let mut card = Map::new();
+        let field = |value: &str| ContactCardValue {
+            property: "brand".to_owned(),
+            display_name: "Brand".to_owned(),
+            value: json!(value),
+        };
+        for (at, brand) in [
+            ("2026-11-02T00:00:00Z", "new"),
+            ("2026-11-01T00:00:00Z", "older, posted later"),
+        ] {
+            let mut repair = event("repair", at, json!({"brand": brand}));
+            repair.contact_card = vec![field(brand)];
+            record_contact_card(&mut card, &repair);
+        }
+        assert_eq!(card["repair.brand"]["value"], "new");
+        assert_eq!(card["repair.brand"]["display_name"], "Brand");
+        assert_eq!(card["repair.brand"]["at"], "2026-11-02T00:00:00Z");
+    }
+
+    #[test]
+    fn opt_in_and_opt_out_set_profile_attributes() {
+        let mut attributes = Map::new();
+        let data = json!({"email": "ada@example.com", "first_name": "Ada", "channel": "web"});
+        record_attributes(
+            &mut attributes,
+            &event("opt_in", "2026-11-01T00:00:00Z", data),
+        );
+        assert_eq!(attributes["email"], "ada@example.com");
+        assert_eq!(attributes["opted_in"], true);
+        assert_eq!(attributes["opted_in_at"], "2026-11-01T00:00:00Z");
+        assert!(!attributes.contains_key("channel"));
+        record_attributes(
+            &mut attributes,
+            &event("opt_out", "2026-11-02T00:00:00Z", json!({})),
+        );
+        assert_eq!(attributes["opted_in"], false);
+        assert_eq!(attributes["first_name"], "Ada");
+    }
+}
