@@ -286,8 +286,8 @@ enum Failure {
 /// Reads one response off a keep-alive connection; `buffer` carries bytes read past it.
 ///
 /// The load generator is a plain HTTP/1.1 client over a socket (httparse reads the head)
-/// rather than a general one: reqwest cost 32-36 µs of CPU per request, on the same two cores
-/// as the host it measures. Both servers it talks to (`tally serve` and the bare axum route)
+/// rather than a general one: reqwest costs two to three times the CPU per request, on the
+/// same two cores as the host it measures. Both servers it talks to (`tally serve` and the bare axum route)
 /// answer with a `content-length`, so that is the only framing it needs, and it refuses any
 /// other loudly.
 async fn read_response(

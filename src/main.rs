@@ -13,7 +13,7 @@ use clap::Parser;
 // The host allocates and frees many small JSON values per event on several threads (request
 // parsing, plugin inputs and outputs, storage records); glibc's malloc spent ~15% of the
 // writer thread in `_int_malloc`/`malloc_consolidate` under load. mimalloc's thread-local
-// free lists make that a small fraction (figures in docs/benchmarks.md).
+// free lists make that a small fraction (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -27,12 +27,10 @@ fn main() -> ExitCode {
 ///
 /// Where the kernel's THP mode is `always` (Debian's default), a first touch of memory that
 /// mimalloc has given back to the kernel (it purges pages idle for a second) or of a fresh
-/// wasm instance's heap faults in and zeroes a whole 2 MiB page. Under ingest load that was
-/// 8.7% of the host's CPU (`clear_page_erms`, half of it on the writer threads), and the
-/// stalls fell on the committer in the middle of a batch. Measured with the ingest bench at
-/// 128 connections, eight interleaved pairs: 9,304 events/s with THP off against 8,761 with
-/// it on (+6%, faster in 7 of 8 pairs), 2.6% less host CPU an event, and p99 20-21 ms against
-/// 26-28 in five more pairs (docs/ingest.md). The flag is the
+/// wasm instance's heap faults in and zeroes a whole 2 MiB page. Under ingest load that is
+/// ~9% of the host's CPU (`clear_page_erms`, half of it on the writer threads), and the
+/// stalls fall on the committer in the middle of a batch; with THP off the ingest bench
+/// reads ~6% more events/s and a lower p99 (docs/performance.md). The flag is the
 /// process's own (`PR_SET_THP_DISABLE`), so the machine's setting is left alone; failing to
 /// set it costs only that speed, so its result is ignored.
 #[cfg(target_os = "linux")]

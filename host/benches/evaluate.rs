@@ -11,8 +11,8 @@
 //!
 //! Criterion reports each; then a summary measures all four again, interleaved in rounds so
 //! that load from other processes hits them alike, and prints medians and the ratios
-//! (wasm / native, fuel on / fuel off). The figures and how they were taken are in
-//! `docs/benchmarks.md`.
+//! (wasm / native, fuel on / fuel off). The figures and what is known to matter are in
+//! `docs/performance.md`.
 //!
 //! Run: `cargo bench -p tally-host --bench evaluate`
 //! (only the summary: `cargo bench -p tally-host --bench evaluate -- summary`; another build

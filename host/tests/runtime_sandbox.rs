@@ -13,9 +13,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tally_host::runtime::{EvalError, Evaluation, Limits, LoadError, Plugin, Runtime};
+use tally_host::pipeline::{PluginCall, PluginResult, run_plugins_showing_inputs};
+use tally_host::runtime::{EvalError, Evaluation, Limits, LoadError, LogLine, Plugin, Runtime};
 use tally_plugin_wasm::HOSTILE;
-use tally_sdk::Input;
+use tally_sdk::{Customer, Event, Input, Perk, Points, RawJson};
 
 fn runtime_with(limits: Limits) -> Runtime {
     Runtime::new(limits).expect("the engine starts")
@@ -77,6 +78,312 @@ fn handwritten_wat_plugin_follows_the_abi_without_the_sdk() {
     assert_eq!(evaluation.logs.len(), 1);
     assert_eq!(evaluation.logs[0].message, "hello from WAT");
     assert_eq!(evaluation.logs[0].level, 1);
+}
+
+/// `docs/abi.md`, the ABI as a contract for plugins in any language. The `the_abi_doc_*`
+/// tests run its WAT module and its examples through the real runtime and pipeline, so the
+/// page cannot drift from what the host does.
+const ABI_DOC: &str = include_str!("../../docs/abi.md");
+
+/// The text of every fenced block of `ABI_DOC` whose info string is `info` (`wat`,
+/// `json input`, `json output`).
+fn abi_doc_blocks(info: &str) -> Vec<&'static str> {
+    let mut blocks = Vec::new();
+    let mut open: Option<usize> = None;
+    let mut at = 0;
+    for line in ABI_DOC.split_inclusive('\n') {
+        let fence = line.trim_end();
+        match open {
+            None if fence.strip_prefix("```") == Some(info) => open = Some(at + line.len()),
+            Some(start) if fence == "```" => {
+                blocks.push(&ABI_DOC[start..at]);
+                open = None;
+            }
+            _ => {}
+        }
+        at += line.len();
+    }
+    assert!(
+        open.is_none(),
+        "a ```{info} block of docs/abi.md is not closed"
+    );
+    blocks
+}
+
+/// `json` without the whitespace between its tokens, as the host writes JSON.
+fn without_whitespace(json: &str) -> String {
+    let (mut compact, mut in_string, mut escaped) = (String::new(), false, false);
+    for c in json.chars() {
+        if in_string {
+            compact.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            compact.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            compact.push(c);
+        }
+    }
+    compact
+}
+
+/// The event, customer, config and state of the input example in `docs/abi.md`.
+fn abi_doc_example() -> (Event, Customer, RawJson, RawJson) {
+    let object = |value: Value| value.as_object().cloned().expect("an object");
+    let mut event = Event::new(
+        "evt-1001",
+        "checkout",
+        "374397439743",
+        "2026-11-23T10:00:00Z".parse().expect("a timestamp"),
+        &json!({"items": [{"price": "200", "quantity": 1, "sku": "A1"}], "total": "200"}),
+    )
+    .expect("an event");
+    event.label = Some("Checkout".to_owned());
+    let customer = Customer {
+        id: "374397439743".to_owned(),
+        points: Points {
+            balance: 120,
+            lifetime: 900,
+        },
+        tier: Some("silver".to_owned()),
+        perks: vec![Perk::new("coupon", "WELCOME10")],
+        attributes: object(json!({"email": "ada@example.com"})),
+        stats: object(json!({
+            "events": {"checkout": 4},
+            "first_event_at": "2026-01-05T09:00:00Z",
+            "last_event_at": "2026-11-20T17:30:00Z",
+        })),
+    };
+    let config = RawJson::from_value(&json!({"rate": 0.1}));
+    let state = RawJson::from_value(&json!({"purchases_this_year": 4}));
+    (event, customer, config, state)
+}
+
+/// Runs `plugin` as version 3 of `points` of tenant `acme` on the input example of
+/// `docs/abi.md`, through the pipeline the host runs: its result, and the input it got.
+fn run_abi_doc_example(plugin: &Plugin) -> (PluginResult, String) {
+    let (event, customer, config, state) = abi_doc_example();
+    let call = PluginCall {
+        name: "points",
+        version: 3,
+        plugin,
+        config: Some(&config),
+        state: Some(&state),
+    };
+    let mut written = String::new();
+    let mut outcome = run_plugins_showing_inputs("acme", &event, customer, &[call], |_, input| {
+        written = String::from_utf8(input.to_vec()).expect("the host writes UTF-8");
+    });
+    let result = outcome.results.pop().expect("one plugin ran");
+    (result, written)
+}
+
+/// A module that answers exactly `output`, every byte escaped in its data segment.
+fn wat_answering_exactly(output: &str) -> Vec<u8> {
+    let escaped: String = output.bytes().map(|byte| format!("\\{byte:02x}")).collect();
+    wat(&format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (data (i32.const 0) "{escaped}")
+            (func (export "tally_abi_version") (result i32) (i32.const 1))
+            (func (export "tally_alloc") (param i32) (result i32) (i32.const 4096))
+            (func (export "tally_evaluate") (param i32 i32) (result i64) (i64.const {len})))"#,
+        len = output.len()
+    ))
+}
+
+#[test]
+fn the_abi_doc_wat_module_runs_as_documented() {
+    let runtime = runtime();
+    let modules = abi_doc_blocks("wat");
+    assert!(!modules.is_empty(), "docs/abi.md shows a WAT module");
+    for module in modules {
+        let plugin = runtime
+            .load(&wat(module))
+            .expect("the module of docs/abi.md is a valid ABI v1 plugin");
+        let (result, _) = run_abi_doc_example(&plugin);
+        let decision = result.outcome.expect("a decision");
+        assert_eq!(decision.points_total(), 7);
+        assert_eq!(decision.points[0].reason, "handwritten");
+        assert_eq!(
+            decision.state.as_ref().map(RawJson::to_value),
+            Some(json!({"seen": true}))
+        );
+        assert_eq!(
+            result.logs,
+            [LogLine {
+                level: 1,
+                message: "hello from WAT".to_owned()
+            }]
+        );
+        // Anything but a JSON object is refused in the plugin's own words.
+        let refused = plugin.evaluate_json(b"[1]").result;
+        assert_eq!(
+            refused,
+            Err(EvalError::Refused {
+                message: "input is not a JSON object".to_owned()
+            })
+        );
+    }
+}
+
+#[test]
+fn the_abi_doc_input_example_is_what_the_host_writes() {
+    let runtime = runtime();
+    let plugin = runtime
+        .load(&wat(abi_doc_blocks("wat")[0]))
+        .expect("a valid module");
+    let (_, written) = run_abi_doc_example(&plugin);
+    let examples = abi_doc_blocks("json input");
+    assert_eq!(examples.len(), 1, "docs/abi.md has one input example");
+    assert_eq!(
+        without_whitespace(examples[0]),
+        written,
+        "the input example of docs/abi.md, without its indentation, is byte for byte what the host writes"
+    );
+}
+
+#[test]
+fn the_abi_doc_output_examples_are_what_the_host_accepts() {
+    let runtime = runtime();
+    let examples = abi_doc_blocks("json output");
+    assert!(examples.len() >= 2, "a decision and an error");
+    for example in examples {
+        let plugin = runtime
+            .load(&wat_answering_exactly(example))
+            .expect("valid");
+        let result = plugin.evaluate(&input_for(Value::Null)).result;
+        let value: Value = serde_json::from_str(example).expect("JSON");
+        match value.get("error").and_then(Value::as_str) {
+            Some(message) => assert_eq!(
+                result,
+                Err(EvalError::Refused {
+                    message: message.to_owned()
+                }),
+                "{example}"
+            ),
+            None => {
+                let decision = result.unwrap_or_else(|error| panic!("{example}: {error}"));
+                assert!(!decision.points.is_empty(), "{example}");
+            }
+        }
+    }
+}
+
+/// The code of `error`; the match names every variant, so a new one does not compile until
+/// it is added to the list below (and to docs/abi.md).
+fn eval_error_code(error: &EvalError) -> &'static str {
+    match error {
+        EvalError::Refused { .. }
+        | EvalError::OutOfFuel { .. }
+        | EvalError::Deadline { .. }
+        | EvalError::MemoryLimit { .. }
+        | EvalError::StackOverflow
+        | EvalError::Panic { .. }
+        | EvalError::Trap { .. }
+        | EvalError::InputTooLarge { .. }
+        | EvalError::OutputTooLarge { .. }
+        | EvalError::StateTooLarge { .. }
+        | EvalError::BadOutput { .. }
+        | EvalError::DecisionRule { .. }
+        | EvalError::Host { .. } => error.code(),
+    }
+}
+
+#[test]
+fn the_abi_doc_names_every_error_code_and_limit() {
+    let text = String::new;
+    let every_eval_error = [
+        EvalError::Refused { message: text() },
+        EvalError::OutOfFuel { budget: 0 },
+        EvalError::Deadline { limit_ms: 0 },
+        EvalError::MemoryLimit {
+            requested: 0,
+            limit: 0,
+        },
+        EvalError::StackOverflow,
+        EvalError::Panic { message: text() },
+        EvalError::Trap { trap: text() },
+        EvalError::InputTooLarge { size: 0, limit: 0 },
+        EvalError::OutputTooLarge { size: 0, limit: 0 },
+        EvalError::StateTooLarge { size: 0, limit: 0 },
+        EvalError::BadOutput { reason: text() },
+        EvalError::DecisionRule { reason: text() },
+        EvalError::Host { reason: text() },
+    ];
+    let load_errors = [
+        LoadError::TooLarge { size: 0, limit: 0 },
+        LoadError::Invalid { reason: text() },
+        LoadError::Refused {
+            problems: Vec::new(),
+        },
+    ];
+    let codes = every_eval_error
+        .iter()
+        .map(eval_error_code)
+        .chain(load_errors.iter().map(LoadError::code));
+    for code in codes {
+        assert!(
+            ABI_DOC.contains(&format!("| `{code}` |")),
+            "docs/abi.md explains the error code {code} in a table row"
+        );
+    }
+
+    let grouped = |number: u64| {
+        let digits = number.to_string();
+        let mut out = String::new();
+        for (index, digit) in digits.chars().enumerate() {
+            if index > 0 && (digits.len() - index).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(digit);
+        }
+        out
+    };
+    let size = |bytes: usize| match bytes {
+        bytes if bytes.is_multiple_of(1 << 20) => format!("{} MiB", bytes >> 20),
+        bytes => format!("{} KiB", bytes >> 10),
+    };
+    let limits = Limits::default();
+    let table = [
+        ("fuel", grouped(limits.fuel.expect("metered by default"))),
+        (
+            "wall-clock deadline",
+            format!("{} ms", limits.deadline.as_millis()),
+        ),
+        ("linear memory", size(limits.memory_bytes)),
+        ("input JSON", size(limits.max_input_bytes)),
+        ("output JSON", size(limits.max_output_bytes)),
+        ("new state", size(limits.max_state_bytes)),
+        ("log text", size(limits.max_log_bytes)),
+        ("module size", size(limits.max_module_bytes)),
+    ];
+    for (limit, default) in table {
+        let row = ABI_DOC
+            .lines()
+            .find(|line| line.starts_with(&format!("| {limit}")))
+            .unwrap_or_else(|| panic!("docs/abi.md has a row for the {limit} limit"));
+        assert!(
+            row.contains(&format!("| {default}")),
+            "docs/abi.md gives the {limit} limit its default, {default}: {row}"
+        );
+    }
+    for rule in [
+        grouped(tally_sdk::wire::MAX_DECISION_ENTRIES as u64),
+        grouped(tally_sdk::wire::MAX_POINTS_AMOUNT),
+        grouped(tally_sdk::wire::MAX_NAME_LEN as u64),
+    ] {
+        assert!(
+            ABI_DOC.contains(&format!("**{rule}**")),
+            "docs/abi.md states the decision limit {rule}"
+        );
+    }
 }
 
 #[test]

@@ -51,8 +51,8 @@ pub struct ServeArgs {
 /// The HTTP threads when none are asked for. Answering a request takes a fraction of what
 /// evaluating and committing its event take, and those run on threads of their own (the
 /// evaluator spreads over every core): one core's worth of HTTP threads fewer means less
-/// switching between them. Measured on 2 cores with `benches/ingest.rs`, 128 connections,
-/// two interleaved pairs: 1 thread 6,923 and 6,458 events/s, 2 threads 5,611 and 6,097.
+/// switching between them. On 2 cores, one HTTP thread gives more events/s than two in
+/// interleaved runs of `benches/ingest.rs` (docs/performance.md).
 fn default_http_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, usize::from)

@@ -229,25 +229,25 @@ fn engine_config(limits: &Limits) -> Config {
         .max_tables_per_module(1)
         .max_memory_size(limits.memory_bytes)
         // Freeing a slot's pages one madvise at a time makes the kernel flush TLBs on every
-        // evaluation; batching the decommits amortizes that (measured: 31 µs -> 23 µs). With
-        // the resident reset below little is left to decommit, but memory past
-        // KEEP_RESIDENT_BYTES (a big input) still is.
+        // evaluation; batching the decommits amortizes that. With the resident reset below
+        // little is left to decommit, but memory past KEEP_RESIDENT_BYTES (a big input) still
+        // is.
         .decommit_batch_size(16);
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         // Linux 6.7+: after an evaluation the kernel's PAGEMAP_SCAN lists the pages the
         // instance wrote, and only those are reset (copied back from the module's image or
         // zeroed) and stay mapped: no madvise, no TLB-flush IPIs, and no page faults when the
         // next instance touches them. The table (funcref slots, filled lazily as the guest
-        // makes indirect calls) likewise. Measured on the points bench: fresh instance with
-        // fuel 40 µs -> 26 µs (linear memory 40 -> 31, the table 31 -> 26).
+        // makes indirect calls) likewise. This is most of what keeps a fresh instance per
+        // evaluation cheap.
         pool.pagemap_scan(Enabled::Yes)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             .table_keep_resident(KEEP_RESIDENT_BYTES);
     }
     // Without PAGEMAP_SCAN, keeping memory resident means memsetting that much of every slot
-    // whether it was touched or not (measured: 18 µs for 1 MiB, more than it saves), so the
-    // kernel decommits as before. `max_unused_warm_slots` and `memory_init_cow` stay at their
-    // defaults: changing them measured no better (CoW off: 1 µs worse).
+    // whether it was touched or not (1 MiB costs more than it saves), so the kernel
+    // decommits as before. `max_unused_warm_slots` and `memory_init_cow` stay at their
+    // defaults: other values are no faster (CoW off is slower).
 
     let mut config = Config::new();
     config

@@ -3,9 +3,8 @@
 //! A checkout of a transaction this plugin has not seen only appends: one id, one points
 //! figure and one factor go on the end of the columns, and the oldest fall off the front
 //! past `remember_transactions`. Parsing every remembered transaction and writing them all
-//! back cost ~3,000 wasm instructions a transaction on every checkout (2.87 million fuel
-//! for a customer with a thousand); finding the ends of the columns in the text and splicing
-//! it costs ~1,200 a transaction (1.26 million with a thousand, `tally eval` fuel): two
+//! back costs ~3,000 wasm instructions a transaction on every checkout; finding the ends of
+//! the columns in the text and splicing it costs ~1,200 a transaction (`tally eval` fuel): two
 //! byte-by-byte passes over the ids (`find`, then `contains`), the SDK's check that the text
 //! ends where its value does, and the copies.
 //!
