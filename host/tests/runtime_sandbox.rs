@@ -13,10 +13,12 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tally_host::pipeline::{PluginCall, PluginResult, run_plugins_showing_inputs};
+use tally_host::domain::records::{CustomerRecord, OnError};
+use tally_host::domain::{CustomerId, EventId, NewEvent, Policy, TenantId, new_account};
+use tally_host::pipeline::{PluginCall, PluginResult, evaluate_event_reporting};
 use tally_host::runtime::{EvalError, Evaluation, Limits, LoadError, LogLine, Plugin, Runtime};
 use tally_plugin_wasm::HOSTILE;
-use tally_sdk::{Customer, Event, Input, Perk, Points, RawJson};
+use tally_sdk::{Customer, Input, Perk, Points, RawJson, Stats, Timestamp};
 
 fn runtime_with(limits: Limits) -> Runtime {
     Runtime::new(limits).expect("the engine starts")
@@ -133,18 +135,27 @@ fn without_whitespace(json: &str) -> String {
     compact
 }
 
-/// The event, customer, config and state of the input example in `docs/abi.md`.
-fn abi_doc_example() -> (Event, Customer, RawJson, RawJson) {
+/// The event, account, config and state of the input example in `docs/abi.md`.
+fn abi_doc_example() -> (NewEvent, CustomerRecord, RawJson, RawJson) {
     let object = |value: Value| value.as_object().cloned().expect("an object");
-    let mut event = Event::new(
-        "evt-1001",
-        "checkout",
-        "374397439743",
-        "2026-11-23T10:00:00Z".parse().expect("a timestamp"),
-        &json!({"items": [{"price": "200", "quantity": 1, "sku": "A1"}], "total": "200"}),
-    )
-    .expect("an event");
-    event.label = Some("Checkout".to_owned());
+    let at = |text: &str| text.parse::<Timestamp>().expect("a timestamp");
+    let customer_id = CustomerId::parse("374397439743").expect("a customer id");
+    let event = NewEvent {
+        tenant: TenantId::parse("acme").expect("a tenant id"),
+        id: EventId::parse("evt-1001").expect("an event id"),
+        action: "checkout".to_owned(),
+        label: Some("Checkout".to_owned()),
+        customer: customer_id.clone(),
+        timestamp: at("2026-11-23T10:00:00Z"),
+        source: "api".to_owned(),
+        ip_address: None,
+        user_agent: None,
+        data: RawJson::from_value(
+            &json!({"items": [{"price": "200", "quantity": 1, "sku": "A1"}], "total": "200"}),
+        ),
+        received_at: at("2026-11-23T10:00:00Z"),
+        contact_card: Vec::new(),
+    };
     let customer = Customer {
         id: "374397439743".to_owned(),
         points: Points {
@@ -154,33 +165,46 @@ fn abi_doc_example() -> (Event, Customer, RawJson, RawJson) {
         tier: Some("silver".to_owned()),
         perks: vec![Perk::new("coupon", "WELCOME10")],
         attributes: object(json!({"email": "ada@example.com"})),
-        stats: object(json!({
-            "events": {"checkout": 4},
-            "first_event_at": "2026-01-05T09:00:00Z",
-            "last_event_at": "2026-11-20T17:30:00Z",
-        })),
+        stats: Stats {
+            events: [("checkout".to_owned(), 4)].into_iter().collect(),
+            first_event_at: Some(at("2026-01-05T09:00:00Z")),
+            last_event_at: Some(at("2026-11-20T17:30:00Z")),
+        },
+    };
+    let account = CustomerRecord {
+        customer,
+        ..new_account(&customer_id, at("2026-01-05T09:00:00Z"))
     };
     let config = RawJson::from_value(&json!({"rate": 0.1}));
     let state = RawJson::from_value(&json!({"purchases_this_year": 4}));
-    (event, customer, config, state)
+    (event, account, config, state)
 }
 
 /// Runs `plugin` as version 3 of `points` of tenant `acme` on the input example of
 /// `docs/abi.md`, through the pipeline the host runs: its result, and the input it got.
 fn run_abi_doc_example(plugin: &Plugin) -> (PluginResult, String) {
-    let (event, customer, config, state) = abi_doc_example();
+    let (event, account, config, state) = abi_doc_example();
     let call = PluginCall {
         name: "points",
         version: 3,
-        plugin,
+        plugin: Ok(plugin),
         config: Some(&config),
         state: Some(&state),
+        on_error: OnError::Skip,
     };
     let mut written = String::new();
-    let mut outcome = run_plugins_showing_inputs("acme", &event, customer, &[call], |_, input| {
-        written = String::from_utf8(input.to_vec()).expect("the host writes UTF-8");
-    });
-    let result = outcome.results.pop().expect("one plugin ran");
+    let mut evaluation = evaluate_event_reporting(
+        "acme",
+        Policy::default(),
+        &event,
+        &account,
+        &[call],
+        |_, input| {
+            written = String::from_utf8(input.to_vec()).expect("the host writes UTF-8");
+        },
+    )
+    .expect("a readable event");
+    let result = evaluation.runs.results.pop().expect("one plugin ran");
     (result, written)
 }
 

@@ -76,10 +76,7 @@ pub fn apply_decision(
     policy: Policy,
 ) -> Result<(), Refusal> {
     let before = customer.points;
-    let after = decision
-        .points
-        .iter()
-        .fold(before, move_points);
+    let after = decision.points.iter().fold(before, move_points);
     // Only a decision that lowers the balance can break the rule: an award to a customer
     // already below zero (a debt the tenant allowed earlier) is still an award.
     if !policy.allow_negative_balance && after.balance < 0 && after.balance < before.balance {
