@@ -36,7 +36,7 @@ use crate::runtime::{LogLine, Plugin, Runtime};
 use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
 use crate::storage::{
     CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OnError, Page, PluginRecord, RawJson,
-    RedbStore, Store, StoreError, StoredEvent, TenantRecord,
+    Store, StoreError, StoredEvent, TenantRecord,
 };
 
 /// Who a request's key belongs to.
@@ -193,18 +193,10 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// Opens the data directory (creating it), starts the writer and settles the admin key.
-    pub fn open(config: Config) -> Result<Opened, ServiceError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|error| {
-            ServiceError::internal(format!(
-                "cannot create the data directory {}: {error}",
-                config.data_dir.display()
-            ))
-        })?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open_with_cache(
-            config.database_path(),
-            config.cache_bytes,
-        )?);
+    /// Starts the host over `store`: the plugin runtime (its compiled-artifact cache in the
+    /// data directory), the writer, and the admin key. Any [`Store`] will do; the binary
+    /// opens the embedded one.
+    pub fn open(store: Arc<dyn Store>, config: Config) -> Result<Opened, ServiceError> {
         let runtime = Runtime::with_cache_dir(config.limits.clone(), config.artifact_dir())?;
         let plugins = Arc::new(PluginCache {
             store: store.clone(),

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use tally_host::api;
 use tally_host::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
-use tally_host::service::Service;
+use tally_host::service::{Opened, Service, ServiceError};
+use tally_host::storage::{RedbStore, Store};
 use tally_host::storage::redb::DEFAULT_CACHE_BYTES;
 use tracing_subscriber::EnvFilter;
 
@@ -123,7 +124,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .local_addr()
         .map_err(|error| format!("cannot read the listening address: {error}"))?;
     let data_dir = config.data_dir.clone();
-    let opened = tokio::task::spawn_blocking(move || Service::open(config))
+    let opened = tokio::task::spawn_blocking(move || open_embedded(config))
         .await
         .map_err(|error| format!("opening the host failed: {error}"))?
         .map_err(|error| format!("cannot open {}: {}", data_dir.display(), error.message))?;
@@ -185,4 +186,19 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: no new connections; finishing and committing what was accepted");
+}
+
+/// The host over its embedded store: one redb file in the data directory (created if need be).
+fn open_embedded(config: Config) -> Result<Opened, ServiceError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        ServiceError::internal(format!(
+            "cannot create the data directory {}: {error}",
+            config.data_dir.display()
+        ))
+    })?;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_with_cache(
+        config.database_path(),
+        config.cache_bytes,
+    )?);
+    Service::open(store, config)
 }

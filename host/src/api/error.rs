@@ -9,30 +9,52 @@ use serde_json::{Value, json};
 
 use crate::service::{ErrorKind, ServiceError};
 
-/// An error as the API answers it.
+/// An error as the API answers it: a service error, with the status its kind maps to, or
+/// one that only HTTP has (a route that does not take the method).
 #[derive(Debug)]
-pub struct ApiError(pub ServiceError);
+pub struct ApiError {
+    error: ServiceError,
+    status: StatusCode,
+}
 
 impl ApiError {
     /// An error of `kind` with `code` and `message`.
     pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError(ServiceError::new(kind, code, message))
+        ServiceError::new(kind, code, message).into()
+    }
+
+    /// `405 method_not_allowed`: the route exists, but not with this method.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError {
+            error: ServiceError::new(
+                ErrorKind::BadRequest,
+                "method_not_allowed",
+                "this route does not take that method; see docs/api.md",
+            ),
+            status: StatusCode::METHOD_NOT_ALLOWED,
+        }
     }
 
     /// The same error with `details`.
     pub fn with_details(self, details: Value) -> ApiError {
-        ApiError(self.0.with_details(details))
+        ApiError {
+            error: self.error.with_details(details),
+            status: self.status,
+        }
     }
 
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
-        status_of(self.0.kind)
+        self.status
     }
 }
 
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> ApiError {
-        ApiError(error)
+        ApiError {
+            status: status_of(error.kind),
+            error,
+        }
     }
 }
 
@@ -43,7 +65,6 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -66,13 +87,13 @@ pub fn error_body(error: &ServiceError) -> Value {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut response = (status, Json(error_body(&self.0))).into_response();
-        if matches!(self.0.kind, ErrorKind::Overloaded | ErrorKind::Unavailable) {
+        let mut response = (status, Json(error_body(&self.error))).into_response();
+        if matches!(self.error.kind, ErrorKind::Overloaded | ErrorKind::Unavailable) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if self.0.kind == ErrorKind::Unauthorized {
+        if self.error.kind == ErrorKind::Unauthorized {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tally\""),

@@ -87,7 +87,7 @@ async fn post_batch(
 }
 
 fn not_a_list() -> ApiError {
-    ApiError(ServiceError::invalid_request(
+    ApiError::from(ServiceError::invalid_request(
         "a batch is a JSON array of events (or {\"events\": [...]})",
     ))
 }

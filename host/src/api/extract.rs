@@ -29,7 +29,7 @@ where
     let service = state.service.clone();
     match tokio::task::spawn_blocking(move || work(&service)).await {
         Ok(result) => result.map_err(ApiError::from),
-        Err(error) => Err(ApiError(ServiceError::internal(format!(
+        Err(error) => Err(ApiError::from(ServiceError::internal(format!(
             "a blocking task failed: {error}"
         )))),
     }
@@ -236,7 +236,7 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
         } else {
             format!("{path}: {}", error.inner())
         };
-        ApiError(ServiceError::invalid_request(message).with_details(json!({"path": path})))
+        ApiError::from(ServiceError::invalid_request(message).with_details(json!({"path": path})))
     })
 }
 
@@ -279,7 +279,7 @@ impl<S: Send + Sync> FromRequest<S> for EventBody {
             })?;
             return form_to_json(text)
                 .map(EventBody)
-                .map_err(|error| ApiError(error.into()));
+                .map_err(|error| ApiError::from(ServiceError::from(error)));
         }
         Err(unsupported(
             &body.media_type,

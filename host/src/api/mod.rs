@@ -86,11 +86,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        ErrorKind::MethodNotAllowed,
-        "method_not_allowed",
-        "this route does not take that method; see docs/api.md",
-    )
+    ApiError::method_not_allowed()
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets the

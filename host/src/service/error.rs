@@ -20,8 +20,6 @@ pub enum ErrorKind {
     Forbidden,
     /// The thing does not exist (or belongs to another tenant).
     NotFound,
-    /// The route exists but not with this method.
-    MethodNotAllowed,
     /// The thing to create exists.
     Conflict,
     /// A body or module over its limit.
