@@ -10,12 +10,12 @@ mod storage {
     use std::collections::BTreeMap;
 
     use serde_json::{Map, json};
-    use tally_host::domain::TenantId;
+    use tally_host::domain::{TenantId, points_after};
     use tally_host::storage::{
         AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery, NewLedgerEntry,
         NewTrigger, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
-    use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points, Timestamp, Trigger};
+    use tally_sdk::{Customer, PointEntry, PointKind, Points, Timestamp, Trigger};
 
     const TENANTS: [&str; 2] = ["acme", "acme2"];
     /// `c1` and `c10` share a prefix, so a key range that leaks past its customer shows.
@@ -152,10 +152,10 @@ mod storage {
                 event_count: 0,
                 contact_card: Map::new(),
             });
-        record.customer.apply(&Decision {
-            points: planned.points.clone(),
-            ..Decision::default()
-        });
+        record.customer.points = points_after(record.customer.points, &planned.points)
+            .last()
+            .copied()
+            .unwrap_or(record.customer.points);
         record.event_count += 1;
         let timestamp = Timestamp::from_unix_seconds(planned.at);
         AppendEvent {

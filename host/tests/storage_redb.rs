@@ -7,13 +7,13 @@
 mod storage {
     use serde_json::{Map, Value, json};
     use sha2::{Digest, Sha256};
-    use tally_host::domain::TenantId;
+    use tally_host::domain::{TenantId, points_after};
     use tally_host::storage::{
         AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery,
         EventTypeRecord, NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun,
         PluginStatus, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
-    use tally_sdk::{Customer, Decision, Perk, PointEntry, PointKind, Points, Timestamp, Trigger};
+    use tally_sdk::{Customer, Perk, PointEntry, PointKind, Points, Timestamp, Trigger};
     use tempfile::TempDir;
 
     const T0: i64 = 1_790_000_000; // 2026-09-21
@@ -75,11 +75,10 @@ mod storage {
                     event_count: 0,
                     contact_card: Map::new(),
                 });
-        let decision = Decision {
-            points: points.to_vec(),
-            ..Decision::default()
-        };
-        record.customer.apply(&decision);
+        record.customer.points = points_after(record.customer.points, points)
+            .last()
+            .copied()
+            .unwrap_or(record.customer.points);
         record.event_count += 1;
         record.updated_at.clone_from(&received_at);
         let timestamp = Timestamp::from_unix_seconds(at);
@@ -1088,20 +1087,19 @@ mod storage {
         assert!(matches!(error, StoreError::Invalid(_)), "{error}");
     }
 
-    /// `meta`, as every format has it, for tests that write a file by hand.
+    /// The store's tables, for tests that write a file by hand: `meta`, name -> bytes.
     const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
-    /// `customer_data`'s key in formats 4 and 5: (tenant, customer, part, time, number, plugin).
+    /// `customer_data`'s key: (tenant, customer, part, time, number, plugin).
     type CustomerDataKey<'a> = (&'a str, &'a str, u8, i64, u64, &'a str);
-    /// `customer_data`, as formats 4 to 6 have it.
+    /// `customer_data`: a customer's history, record, plugin states and ledger.
     const CUSTOMER_DATA: redb::TableDefinition<'_, CustomerDataKey<'_>, &[u8]> =
         redb::TableDefinition::new("customer_data");
-    /// `events`, as every format has it: (tenant, event id) -> the event, as JSON in formats
-    /// 1 to 5.
+    /// `events`: (tenant, event id) -> the event row.
     const EVENTS: redb::TableDefinition<'_, (&str, &str), &[u8]> =
         redb::TableDefinition::new("events");
 
-    /// Every event of `customers` (tenant `acme`) as JSON, by id: how formats 1 to 5 stored
-    /// them.
+    /// Every event of `customers` (tenant `acme`) as plain JSON, by id: rows the store does
+    /// not write, to damage a file with.
     fn json_event_rows(store: &RedbStore, customers: &[&str]) -> Vec<(String, Vec<u8>)> {
         customers
             .iter()
@@ -1110,8 +1108,7 @@ mod storage {
             .collect()
     }
 
-    /// Writes `rows` (from [`json_event_rows`]) over tenant `acme`'s event rows, as a file of
-    /// format 5 or older holds them.
+    /// Writes `rows` (from [`json_event_rows`]) over tenant `acme`'s event rows.
     fn write_json_events(txn: &redb::WriteTransaction, rows: &[(String, Vec<u8>)]) {
         let mut events = txn.open_table(EVENTS).unwrap();
         for (id, json) in rows {
@@ -1121,8 +1118,8 @@ mod storage {
         }
     }
 
-    /// A redb file as an older build left it: `meta.format` set to `format`, then whatever
-    /// `fill` writes in the same transaction.
+    /// A redb file with `meta.format` set to `format`, then whatever `fill` writes in the same
+    /// transaction: a file of another build's format.
     fn old_file(path: &std::path::Path, format: u32, fill: impl FnOnce(&redb::WriteTransaction)) {
         let db = redb::Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();
@@ -1135,344 +1132,8 @@ mod storage {
         txn.commit().unwrap();
     }
 
-    /// The names of the tables in the redb file at `path`.
-    fn table_names(path: &std::path::Path) -> Vec<String> {
-        let db = redb::Database::open(path).unwrap();
-        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        txn.list_tables()
-            .unwrap()
-            .map(|table| redb::TableHandle::name(&table).to_owned())
-            .collect()
-    }
-
-    /// The text of `plugin`'s state for `customer` of tenant `acme`, as a migrated file has it.
-    fn acme_state(store: &RedbStore, plugin: &str, customer: &str) -> Option<String> {
-        store
-            .plugin_state("acme", plugin, customer)
-            .unwrap()
-            .map(|state| state.get().to_owned())
-    }
-
-    /// Format 1 keyed plugin state (tenant, plugin, customer); opening such a file re-keys
-    /// it to (tenant, customer, plugin) and keeps every state.
-    #[test]
-    fn a_format_1_file_is_migrated_with_its_plugin_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tally.redb");
-        old_file(&path, 1, |txn| {
-            let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
-                redb::TableDefinition::new("plugin_state");
-            let mut states = txn.open_table(states_table).unwrap();
-            for (plugin, customer, state) in [
-                ("points", "ada", r#"{"n":1}"#),
-                ("points", "bob", r#"{"n":2}"#),
-                ("tiers", "ada", r#"{"lifetime":3}"#),
-            ] {
-                states
-                    .insert(("acme", plugin, customer), state.as_bytes())
-                    .unwrap();
-            }
-        });
-        let store = RedbStore::open(&path).unwrap();
-        let state = |plugin, customer| acme_state(&store, plugin, customer);
-        assert_eq!(state("points", "ada").as_deref(), Some(r#"{"n":1}"#));
-        assert_eq!(state("points", "bob").as_deref(), Some(r#"{"n":2}"#));
-        assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":3}"#));
-        assert_eq!(state("tiers", "bob"), None);
-        drop(store);
-        // Opened again, it is format 6 and stays as it is.
-        let store = RedbStore::open(&path).unwrap();
-        assert_eq!(
-            acme_state(&store, "tiers", "ada").as_deref(),
-            Some(r#"{"lifetime":3}"#)
-        );
-    }
-
-    /// Format 2 kept customer records in `customers` and plugin states in `plugin_state`;
-    /// opening such a file moves both into `customer_rows` and keeps every record, state and
-    /// count, so the next event of a migrated customer appends on what they had.
-    #[test]
-    fn a_format_2_file_is_migrated_with_its_customers_and_states() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tally.redb");
-        let ada = serde_json::json!({
-            "customer": {"id": "ada", "points": {"balance": 40, "lifetime": 50}, "tier": "silver",
-                         "attributes": {}, "stats": {}},
-            "created_at": "2026-11-01T00:00:00Z",
-            "updated_at": "2026-11-02T00:00:00Z",
-            "event_count": 2,
-            "contact_card": {}
-        });
-        old_file(&path, 2, |txn| {
-            let customers_table: redb::TableDefinition<'_, (&str, &str), &[u8]> =
-                redb::TableDefinition::new("customers");
-            let mut customers = txn.open_table(customers_table).unwrap();
-            customers
-                .insert(("acme", "ada"), ada.to_string().as_bytes())
-                .unwrap();
-            let states_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
-                redb::TableDefinition::new("plugin_state");
-            let mut states = txn.open_table(states_table).unwrap();
-            for (customer, plugin, state) in [
-                ("ada", "points", r#"{"n":1}"#),
-                ("ada", "tiers", r#"{"lifetime":50}"#),
-                ("bob", "points", r#"{"n":2}"#),
-            ] {
-                states
-                    .insert(("acme", customer, plugin), state.as_bytes())
-                    .unwrap();
-            }
-        });
-        for opening in ["migrates", "is already format 6"] {
-            let store = RedbStore::open(&path).unwrap();
-            let state = |plugin, customer| acme_state(&store, plugin, customer);
-            assert_eq!(
-                state("points", "ada").as_deref(),
-                Some(r#"{"n":1}"#),
-                "{opening}"
-            );
-            assert_eq!(state("tiers", "ada").as_deref(), Some(r#"{"lifetime":50}"#));
-            assert_eq!(state("points", "bob").as_deref(), Some(r#"{"n":2}"#));
-            assert_eq!(state("tiers", "bob"), None);
-            let customer = store.customer("acme", "ada").unwrap().expect("ada is kept");
-            assert_eq!(customer.event_count, 2);
-            assert_eq!(customer.customer.points.balance, 40);
-            assert_eq!(customer.customer.tier.as_deref(), Some("silver"));
-            assert_eq!(
-                store.customer("acme", "bob").unwrap(),
-                None,
-                "bob had only a state"
-            );
-        }
-        let tables = table_names(&path);
-        assert!(
-            !tables
-                .iter()
-                .any(|name| name == "customers" || name == "plugin_state"),
-            "the format-2 tables are gone: {tables:?}"
-        );
-    }
-
-    /// Format 3 kept a customer's history index in `customer_events` and their ledger in
-    /// `ledger`, beside `customer_rows`; opening such a file moves all three into
-    /// `customer_data` and keeps every event, entry, record, state and count, so paging and
-    /// appending go on where they were.
-    #[test]
-    fn a_format_3_file_is_migrated_with_its_history_and_ledger() {
-        let (dir, store) = with_tenants(&["acme"]);
-        // Ada's third event is timestamped between her first two: the history is by event
-        // time, the ledger by arrival.
-        for (id, customer, at, points) in [
-            ("e1", "ada", T0, vec![earn(10)]),
-            ("e2", "ada", T0 + 60, vec![earn(5), spend(3)]),
-            ("e3", "ada", T0 + 30, vec![earn(7)]),
-            ("e4", "bob", T0, vec![earn(1)]),
-        ] {
-            post(&store, "acme", id, customer, "checkout", at, &points).unwrap();
-        }
-        let history = |store: &RedbStore, customer| -> Vec<String> {
-            all_events(store, "acme", customer)
-                .into_iter()
-                .map(|event| event.id)
-                .collect()
-        };
-        let ledger = |store: &RedbStore, customer| {
-            store
-                .ledger("acme", customer, usize::MAX, None)
-                .unwrap()
-                .items
-        };
-        assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"]);
-        let ada_ledger = ledger(&store, "ada");
-        let ada = store.customer("acme", "ada").unwrap().unwrap();
-        // Format 3 kept ledger entries and events as JSON.
-        let json_entries = json_ledger_rows(&store, &["ada", "bob"]);
-        let json_events = json_event_rows(&store, &["ada", "bob"]);
-        drop(store);
-
-        // Rewrite the file as format 3 left it: the same rows under that format's tables.
-        let path = dir.path().join("tally.redb");
-        {
-            let rows_table: redb::TableDefinition<'_, (&str, &str, &str), &[u8]> =
-                redb::TableDefinition::new("customer_rows");
-            let history_table: redb::TableDefinition<'_, (&str, &str, i64, u64), (&str, &str)> =
-                redb::TableDefinition::new("customer_events");
-            let ledger_table: redb::TableDefinition<'_, (&str, &str, u64), &[u8]> =
-                redb::TableDefinition::new("ledger");
-            let db = redb::Database::open(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                use redb::ReadableTable as _;
-                let data = txn.open_table(CUSTOMER_DATA).unwrap();
-                let mut rows = txn.open_table(rows_table).unwrap();
-                let mut history = txn.open_table(history_table).unwrap();
-                let mut ledger = txn.open_table(ledger_table).unwrap();
-                for row in data.iter().unwrap() {
-                    let (key, value) = row.unwrap();
-                    let (tenant, customer, part, seconds, number, _) = key.value();
-                    let value = value.value();
-                    match part {
-                        0 => {
-                            let length = u32::from_le_bytes(value[..4].try_into().unwrap());
-                            let (action, id) = value[4..].split_at(length as usize);
-                            let action = std::str::from_utf8(action).unwrap();
-                            let id = std::str::from_utf8(id).unwrap();
-                            history
-                                .insert((tenant, customer, seconds, number), (action, id))
-                                .unwrap();
-                        }
-                        1 => {
-                            rows.insert((tenant, customer, ""), value).unwrap();
-                        }
-                        3 => {
-                            let seq = u64::MAX - number;
-                            ledger
-                                .insert((tenant, customer, seq), json_entries[&seq].as_slice())
-                                .unwrap();
-                        }
-                        other => panic!("the test posted no plugin state, but part {other}"),
-                    }
-                }
-                rows.insert(("acme", "ada", "points"), br#"{"n":1}"#.as_slice())
-                    .unwrap();
-                let mut meta = txn.open_table(META).unwrap();
-                meta.insert("format", 3_u32.to_le_bytes().as_slice())
-                    .unwrap();
-            }
-            write_json_events(&txn, &json_events);
-            txn.delete_table(CUSTOMER_DATA).unwrap();
-            txn.commit().unwrap();
-        }
-
-        for opening in ["migrates", "is already format 6"] {
-            let store = RedbStore::open(&path).unwrap();
-            assert_eq!(history(&store, "ada"), ["e1", "e3", "e2"], "{opening}");
-            assert_eq!(history(&store, "bob"), ["e4"], "{opening}");
-            assert_eq!(ledger(&store, "ada"), ada_ledger, "{opening}");
-            assert_eq!(store.customer("acme", "ada").unwrap().unwrap(), ada);
-            assert_eq!(
-                acme_state(&store, "points", "ada").as_deref(),
-                Some(r#"{"n":1}"#)
-            );
-            assert_ledger_matches_balance(&store, "acme", "ada");
-        }
-        // The next event of a migrated customer appends on what they had.
-        let store = RedbStore::open(&path).unwrap();
-        post(&store, "acme", "e5", "ada", "checkout", T0 + 90, &[earn(2)]).unwrap();
-        assert_eq!(history(&store, "ada"), ["e1", "e3", "e2", "e5"]);
-        let seqs: Vec<u64> = ledger(&store, "ada")
-            .iter()
-            .map(|entry| entry.seq)
-            .collect();
-        assert!(seqs.is_sorted() && seqs.len() == 5, "{seqs:?}");
-        assert_eq!(
-            assert_ledger_matches_balance(&store, "acme", "ada").balance,
-            21
-        );
-        drop(store);
-
-        let tables = table_names(&path);
-        for gone in ["customer_rows", "customer_events", "ledger"] {
-            assert!(
-                !tables.iter().any(|name| name == gone),
-                "{gone} is gone: {tables:?}"
-            );
-        }
-    }
-
-    /// Each ledger entry of `customers` (tenant `acme`) as JSON, by seq: how formats 1 to 4
-    /// stored them.
-    fn json_ledger_rows(
-        store: &RedbStore,
-        customers: &[&str],
-    ) -> std::collections::HashMap<u64, Vec<u8>> {
-        customers
-            .iter()
-            .flat_map(|customer| {
-                store
-                    .ledger("acme", customer, usize::MAX, None)
-                    .unwrap()
-                    .items
-            })
-            .map(|entry| (entry.seq, serde_json::to_vec(&entry).unwrap()))
-            .collect()
-    }
-
-    /// Format 4 stored ledger entries as JSON; opening such a file rewrites them in format
-    /// 5's binary layout with every field (expiry included) as it was, and the ledger still
-    /// adds up to the balance, then and after the next event.
-    #[test]
-    fn a_format_4_file_is_migrated_with_its_ledger() {
-        let (dir, store) = with_tenants(&["acme"]);
-        let expiring = PointEntry {
-            expires_at: Some(Timestamp::from_unix_seconds(T0 + 86_400 * 365)),
-            ..earn(12)
-        };
-        for (id, customer, at, points) in [
-            ("e1", "ada", T0, vec![earn(10), expiring]),
-            ("e2", "ada", T0 + 60, vec![earn(5), spend(3)]),
-            ("e3", "bob", T0, vec![earn(1)]),
-        ] {
-            post(&store, "acme", id, customer, "checkout", at, &points).unwrap();
-        }
-        let ledger = |store: &RedbStore, customer| {
-            store
-                .ledger("acme", customer, usize::MAX, None)
-                .unwrap()
-                .items
-        };
-        let (ada_ledger, bob_ledger) = (ledger(&store, "ada"), ledger(&store, "bob"));
-        assert!(ada_ledger.iter().any(|entry| entry.expires_at.is_some()));
-        let json_entries = json_ledger_rows(&store, &["ada", "bob"]);
-        let json_events = json_event_rows(&store, &["ada", "bob"]);
-        drop(store);
-
-        // Rewrite the ledger rows and the events as format 4 left them.
-        let path = dir.path().join("tally.redb");
-        {
-            let db = redb::Database::open(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let mut data = txn.open_table(CUSTOMER_DATA).unwrap();
-                for (seq, (customer, json)) in json_entries.iter().map(|(seq, json)| {
-                    let customer = if bob_ledger.iter().any(|e| e.seq == *seq) {
-                        "bob"
-                    } else {
-                        "ada"
-                    };
-                    (seq, (customer, json))
-                }) {
-                    data.insert(
-                        ("acme", customer, 3, 0, u64::MAX - seq, ""),
-                        json.as_slice(),
-                    )
-                    .unwrap();
-                }
-                let mut meta = txn.open_table(META).unwrap();
-                meta.insert("format", 4_u32.to_le_bytes().as_slice())
-                    .unwrap();
-            }
-            write_json_events(&txn, &json_events);
-            txn.commit().unwrap();
-        }
-
-        for opening in ["migrates", "is already format 6"] {
-            let store = RedbStore::open(&path).unwrap();
-            assert_eq!(ledger(&store, "ada"), ada_ledger, "{opening}");
-            assert_eq!(ledger(&store, "bob"), bob_ledger, "{opening}");
-            assert_ledger_matches_balance(&store, "acme", "ada");
-        }
-        let store = RedbStore::open(&path).unwrap();
-        post(&store, "acme", "e4", "ada", "checkout", T0 + 90, &[earn(2)]).unwrap();
-        assert_eq!(ledger(&store, "ada").len(), 5);
-        assert_eq!(
-            assert_ledger_matches_balance(&store, "acme", "ada").balance,
-            10 + 12 + 5 - 3 + 2
-        );
-    }
-
-    /// A ledger row that is not format 5's layout is reported as corrupt, with its seq, not
-    /// misread.
+    /// A ledger row that is not the ledger row layout is reported as corrupt, with its seq,
+    /// not misread.
     #[test]
     fn a_ledger_row_that_does_not_decode_is_corrupt() {
         let (dir, store) = with_tenants(&["acme"]);
@@ -1497,110 +1158,8 @@ mod storage {
         );
     }
 
-    /// Format 5 stored events as JSON; opening such a file compresses every one (a chunk at
-    /// a time, so more events than one chunk holds) and each reads back as it was, by id and
-    /// in its customer's history, then and after the next event.
-    #[test]
-    fn a_format_5_file_is_migrated_with_its_events() {
-        let (dir, store) = with_tenants(&["acme"]);
-        let customers = ["ada", "bob", "cy"];
-        // More than the migration's chunk of 4,096 rows, in one batch to keep the test quick.
-        store
-            .write_batch(&mut |txn: &mut dyn BatchTxn| {
-                for n in 0..5000 {
-                    let customer = customers[n % 3];
-                    let id = format!("e{n:05}");
-                    let at = T0 + i64::try_from(n).unwrap();
-                    let append = evaluate(txn, "acme", &id, customer, "checkout", at, &[earn(2)]);
-                    txn.append(append)?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        let histories: Vec<Vec<StoredEvent>> = customers
-            .iter()
-            .map(|customer| all_events(&store, "acme", customer))
-            .collect();
-        let json_events = json_event_rows(&store, &customers);
-        assert_eq!(json_events.len(), 5000);
-        drop(store);
-
-        let path = dir.path().join("tally.redb");
-        {
-            let mut db = redb::Database::open(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            write_json_events(&txn, &json_events);
-            txn.open_table(META)
-                .unwrap()
-                .insert("format", 5_u32.to_le_bytes().as_slice())
-                .unwrap();
-            txn.commit().unwrap();
-            // Compacted, so that the migration finds no free pages (those rewriting the rows
-            // as JSON just freed) and the file shows what the migration alone adds.
-            db.compact().unwrap();
-        }
-        let format_5_bytes = std::fs::metadata(&path).unwrap().len();
-
-        for opening in ["migrates", "is already format 6"] {
-            let store = RedbStore::open(&path).unwrap();
-            // The migration rewrites every event in one transaction, which alone leaves the
-            // file with the old rows' pages free on top of the new rows; the store compacts it.
-            let bytes = std::fs::metadata(&path).unwrap().len();
-            assert!(
-                bytes <= format_5_bytes,
-                "{opening}: the file is {bytes} bytes, more than the {format_5_bytes} of format 5"
-            );
-            for (customer, history) in customers.iter().zip(&histories) {
-                assert_eq!(&all_events(&store, "acme", customer), history, "{opening}");
-            }
-            for (id, json) in &json_events {
-                let event = store
-                    .event("acme", id)
-                    .unwrap()
-                    .expect("every event is kept");
-                assert_eq!(
-                    serde_json::to_vec(&event).unwrap(),
-                    *json,
-                    "{opening}: {id}"
-                );
-            }
-        }
-        // Every row is now compressed: none is JSON, and each is smaller than its JSON was.
-        {
-            let db = redb::Database::open(&path).unwrap();
-            let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-            let events = txn.open_table(EVENTS).unwrap();
-            for (id, json) in &json_events {
-                let row = events.get(("acme", id.as_str())).unwrap().unwrap();
-                assert_ne!(row.value().first(), Some(&b'{'), "{id}");
-                assert!(row.value().len() < json.len(), "{id}");
-            }
-        }
-        let store = RedbStore::open(&path).unwrap();
-        post(
-            &store,
-            "acme",
-            "e99999",
-            "ada",
-            "checkout",
-            T0 + 9999,
-            &[earn(2)],
-        )
-        .unwrap();
-        assert_eq!(
-            all_events(&store, "acme", "ada").len(),
-            histories[0].len() + 1
-        );
-        assert_eq!(
-            assert_ledger_matches_balance(&store, "acme", "ada").balance,
-            2 * (i64::try_from(histories[0].len()).unwrap() + 1)
-        );
-    }
-
-    /// An event row that is not format 6's layout (a format-5 JSON row, as a failed
-    /// migration would leave, or a damaged one) is reported as corrupt, with its id, both when
-    /// read by id and from its customer's history; a migration never meets such a row because
-    /// `meta.format` says which layout the file holds.
+    /// An event row that is not the event row layout (plain JSON, or a damaged row) is
+    /// reported as corrupt, with its id, both when read by id and from its customer's history.
     #[test]
     fn an_event_row_that_does_not_decode_is_corrupt() {
         let (dir, store) = with_tenants(&["acme"]);
@@ -1686,5 +1245,148 @@ mod storage {
                 .ends_with("has storage format 99; this build reads format 6"),
             "{error}"
         );
+    }
+
+    /// The file's bytes and when it was last modified: what a refused file must keep.
+    fn file_state(path: &std::path::Path) -> (Vec<u8>, std::time::SystemTime) {
+        let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+        (std::fs::read(path).unwrap(), modified)
+    }
+
+    /// `meta.format` of the file at `path`, read without writing to it.
+    fn stored_format(path: &std::path::Path) -> Option<u32> {
+        let db = redb::ReadOnlyDatabase::open(path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return None,
+            Err(error) => panic!("{error}"),
+        };
+        let format = meta.get("format").unwrap()?;
+        Some(u32::from_le_bytes(format.value().try_into().unwrap()))
+    }
+
+    /// A JSON event row, as a store of an older format might hold it.
+    fn fill_an_event(txn: &redb::WriteTransaction) {
+        txn.open_table(EVENTS)
+            .unwrap()
+            .insert(("acme", "e1"), br#"{"id":"e1"}"#.as_slice())
+            .unwrap();
+    }
+
+    /// A file of an older format (5 here) is refused with an error that names both formats,
+    /// and is neither migrated nor written to: its bytes, its modification time and its
+    /// `meta.format` stay as they were, however often it is opened.
+    #[test]
+    fn an_older_format_is_refused_and_the_file_is_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.redb");
+        old_file(&path, 5, fill_an_event);
+        let before = file_state(&path);
+        for opening in ["first", "second"] {
+            let error = RedbStore::open(&path).unwrap_err();
+            assert!(
+                matches!(
+                    &error,
+                    StoreError::UnsupportedFormat { path: named, found: Some(5), expected: 6 }
+                        if *named == path
+                ),
+                "{opening}: {error:?}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("storage format 5") && message.contains("reads format 6"),
+                "{opening}: {message}"
+            );
+            assert!(file_state(&path) == before, "{opening}: the file changed");
+        }
+        assert_eq!(stored_format(&path), Some(5));
+    }
+
+    /// A file with tables but no `meta.format` is no store of this format either: it is
+    /// refused the same way, saying it records no format and naming this build's, and left as
+    /// it was.
+    #[test]
+    fn an_older_format_is_refused_when_the_file_has_tables_but_no_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.redb");
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            fill_an_event(&txn);
+            txn.commit().unwrap();
+        }
+        let before = file_state(&path);
+        let error = RedbStore::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                StoreError::UnsupportedFormat {
+                    found: None,
+                    expected: 6,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("no storage format") && message.contains("reads format 6"),
+            "{message}"
+        );
+        assert!(file_state(&path) == before, "the file changed");
+        assert_eq!(stored_format(&path), None);
+    }
+
+    /// A file of an older format that a crash left is refused too: redb repairs it on
+    /// opening, before its format can be read, and the store then refuses it without
+    /// writing to it.
+    #[test]
+    fn an_older_format_is_refused_after_a_crash_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.redb");
+        let crashed = dir.path().join("crashed.redb");
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format", 5_u32.to_le_bytes().as_slice())
+                .unwrap();
+            fill_an_event(&txn);
+            txn.commit().unwrap();
+            // The file as the disk holds it while the database is open: what a crash leaves.
+            std::fs::copy(&path, &crashed).unwrap();
+        }
+        let error = RedbStore::open(&crashed).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                StoreError::UnsupportedFormat {
+                    found: Some(5),
+                    expected: 6,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(stored_format(&crashed), Some(5));
+    }
+
+    /// A file with no table (none yet, an empty one, or a redb file nothing was written to)
+    /// is new: it gets this build's format, and opens again.
+    #[test]
+    fn a_new_file_gets_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("absent.redb");
+        let empty = dir.path().join("empty.redb");
+        std::fs::write(&empty, b"").unwrap();
+        let bare = dir.path().join("bare.redb");
+        drop(redb::Database::create(&bare).unwrap());
+        for path in [absent, empty, bare] {
+            drop(RedbStore::open(&path).unwrap());
+            assert_eq!(stored_format(&path), Some(6), "{}", path.display());
+            drop(RedbStore::open(&path).unwrap());
+        }
     }
 }

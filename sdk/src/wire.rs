@@ -665,23 +665,6 @@ pub struct Points {
     pub lifetime: i64,
 }
 
-impl Customer {
-    /// The customer after `decision`: the one rule for how a decision changes a customer,
-    /// used by the host between plugins and when it stores the result.
-    pub fn apply(&mut self, decision: &Decision) {
-        for entry in &decision.points {
-            self.points.balance = self.points.balance.saturating_add(entry.amount);
-            if entry.kind() != PointKind::Spend {
-                self.points.lifetime = self.points.lifetime.saturating_add(entry.amount);
-            }
-        }
-        if let Some(tier) = &decision.tier {
-            self.tier = Some(tier.clone());
-        }
-        self.perks.extend(decision.perks.iter().cloned());
-    }
-}
-
 /// What a plugin decides for one event. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1395,22 +1378,6 @@ mod tests {
                 "{violation} should contain {expected}"
             );
         }
-    }
-
-    #[test]
-    fn apply_moves_balance_and_lifetime_by_kind() {
-        let mut customer = Customer::default();
-        customer.apply(&Decision::new().earn(100, "buy").tier("silver"));
-        customer.apply(&Decision::new().spend(30, "reward"));
-        customer.apply(&Decision::new().reverse(20, "return"));
-        assert_eq!(
-            customer.points,
-            Points {
-                balance: 50,
-                lifetime: 80
-            }
-        );
-        assert_eq!(customer.tier.as_deref(), Some("silver"));
     }
 
     #[test]

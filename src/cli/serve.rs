@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tally_host::api;
 use tally_host::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use tally_host::service::{Opened, Service, ServiceError};
-use tally_host::storage::{RedbStore, Store};
 use tally_host::storage::redb::DEFAULT_CACHE_BYTES;
+use tally_host::storage::{RedbStore, Store};
 use tracing_subscriber::EnvFilter;
 
 /// Options of `tally serve`.

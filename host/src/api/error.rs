@@ -88,7 +88,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = (status, Json(error_body(&self.error))).into_response();
-        if matches!(self.error.kind, ErrorKind::Overloaded | ErrorKind::Unavailable) {
+        if matches!(
+            self.error.kind,
+            ErrorKind::Overloaded | ErrorKind::Unavailable
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

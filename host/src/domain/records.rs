@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 // Event data and plugin state travel as JSON text from the request to the plugins and into
-// the store, without being rebuilt as a `Value` tree at each step (cloning, re-encoding and
-// dropping those trees was a fifth of the writer's time).
+// the store, without being rebuilt as a `Value` tree at each step: cloning, re-encoding and
+// dropping such trees would be a large share of the writer's time.
 use crate::domain::TenantId;
 pub use tally_sdk::RawJson;
 use tally_sdk::{Customer, Perk, PointEntry, PointKind, Timestamp, Trigger};

@@ -26,6 +26,7 @@
 pub mod redb;
 
 use std::error::Error;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -63,6 +64,18 @@ pub enum StoreError {
     /// A stored record that cannot be read back, or an index that points nowhere.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The data file is in a storage format this build does not read: an older or a newer
+    /// one, or none at all in a file that holds tables. It is refused before anything is
+    /// written to it, so the file is left as it was, for the build that wrote it.
+    #[error("{}; this build reads format {expected}", describe_format(.path, *.found))]
+    UnsupportedFormat {
+        /// The data file.
+        path: PathBuf,
+        /// The format the file records; `None` when it holds tables but records none.
+        found: Option<u32>,
+        /// The one format this build reads and writes.
+        expected: u32,
+    },
     /// The backend failed: I/O, a full disk, a file another process holds, a commit error.
     #[error("storage backend failed: {0}")]
     Backend(#[source] Arc<dyn Error + Send + Sync>),
@@ -74,6 +87,14 @@ impl StoreError {
         StoreError::Backend(Arc::from(Box::<dyn Error + Send + Sync>::from(
             message.into(),
         )))
+    }
+}
+
+/// The start of [`StoreError::UnsupportedFormat`]'s message: the file and what it records.
+fn describe_format(path: &Path, found: Option<u32>) -> String {
+    match found {
+        Some(format) => format!("{} has storage format {format}", path.display()),
+        None => format!("{} holds tables but no storage format", path.display()),
     }
 }
 

@@ -1,0 +1,397 @@
+//! A batch of events in one write transaction ([`RedbBatch`]: each append checked against the
+//! stored state, then written), and a read snapshot of what is committed ([`RedbSnapshot`]).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::domain::points_after;
+use ::redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, WriteTransaction};
+use serde::Deserialize;
+use tally_sdk::Points;
+
+use super::codec::{LedgerRow, encode, encode_event_row, encode_history, len_u64};
+use super::read::{get_customer, get_event, get_plugin_state, require_tenant};
+use super::tables::{
+    CUSTOMER_DATA, CustomerKey, EVENTS, OUTBOX, SEQ_EVENT, SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES,
+    TENANTS, history_key, ledger_key, record_key, state_key,
+};
+use crate::storage::{
+    AppendEvent, Appended, BatchRead, BatchTxn, CustomerRecord, NewLedgerEntry, NewTrigger,
+    OutboxTrigger, RawJson, StoreError, StoredEvent,
+};
+
+/// Runs `work` on one snapshot of what `txn` sees, with the tables a batch reads opened once.
+pub(super) fn read(
+    txn: &ReadTransaction,
+    work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let snapshot = RedbSnapshot {
+        events: txn.open_table(EVENTS)?,
+        customer_data: txn.open_table(CUSTOMER_DATA)?,
+    };
+    work(&snapshot)
+}
+
+/// Runs `work` on a batch in `txn`. `Ok` means `txn` may commit: `work` succeeded, no append
+/// failed halfway, and the sequences the batch moved are written back.
+pub(super) fn write(
+    txn: &WriteTransaction,
+    work: &mut dyn FnMut(&mut dyn BatchTxn) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut batch = RedbBatch::open(txn)?;
+    work(&mut batch)?;
+    match batch.poisoned.take() {
+        Some(error) => Err(error),
+        None => batch.finish(),
+    }
+}
+
+/// One group-commit write transaction, with its tables opened once for the whole batch.
+struct RedbBatch<'txn> {
+    tenants: Table<'txn, &'static str, &'static [u8]>,
+    sequences: Table<'txn, (&'static str, &'static str), u64>,
+    events: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    customer_data: Table<'txn, CustomerKey<'static>, &'static [u8]>,
+    outbox: Table<'txn, (&'static str, u64), &'static [u8]>,
+    /// Set when a write failed halfway through an append: the transaction then holds part of
+    /// an event, so it must not commit, whatever `work` does with the error.
+    poisoned: Option<StoreError>,
+    /// The sequences as this batch has moved them, written back once before the commit
+    /// rather than read and written on every append.
+    sequence_cache: HashMap<(String, &'static str), u64>,
+    /// Tenants this batch has found to exist.
+    known_tenants: HashSet<String>,
+}
+
+/// One read snapshot with the tables a batch reads opened once.
+struct RedbSnapshot {
+    events: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    customer_data: ReadOnlyTable<CustomerKey<'static>, &'static [u8]>,
+}
+
+/// The part of a stored [`CustomerRecord`] an append's checks compare with: decoding only
+/// this skips the rest of the record (stats, attributes, contact card) without building it.
+#[derive(Deserialize)]
+struct StoredCounters {
+    customer: StoredPoints,
+    event_count: u64,
+}
+
+#[derive(Deserialize)]
+struct StoredPoints {
+    points: Points,
+}
+
+/// What an append's checks worked out, for its writes.
+struct Checked {
+    /// Balance and lifetime after each ledger entry.
+    points_after: Vec<Points>,
+}
+
+impl BatchTxn for RedbBatch<'_> {
+    fn append(&mut self, append: AppendEvent) -> Result<Appended, StoreError> {
+        if let Some(error) = &self.poisoned {
+            return Err(error.clone());
+        }
+        let checked = self.check(&append)?;
+        if !self.known_tenants.contains(&append.tenant) {
+            self.known_tenants.insert(append.tenant.clone());
+        }
+        self.write(append, checked).inspect_err(|error| {
+            self.poisoned = Some(error.clone());
+        })
+    }
+}
+
+impl<'txn> RedbBatch<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<RedbBatch<'txn>, StoreError> {
+        Ok(RedbBatch {
+            tenants: txn.open_table(TENANTS)?,
+            sequences: txn.open_table(SEQUENCES)?,
+            events: txn.open_table(EVENTS)?,
+            customer_data: txn.open_table(CUSTOMER_DATA)?,
+            outbox: txn.open_table(OUTBOX)?,
+            poisoned: None,
+            sequence_cache: HashMap::new(),
+            known_tenants: HashSet::new(),
+        })
+    }
+
+    /// Writes back the sequences this batch moved; called once, before the commit.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        for ((tenant, kind), last) in std::mem::take(&mut self.sequence_cache) {
+            self.sequences.insert((tenant.as_str(), kind), last)?;
+        }
+        Ok(())
+    }
+
+    /// Every check of an append; reads only.
+    fn check(&self, append: &AppendEvent) -> Result<Checked, StoreError> {
+        self.check_event(append)?;
+        let tenant = append.tenant.as_str();
+        let previous: Option<StoredCounters> =
+            get_customer(&self.customer_data, tenant, &append.event.customer)?;
+        let (count_before, points_before) = previous.map_or((0, Points::default()), |p| {
+            (p.event_count, p.customer.points)
+        });
+        check_count(append, count_before)?;
+        let points_after = replay(points_before, append);
+        check_points(append, points_before, &points_after)?;
+        check_net(append)?;
+        Ok(Checked { points_after })
+    }
+
+    /// The tenant exists, the event id is new, and the new customer state is the event's
+    /// customer's.
+    fn check_event(&self, append: &AppendEvent) -> Result<(), StoreError> {
+        let tenant = append.tenant.as_str();
+        let event = &append.event;
+        if !self.known_tenants.contains(tenant) {
+            require_tenant(&self.tenants, tenant)?;
+        }
+        if let Some(existing) = get_event(&self.events, tenant, &event.id)? {
+            return Err(StoreError::Conflict(format!(
+                "event {} of tenant {tenant} already exists (seq {})",
+                event.id, existing.seq
+            )));
+        }
+        if append.customer.customer.id != event.customer {
+            return Err(StoreError::Inconsistent(format!(
+                "event {} of tenant {tenant} is for customer {}, but the new customer state is \
+                 for customer {}",
+                event.id, event.customer, append.customer.customer.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every write of an append, after its checks passed.
+    fn write(&mut self, append: AppendEvent, checked: Checked) -> Result<Appended, StoreError> {
+        let AppendEvent {
+            tenant,
+            mut event,
+            customer,
+            ledger,
+            plugin_states,
+            triggers,
+        } = append;
+        let tenant = tenant.as_str();
+        event.seq = self.reserve(tenant, SEQ_EVENT, 1)?;
+        self.write_event(tenant, &event)?;
+        let bytes = encode(&customer, || {
+            format!("customer {} of tenant {tenant}", event.customer)
+        })?;
+        self.customer_data
+            .insert(record_key(tenant, &event.customer), bytes.as_slice())?;
+        self.write_ledger(tenant, &event, &ledger, checked.points_after)?;
+        self.write_states(tenant, &event.customer, plugin_states)?;
+        self.write_triggers(tenant, &event, triggers)?;
+        Ok(Appended { event, customer })
+    }
+
+    /// The event's row, and its row in the customer's history.
+    fn write_event(&mut self, tenant: &str, event: &StoredEvent) -> Result<(), StoreError> {
+        let json = encode(event, || format!("event {} of tenant {tenant}", event.id))?;
+        self.events.insert(
+            (tenant, event.id.as_str()),
+            encode_event_row(&json)?.as_slice(),
+        )?;
+        let at = (event.timestamp.unix_seconds(), event.seq);
+        self.customer_data.insert(
+            history_key(tenant, &event.customer, at),
+            encode_history(&event.action, &event.id).as_slice(),
+        )?;
+        Ok(())
+    }
+
+    /// The event's ledger entries, each with the points after it.
+    fn write_ledger(
+        &mut self,
+        tenant: &str,
+        event: &StoredEvent,
+        ledger: &[NewLedgerEntry],
+        points_after: Vec<Points>,
+    ) -> Result<(), StoreError> {
+        let first = self.reserve(tenant, SEQ_LEDGER, len_u64(ledger.len()))?;
+        for ((seq, new), after) in (first..).zip(ledger).zip(points_after) {
+            let row = LedgerRow {
+                event_id: &event.id,
+                plugin: &new.plugin,
+                amount: new.entry.amount,
+                kind: new.entry.kind(),
+                reason: &new.entry.reason,
+                expires_at: new.entry.expires_at,
+                balance_after: after.balance,
+                lifetime_after: after.lifetime,
+                at: event.timestamp,
+            };
+            self.customer_data.insert(
+                ledger_key(tenant, &event.customer, seq),
+                row.encode().as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Plugin states set (`Some`) or deleted (`None`).
+    fn write_states(
+        &mut self,
+        tenant: &str,
+        customer: &str,
+        states: Vec<(String, Option<RawJson>)>,
+    ) -> Result<(), StoreError> {
+        for (plugin, state) in states {
+            let key = state_key(tenant, customer, plugin.as_str());
+            match state {
+                Some(state) => {
+                    self.customer_data.insert(key, state.get().as_bytes())?;
+                }
+                None => {
+                    self.customer_data.remove(key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The event's triggers, at the end of the tenant's outbox.
+    fn write_triggers(
+        &mut self,
+        tenant: &str,
+        event: &StoredEvent,
+        triggers: Vec<NewTrigger>,
+    ) -> Result<(), StoreError> {
+        let first = self.reserve(tenant, SEQ_OUTBOX, len_u64(triggers.len()))?;
+        for (seq, new) in (first..).zip(triggers) {
+            let trigger = OutboxTrigger {
+                seq,
+                event_id: event.id.clone(),
+                customer: event.customer.clone(),
+                plugin: new.plugin,
+                name: new.trigger.name,
+                data: new.trigger.data,
+            };
+            let bytes = encode(&trigger, || {
+                format!("outbox trigger {seq} of tenant {tenant}")
+            })?;
+            self.outbox.insert((tenant, seq), bytes.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Reserves `count` numbers of a tenant's sequence `kind`; returns the first.
+    fn reserve(&mut self, tenant: &str, kind: &'static str, count: u64) -> Result<u64, StoreError> {
+        let key = (tenant.to_owned(), kind);
+        let last = match self.sequence_cache.get(&key) {
+            Some(&last) => last,
+            None => self.sequences.get((tenant, kind))?.map_or(0, |v| v.value()),
+        };
+        let first = last.checked_add(1);
+        let new_last = last.checked_add(count);
+        let (Some(first), Some(new_last)) = (first, new_last) else {
+            return Err(StoreError::Invalid(format!(
+                "the {kind} sequence of tenant {tenant} is at {last} and cannot grow by {count}"
+            )));
+        };
+        if count > 0 {
+            self.sequence_cache.insert(key, new_last);
+        }
+        Ok(first)
+    }
+}
+
+/// The new customer state counts one event more than the stored one.
+fn check_count(append: &AppendEvent, count_before: u64) -> Result<(), StoreError> {
+    let count_expected = count_before.saturating_add(1);
+    if append.customer.event_count == count_expected {
+        return Ok(());
+    }
+    Err(StoreError::Inconsistent(format!(
+        "customer {} of tenant {} has {count_before} events stored, so after event {} the \
+         count must be {count_expected}, not {}",
+        append.event.customer, append.tenant, append.event.id, append.customer.event_count
+    )))
+}
+
+/// The new customer state's points are the stored ones moved by the event's ledger entries.
+fn check_points(
+    append: &AppendEvent,
+    points_before: Points,
+    points_after: &[Points],
+) -> Result<(), StoreError> {
+    let expected = points_after.last().copied().unwrap_or(points_before);
+    let given = append.customer.customer.points;
+    if given == expected {
+        return Ok(());
+    }
+    Err(StoreError::Inconsistent(format!(
+        "customer {} of tenant {} has balance {} and lifetime {} stored; event {}'s {} ledger \
+         entries take them to balance {} and lifetime {}, but the new customer state says \
+         balance {} and lifetime {}",
+        append.event.customer,
+        append.tenant,
+        points_before.balance,
+        points_before.lifetime,
+        append.event.id,
+        append.ledger.len(),
+        expected.balance,
+        expected.lifetime,
+        given.balance,
+        given.lifetime
+    )))
+}
+
+/// The event's `points` are the sum of its ledger entries.
+fn check_net(append: &AppendEvent) -> Result<(), StoreError> {
+    let net = append
+        .ledger
+        .iter()
+        .fold(0_i64, |sum, new| sum.saturating_add(new.entry.amount));
+    if append.event.points == net {
+        return Ok(());
+    }
+    Err(StoreError::Inconsistent(format!(
+        "event {} of tenant {} says it moved {} points, but its {} ledger entries sum to {net}",
+        append.event.id,
+        append.tenant,
+        append.event.points,
+        append.ledger.len()
+    )))
+}
+
+/// The points after each ledger entry of `append`, starting from `start`, moved by the
+/// domain's points rule: the one the pipeline applies between plugins.
+fn replay(start: Points, append: &AppendEvent) -> Vec<Points> {
+    points_after(start, append.ledger.iter().map(|new| &new.entry))
+}
+
+/// The batch reads of a type with `events` and `customer_data` tables: a write
+/// batch reads its own writes, a snapshot what was committed, through the same lookups.
+macro_rules! batch_read_from_tables {
+    ($type:ty) => {
+        impl BatchRead for $type {
+            fn event(&self, tenant: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+                get_event(&self.events, tenant, id)
+            }
+
+            fn customer(
+                &self,
+                tenant: &str,
+                id: &str,
+            ) -> Result<Option<CustomerRecord>, StoreError> {
+                get_customer(&self.customer_data, tenant, id)
+            }
+
+            fn plugin_state(
+                &self,
+                tenant: &str,
+                plugin: &str,
+                customer: &str,
+            ) -> Result<Option<RawJson>, StoreError> {
+                get_plugin_state(&self.customer_data, tenant, plugin, customer)
+            }
+        }
+    };
+}
+
+batch_read_from_tables!(RedbBatch<'_>);
+batch_read_from_tables!(RedbSnapshot);

@@ -1,0 +1,105 @@
+//! Reads of single records, shared by the store's own transactions, a write batch and a read
+//! snapshot: each takes the table it reads, whatever transaction opened it.
+
+use std::borrow::Borrow;
+
+use ::redb::{Key, ReadableTable};
+use serde::de::DeserializeOwned;
+
+use super::codec::{decode, decode_event_row};
+use super::format::FORMAT_VERSION;
+use super::tables::{CustomerKey, record_key, state_key};
+use crate::storage::{RawJson, StoreError, StoredEvent};
+
+/// The JSON record under `key`, decoded; `what` names it in an error.
+pub(super) fn get_json<'k, K: Key + 'static, T: DeserializeOwned>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: impl Borrow<K::SelfType<'k>>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>, StoreError> {
+    match table.get(key)? {
+        Some(bytes) => decode(bytes.value(), what).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The event `id` of `tenant`, from `events`.
+pub(super) fn get_event(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let Some(row) = table.get((tenant, id))? else {
+        return Ok(None);
+    };
+    let what = || format!("event {id} of tenant {tenant}");
+    let json = decode_event_row(row.value()).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "{} is not an event row of format {FORMAT_VERSION} ({} bytes)",
+            what(),
+            row.value().len()
+        ))
+    })?;
+    decode(&json, what).map(Some)
+}
+
+/// The customer record of (tenant, id), decoded as `T`: the whole
+/// [`CustomerRecord`](crate::storage::CustomerRecord), or only the part a check needs.
+pub(super) fn get_customer<T: DeserializeOwned>(
+    table: &impl ReadableTable<CustomerKey<'static>, &'static [u8]>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
+    get_json(table, record_key(tenant, id), || {
+        format!("customer {id} of tenant {tenant}")
+    })
+}
+
+/// `plugin`'s state for `customer` of `tenant`.
+pub(super) fn get_plugin_state(
+    table: &impl ReadableTable<CustomerKey<'static>, &'static [u8]>,
+    tenant: &str,
+    plugin: &str,
+    customer: &str,
+) -> Result<Option<RawJson>, StoreError> {
+    get_json(table, state_key(tenant, customer, plugin), || {
+        format!("state of plugin {plugin} for customer {customer} of tenant {tenant}")
+    })
+}
+
+/// [`StoreError::NotFound`] unless `tenant` exists.
+pub(super) fn require_tenant(
+    tenants: &impl ReadableTable<&'static str, &'static [u8]>,
+    tenant: &str,
+) -> Result<(), StoreError> {
+    match tenants.get(tenant)? {
+        Some(_) => Ok(()),
+        None => Err(no_tenant(tenant)),
+    }
+}
+
+pub(super) fn no_tenant(tenant: &str) -> StoreError {
+    StoreError::NotFound(format!("tenant {tenant} does not exist"))
+}
+
+/// Every record of `tenant` in a table keyed by (tenant, name), by name.
+pub(super) fn tenant_records<T: DeserializeOwned>(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut records = Vec::new();
+    // Keys of one tenant are contiguous and start at (tenant, ""); the first key of another
+    // tenant ends them.
+    for row in table.range((tenant, "")..)? {
+        let (key, value) = row?;
+        let (owner, name) = key.value();
+        if owner != tenant {
+            break;
+        }
+        records.push(decode(value.value(), || {
+            format!("{what} {name} of tenant {tenant}")
+        })?);
+    }
+    Ok(records)
+}
