@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,6 +153,16 @@ impl Host {
         }
     }
 
+    /// Kills the host with SIGKILL, as a crash or a power cut would: no graceful shutdown, no
+    /// chance to finish or flush anything. Returns how it ended, so that a caller can tell a
+    /// host that had already died by itself (which is not a SIGKILL) from one it killed.
+    pub fn kill(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // `Child::kill` is SIGKILL on Unix.
+        child.kill().expect("SIGKILL is sent");
+        child.wait().expect("the killed host is reaped")
+    }
+
     /// A request to `path` with `key`.
     pub fn request(&self, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
         let builder = self.client.request(method, format!("{}{path}", self.base));
@@ -226,13 +236,18 @@ impl Host {
 
     /// Every event of a customer, oldest first, paging through the history.
     pub async fn all_events(&self, key: &str, customer: &str) -> Vec<Value> {
+        self.all_events_paged(key, customer, 37).await
+    }
+
+    /// Every event of a customer, oldest first, in pages of `limit`.
+    pub async fn all_events_paged(&self, key: &str, customer: &str, limit: usize) -> Vec<Value> {
         let mut events = Vec::new();
         let mut cursor = String::new();
         loop {
             let (status, page) = self
                 .get(
                     &format!(
-                        "/v1/customers/{customer}/events?order=oldest&limit=37&cursor={cursor}"
+                        "/v1/customers/{customer}/events?order=oldest&limit={limit}&cursor={cursor}"
                     ),
                     key,
                 )
@@ -248,12 +263,17 @@ impl Host {
 
     /// Every ledger entry of a customer.
     pub async fn all_ledger(&self, key: &str, customer: &str) -> Vec<Value> {
+        self.all_ledger_paged(key, customer, 50).await
+    }
+
+    /// Every ledger entry of a customer, oldest first, in pages of `limit`.
+    pub async fn all_ledger_paged(&self, key: &str, customer: &str, limit: usize) -> Vec<Value> {
         let mut entries = Vec::new();
         let mut cursor = String::new();
         loop {
             let (status, page) = self
                 .get(
-                    &format!("/v1/customers/{customer}/ledger?limit=50&cursor={cursor}"),
+                    &format!("/v1/customers/{customer}/ledger?limit={limit}&cursor={cursor}"),
                     key,
                 )
                 .await;
