@@ -130,6 +130,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| format!("cannot open {}: {}", data_dir.display(), error.message))?;
     let service = Arc::new(opened.service);
 
+    let stop = shutdown_signal();
     println!(
         "tally listening on http://{address} (data in {})",
         data_dir.display()
@@ -143,7 +144,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!();
     }
 
-    let server = tokio::spawn(api::serve(listener, service.clone(), shutdown_signal()));
+    let server = tokio::spawn(api::serve(listener, service.clone(), stop));
     if args.demo
         && let Err(message) = demo::run(&service, address).await
     {
@@ -159,33 +160,52 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed here, before the future is
+/// first polled: a signal that arrives as soon as the host says it listens (a supervisor or a
+/// test stopping it at once) must stop it gracefully, not kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind)
+                .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+                .ok()
+        };
+        (
+            install(SignalKind::interrupt(), "Ctrl-C"),
+            install(SignalKind::terminate(), "SIGTERM"),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (interrupt, terminate) = signals;
+            tokio::select! {
+                _ = received(interrupt) => {},
+                _ = received(terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!(
+            "shutting down: no new connections; finishing and committing what was accepted"
+        );
     }
-    tracing::info!("shutting down: no new connections; finishing and committing what was accepted");
+}
+
+/// Waits for `signal`; forever when it could not be installed.
+#[cfg(unix)]
+async fn received(signal: Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(mut signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The host over its embedded store: one redb file in the data directory (created if need be).

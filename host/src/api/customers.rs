@@ -38,7 +38,10 @@ async fn profile(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let customer = blocking(&state, move |service| service.customer(&tenant.id, &id)).await?;
+    let customer = blocking(&state, move |service| {
+        service.queries.customer(&tenant.id, &id)
+    })
+    .await?;
     Ok(axum::Json(views::customer(&customer)).into_response())
 }
 
@@ -113,7 +116,9 @@ async fn events(
         cursor: query.cursor.filter(|cursor| !cursor.is_empty()),
     };
     let page = blocking(&state, move |service| {
-        service.customer_events(&tenant.id, &id, &event_query)
+        service
+            .queries
+            .customer_events(&tenant.id, &id, &event_query)
     })
     .await?;
     Ok(axum::Json(
@@ -138,7 +143,9 @@ async fn ledger(
     let limit = page_limit(query.limit)?;
     let cursor = query.cursor.filter(|cursor| !cursor.is_empty());
     let page = blocking(&state, move |service| {
-        service.ledger(&tenant.id, &id, limit, cursor.as_deref())
+        service
+            .queries
+            .ledger(&tenant.id, &id, limit, cursor.as_deref())
     })
     .await?;
     let items: Vec<Value> = page.items.iter().map(views::ledger_line).collect();
@@ -164,7 +171,7 @@ async fn triggers(
     let limit = page_limit(query.limit)?;
     let after = query.after.unwrap_or(0);
     let items = blocking(&state, move |service| {
-        service.triggers(&tenant.id, after, limit)
+        service.queries.triggers(&tenant.id, after, limit)
     })
     .await?;
     // The next page starts after the last trigger of this one; a short page is the end.

@@ -46,7 +46,7 @@ async fn put(
     })?;
     let document = parse_jsonc(text).map_err(ServiceError::from)?;
     let (event_type, created) = blocking(&state, move |service| {
-        service.put_event_type(&tenant.id, document)
+        service.catalog.put_event_type(&tenant.id, document)
     })
     .await?;
     let status = if created {
@@ -61,7 +61,7 @@ async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let types = blocking(&state, move |service| service.event_types(&tenant)).await?;
+    let types = blocking(&state, move |service| service.catalog.event_types(&tenant)).await?;
     let items: Vec<Value> = types.iter().map(|t| views::event_type(t)).collect();
     Ok(axum::Json(json!({"items": items})))
 }
@@ -71,6 +71,9 @@ async fn one(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let event_type = blocking(&state, move |service| service.event_type(&tenant.id, &id)).await?;
+    let event_type = blocking(&state, move |service| {
+        service.catalog.event_type(&tenant.id, &id)
+    })
+    .await?;
     Ok(axum::Json(views::event_type(&event_type)))
 }

@@ -20,7 +20,7 @@ use super::error::{ApiError, error_body, status_of};
 use super::extract::{RawBody, RequestOrigin, Tenant, blocking, parse_json, unsupported};
 use super::views;
 use crate::schema::csv_to_events;
-use crate::service::{ErrorKind, Origin, ServiceError};
+use crate::service::{Checked, ErrorKind, Origin, ServiceError};
 use crate::storage::TenantRecord;
 
 /// The event routes.
@@ -40,16 +40,17 @@ async fn post_event(
 ) -> Result<Response, ApiError> {
     // Checking an event is quick computation once the tenant's types are cached; only the
     // first event after a type changed reads them from the store, off the async runtime.
-    let event = match state.service.prepare_event_now(&tenant, input, &origin) {
-        Ok(checked) => checked?,
-        Err(input) => {
+    let event = match state.service.ingest.check_now(&tenant, input, &origin) {
+        Checked::Ready(event) => event,
+        Checked::Invalid(error) => return Err(error.into()),
+        Checked::NeedsTypes(input) => {
             blocking(&state, move |service| {
-                service.prepare_event(&tenant, input, &origin)
+                service.ingest.prepare_event(&tenant, input, &origin)
             })
             .await?
         }
     };
-    let ingested = state.service.ingest(event).await?;
+    let ingested = state.service.ingest.ingest(event).await?;
     let status = if ingested.replayed {
         StatusCode::OK
     } else {
@@ -144,10 +145,10 @@ async fn ingest_all(
         ));
     }
     let prepared = blocking(state, move |service| {
-        service.prepare_events(&tenant, events, &origin)
+        service.ingest.prepare_events(&tenant, events, &origin)
     })
     .await?;
-    let answers = state.service.ingest_many(prepared).await;
+    let answers = state.service.ingest.ingest_many(prepared).await;
     let (mut stored, mut replayed, mut failed) = (0, 0, 0);
     let results: Vec<Value> = answers
         .iter()
@@ -191,7 +192,10 @@ async fn get_event(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let event = blocking(&state, move |service| service.event(&tenant.id, &id)).await?;
+    let event = blocking(&state, move |service| {
+        service.queries.event(&tenant.id, &id)
+    })
+    .await?;
     Ok(axum::Json(json!({
         "event": event,
         "errors": views::plugin_errors(&event),

@@ -74,10 +74,10 @@ fn unauthorized(message: &str) -> ApiError {
 async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let key = presented_key(parts)?;
     // A key seen before is answered from memory; only a new one reads the store.
-    if let Some(known) = state.service.known_principal(&key) {
+    if let Some(known) = state.service.tenants.known_principal(&key) {
         return Ok(known);
     }
-    blocking(state, move |service| service.authenticate(&key))
+    blocking(state, move |service| service.tenants.authenticate(&key))
         .await?
         .ok_or_else(|| unauthorized("the key is not valid"))
 }

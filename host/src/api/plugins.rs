@@ -19,6 +19,7 @@ use super::extract::{
     EventBody, Json, QueryParams, RawBody, RequestOrigin, Tenant, blocking, unsupported,
 };
 use super::views;
+use crate::domain::records::OnError;
 use crate::service::PluginPatch;
 
 /// The plugin routes; uploads take modules up to `wasm_limit` bytes.
@@ -49,7 +50,9 @@ async fn upload(
         return Err(unsupported(&body.media_type, "application/wasm"));
     }
     let uploaded = blocking(&state, move |service| {
-        service.upload_plugin(&tenant.id, &name, &body.bytes)
+        service
+            .catalog
+            .upload_plugin(&tenant.id, &name, &body.bytes)
     })
     .await?;
     let status = if uploaded.created {
@@ -64,10 +67,12 @@ async fn update(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
-    Json(patch): Json<PluginPatch>,
+    Json(patch): Json<PluginPatchBody>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let record = blocking(&state, move |service| {
-        service.update_plugin(&tenant.id, &name, patch)
+        service
+            .catalog
+            .update_plugin(&tenant.id, &name, patch.into())
     })
     .await?;
     Ok(axum::Json(json!(record)))
@@ -77,7 +82,7 @@ async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let plugins = blocking(&state, move |service| service.plugins(&tenant.id)).await?;
+    let plugins = blocking(&state, move |service| service.catalog.plugins(&tenant.id)).await?;
     Ok(axum::Json(json!({"items": plugins})))
 }
 
@@ -86,7 +91,10 @@ async fn one(
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let plugin = blocking(&state, move |service| service.plugin(&tenant.id, &name)).await?;
+    let plugin = blocking(&state, move |service| {
+        service.catalog.plugin(&tenant.id, &name)
+    })
+    .await?;
     Ok(axum::Json(json!(plugin)))
 }
 
@@ -105,8 +113,53 @@ async fn simulate(
     EventBody(input): EventBody,
 ) -> Result<axum::Json<Value>, ApiError> {
     let simulation = blocking(&state, move |service| {
-        service.simulate(&tenant, &name, query.version, input, &origin)
+        service
+            .ingest
+            .simulate(&tenant, &name, query.version, input, &origin)
     })
     .await?;
     Ok(axum::Json(views::simulation(&simulation)))
+}
+
+/// What `PATCH /v1/plugins/{name}` takes; absent fields stay, and `null` is told apart from
+/// absent where it means something (`config: null` clears it, `actions: null` means every
+/// action).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginPatchBody {
+    #[serde(default, deserialize_with = "present")]
+    config: Option<Value>,
+    #[serde(default, deserialize_with = "present_actions")]
+    actions: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default, alias = "version")]
+    active_version: Option<u32>,
+    #[serde(default)]
+    on_error: Option<OnError>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+fn present_actions<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<Vec<String>>>, D::Error> {
+    Option::<Vec<String>>::deserialize(deserializer).map(Some)
+}
+
+impl From<PluginPatchBody> for PluginPatch {
+    fn from(body: PluginPatchBody) -> PluginPatch {
+        PluginPatch {
+            config: body.config,
+            actions: body.actions,
+            priority: body.priority,
+            enabled: body.enabled,
+            active_version: body.active_version,
+            on_error: body.on_error,
+        }
+    }
 }

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Admin, Json, Tenant, blocking};
+use serde::Deserialize;
+
 use crate::service::{NewTenant, ServiceError, TenantPatch};
 
 /// The tenant routes.
@@ -28,9 +30,12 @@ pub fn router() -> Router<AppState> {
 async fn create(
     State(state): State<AppState>,
     _: Admin,
-    Json(new): Json<NewTenant>,
+    Json(new): Json<NewTenantBody>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    let (tenant, key) = blocking(&state, move |service| service.create_tenant(new)).await?;
+    let (tenant, key) = blocking(&state, move |service| {
+        service.tenants.create_tenant(new.into())
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"tenant": tenant, "api_key": key})),
@@ -38,7 +43,7 @@ async fn create(
 }
 
 async fn list(State(state): State<AppState>, _: Admin) -> Result<axum::Json<Value>, ApiError> {
-    let tenants = blocking(&state, |service| service.tenants()).await?;
+    let tenants = blocking(&state, |service| service.tenants.tenants()).await?;
     Ok(axum::Json(json!({"items": tenants})))
 }
 
@@ -49,9 +54,10 @@ async fn rotate_key(
 ) -> Result<axum::Json<Value>, ApiError> {
     let (tenant, key) = blocking(&state, move |service| {
         let tenant = service
+            .tenants
             .tenant(&id)?
             .ok_or_else(|| ServiceError::not_found(format!("no tenant {id:?}")))?;
-        let key = service.rotate_tenant_key(&id)?;
+        let key = service.tenants.rotate_tenant_key(&id)?;
         Ok((tenant, key))
     })
     .await?;
@@ -65,11 +71,57 @@ async fn own(Tenant(tenant): Tenant) -> axum::Json<Value> {
 async fn update(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Json(patch): Json<TenantPatch>,
+    Json(patch): Json<TenantPatchBody>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let updated = blocking(&state, move |service| {
-        service.update_tenant(&tenant.id, patch)
+        service.tenants.update_tenant(&tenant.id, patch.into())
     })
     .await?;
     Ok(axum::Json(json!(updated)))
+}
+
+/// What `POST /v1/tenants` takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenantBody {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    allow_untyped_events: bool,
+    #[serde(default)]
+    allow_negative_balance: bool,
+}
+
+impl From<NewTenantBody> for NewTenant {
+    fn from(body: NewTenantBody) -> NewTenant {
+        NewTenant {
+            id: body.id,
+            name: body.name,
+            allow_untyped_events: body.allow_untyped_events,
+            allow_negative_balance: body.allow_negative_balance,
+        }
+    }
+}
+
+/// What `PATCH /v1/tenant` takes; absent fields stay.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatchBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    allow_untyped_events: Option<bool>,
+    #[serde(default)]
+    allow_negative_balance: Option<bool>,
+}
+
+impl From<TenantPatchBody> for TenantPatch {
+    fn from(body: TenantPatchBody) -> TenantPatch {
+        TenantPatch {
+            name: body.name,
+            allow_untyped_events: body.allow_untyped_events,
+            allow_negative_balance: body.allow_negative_balance,
+        }
+    }
 }

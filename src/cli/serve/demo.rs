@@ -70,12 +70,14 @@ pub async fn run(service: &Arc<Service>, address: SocketAddr) -> Result<(), Stri
             ip_address: None,
             user_agent: Some("tally serve --demo".to_owned()),
         };
-        prepare_service.prepare_events(&prepare_tenant, inputs, &origin)
+        prepare_service
+            .ingest
+            .prepare_events(&prepare_tenant, inputs, &origin)
     })
     .await
     .map_err(|error| error.to_string())?
     .map_err(|error| error.message)?;
-    let answers = service.ingest_many(prepared).await;
+    let answers = service.ingest.ingest_many(prepared).await;
 
     println!(
         "Demo tenant \"{TENANT}\": reference plugins points, tiers, circular and engagement; sample events:"
@@ -129,7 +131,7 @@ pub async fn run(service: &Arc<Service>, address: SocketAddr) -> Result<(), Stri
         let lookup_service = service.clone();
         let lookup = id.clone();
         let customer =
-            tokio::task::spawn_blocking(move || lookup_service.customer(TENANT, &lookup))
+            tokio::task::spawn_blocking(move || lookup_service.queries.customer(TENANT, &lookup))
                 .await
                 .map_err(|error| error.to_string())?;
         match customer {
@@ -154,12 +156,12 @@ pub async fn run(service: &Arc<Service>, address: SocketAddr) -> Result<(), Stri
 
 /// Creates (or finds) the demo tenant with a fresh key, its event types and its plugins.
 fn set_up(service: &Service) -> Result<(TenantRecord, String), ServiceError> {
-    let (tenant, key) = match service.tenant(TENANT)? {
+    let (tenant, key) = match service.tenants.tenant(TENANT)? {
         Some(tenant) => {
-            let key = service.rotate_tenant_key(TENANT)?;
+            let key = service.tenants.rotate_tenant_key(TENANT)?;
             (tenant, key)
         }
-        None => service.create_tenant(NewTenant {
+        None => service.tenants.create_tenant(NewTenant {
             id: TENANT.to_owned(),
             name: Some("Demo brand".to_owned()),
             allow_untyped_events: false,
@@ -167,11 +169,13 @@ fn set_up(service: &Service) -> Result<(TenantRecord, String), ServiceError> {
         })?,
     };
     for text in EVENT_TYPES {
-        service.put_event_type(TENANT, parse_jsonc(text)?)?;
+        service.catalog.put_event_type(TENANT, parse_jsonc(text)?)?;
     }
     for (plugin, priority) in PLUGINS {
-        service.upload_plugin(TENANT, plugin.name, plugin.wasm)?;
-        service.update_plugin(
+        service
+            .catalog
+            .upload_plugin(TENANT, plugin.name, plugin.wasm)?;
+        service.catalog.update_plugin(
             TENANT,
             plugin.name,
             PluginPatch {

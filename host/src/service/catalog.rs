@@ -1,0 +1,351 @@
+//! The catalog of what a tenant runs events through: its event types and its plugins, with
+//! the caches that keep checking and evaluating an event off the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use super::cache::{StoreCache, read_lock, write_lock};
+use super::error::ServiceError;
+use super::events::now;
+use crate::domain::TenantId;
+use crate::domain::records::{EventTypeRecord, OnError, PluginRecord, TenantRecord};
+use crate::pipeline::{ActivePlugin, RuleSource, TenantRules};
+use crate::runtime::{Plugin, Runtime};
+use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
+use crate::storage::{Store, StoreError};
+
+/// What to change of a plugin's settings; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PluginPatch {
+    /// The configuration the plugin reads; `Some(Value::Null)` clears it.
+    pub config: Option<Value>,
+    /// The actions it runs for; `Some(None)` means every action.
+    pub actions: Option<Option<Vec<String>>>,
+    /// Plugins run in ascending priority, ties by name.
+    pub priority: Option<i32>,
+    /// Whether it runs at all.
+    pub enabled: Option<bool>,
+    /// The version that runs: an earlier one rolls back.
+    pub active_version: Option<u32>,
+    /// What its failure does to the event: `skip` or `reject`.
+    pub on_error: Option<OnError>,
+}
+
+/// The result of uploading a module.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The plugin after the upload.
+    pub plugin: PluginRecord,
+    /// False when the module is the active version already, and nothing changed.
+    pub created: bool,
+}
+
+/// Event types and plugins.
+pub struct Catalog {
+    store: Arc<dyn Store>,
+    plugins: Arc<PluginCache>,
+    schemas: SchemaCache,
+    /// Each tenant's event-type documents, so that checking an event does not read them all
+    /// from the store. Dropped for a tenant when one of its types changes.
+    type_documents: StoreCache<TenantId, Arc<Vec<Value>>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("plugins", &self.plugins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    pub(super) fn new(store: Arc<dyn Store>, runtime: Runtime) -> Catalog {
+        let plugins = Arc::new(PluginCache {
+            store: store.clone(),
+            runtime,
+            loaded: RwLock::new(HashMap::new()),
+        });
+        Catalog {
+            store,
+            plugins,
+            schemas: SchemaCache::new(),
+            type_documents: StoreCache::default(),
+        }
+    }
+
+    /// Where the writer gets each tenant's rules.
+    pub(super) fn rules(&self) -> Arc<dyn RuleSource> {
+        self.plugins.clone()
+    }
+
+    /// Version `version` of plugin `name`, loaded.
+    pub(super) fn loaded_plugin(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Plugin, ServiceError> {
+        self.plugins
+            .get(tenant, name, version)
+            .map_err(ServiceError::internal)
+    }
+
+    /// Registers (or replaces) an event type from its document; `true` when it is new.
+    pub fn put_event_type(
+        &self,
+        tenant: &str,
+        document: Value,
+    ) -> Result<(Arc<EventType>, bool), ServiceError> {
+        let parsed = parse_document(&document)?;
+        let created = self.store.event_type(tenant, parsed.id())?.is_none();
+        let record = EventTypeRecord {
+            id: parsed.id().to_owned(),
+            display_name: parsed
+                .display_name()
+                .unwrap_or_else(|| parsed.id())
+                .to_owned(),
+            document,
+            created_at: now().to_string(),
+        };
+        self.store.put_event_type(tenant, &record)?;
+        self.type_documents.forget(tenant);
+        let compiled = self.schemas.get_or_compile(tenant, &record.document)?;
+        Ok((compiled, created))
+    }
+
+    /// Every event type of a tenant: the built-ins, then its own.
+    pub fn event_types(&self, tenant: &TenantRecord) -> Result<Vec<Arc<EventType>>, ServiceError> {
+        Ok(self.types_of(tenant)?.list()?)
+    }
+
+    /// The event type `id`: built-in or the tenant's.
+    pub fn event_type(&self, tenant: &str, id: &str) -> Result<Arc<EventType>, ServiceError> {
+        if let Some(builtin) = builtin(id) {
+            return Ok(builtin.clone());
+        }
+        let record = self
+            .store
+            .event_type(tenant, id)?
+            .ok_or_else(|| ServiceError::not_found(format!("no event type {id:?}")))?;
+        Ok(self.schemas.get_or_compile(tenant, &record.document)?)
+    }
+
+    pub(super) fn cached_types(&self, tenant: &TenantRecord) -> Option<EventTypes> {
+        let documents = self.type_documents.get(&tenant.id)?;
+        Some(EventTypes::new(
+            &self.schemas,
+            tenant.id.clone(),
+            documents,
+            tenant.allow_untyped_events,
+        ))
+    }
+
+    pub(super) fn types_of(&self, tenant: &TenantRecord) -> Result<EventTypes, ServiceError> {
+        let cached = self.type_documents.get(&tenant.id);
+        let documents = match cached {
+            Some(documents) => documents,
+            None => {
+                let epoch = self.type_documents.epoch();
+                let documents: Arc<Vec<Value>> = Arc::new(
+                    self.store
+                        .event_types(&tenant.id)?
+                        .into_iter()
+                        .map(|record| record.document)
+                        .collect(),
+                );
+                self.type_documents
+                    .insert(epoch, tenant.id.clone(), documents.clone());
+                documents
+            }
+        };
+        Ok(EventTypes::new(
+            &self.schemas,
+            tenant.id.clone(),
+            documents,
+            tenant.allow_untyped_events,
+        ))
+    }
+
+    /// Validates and compiles `wasm` and stores it as the new active version of `name`. The
+    /// active version uploaded again changes nothing.
+    pub fn upload_plugin(
+        &self,
+        tenant: &str,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<Uploaded, ServiceError> {
+        check_plugin_name(name)?;
+        let plugin = self.plugins.runtime.load(wasm)?;
+        if let Some(existing) = self.store.plugin(tenant, name)?
+            && existing
+                .active()
+                .is_some_and(|v| v.sha256 == plugin.sha256())
+        {
+            return Ok(Uploaded {
+                plugin: existing,
+                created: false,
+            });
+        }
+        let record = self.store.add_plugin_version(
+            tenant,
+            name,
+            wasm,
+            plugin.sha256(),
+            &now().to_string(),
+        )?;
+        self.plugins
+            .insert(tenant, name, record.active_version, plugin);
+        tracing::info!(
+            tenant,
+            plugin = name,
+            version = record.active_version,
+            "plugin uploaded"
+        );
+        Ok(Uploaded {
+            plugin: record,
+            created: true,
+        })
+    }
+
+    /// Changes a plugin's settings.
+    pub fn update_plugin(
+        &self,
+        tenant: &str,
+        name: &str,
+        patch: PluginPatch,
+    ) -> Result<PluginRecord, ServiceError> {
+        let mut record = self.plugin(tenant, name)?;
+        if let Some(config) = patch.config {
+            record.config = config;
+        }
+        if let Some(actions) = patch.actions {
+            if let Some(actions) = &actions
+                && let Some(bad) = actions.iter().find(|action| !is_valid_id(action))
+            {
+                return Err(ServiceError::invalid_request(format!(
+                    "actions: {bad:?} is not an action name (1-64 letters, digits, '_', '.' or '-', starting with a letter)"
+                )));
+            }
+            record.actions = actions.map(|mut actions| {
+                actions.sort();
+                actions.dedup();
+                actions
+            });
+        }
+        if let Some(priority) = patch.priority {
+            record.priority = priority;
+        }
+        if let Some(enabled) = patch.enabled {
+            record.enabled = enabled;
+        }
+        if let Some(version) = patch.active_version {
+            if !record.versions.iter().any(|v| v.version == version) {
+                return Err(ServiceError::invalid_request(format!(
+                    "plugin {name} has no version {version}; it has versions {}",
+                    record
+                        .versions
+                        .iter()
+                        .map(|v| v.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            record.active_version = version;
+        }
+        if let Some(on_error) = patch.on_error {
+            record.on_error = on_error;
+        }
+        self.store.update_plugin(tenant, &record)?;
+        Ok(record)
+    }
+
+    /// Every plugin of a tenant, in the order they run.
+    pub fn plugins(&self, tenant: &str) -> Result<Vec<PluginRecord>, ServiceError> {
+        Ok(self.store.plugins(tenant)?)
+    }
+
+    /// The plugin `name`.
+    pub fn plugin(&self, tenant: &str, name: &str) -> Result<PluginRecord, ServiceError> {
+        self.store
+            .plugin(tenant, name)?
+            .ok_or_else(|| ServiceError::not_found(format!("no plugin {name:?}")))
+    }
+}
+
+fn check_plugin_name(name: &str) -> Result<(), ServiceError> {
+    if is_valid_id(name) {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid_request(format!(
+            "plugin name {name:?}: a name is 1-64 letters, digits, '_', '.' or '-', starting with a letter"
+        )))
+    }
+}
+
+/// Loaded plugins by (tenant, name, version), loaded from the store on first use so that a
+/// restarted host finds every plugin again (compiled artifacts come from the runtime's disk
+/// cache, so that is fast).
+struct PluginCache {
+    store: Arc<dyn Store>,
+    runtime: Runtime,
+    loaded: RwLock<HashMap<(String, String, u32), Plugin>>,
+}
+
+impl std::fmt::Debug for PluginCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCache")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginCache {
+    fn get(&self, tenant: &str, name: &str, version: u32) -> Result<Plugin, String> {
+        let key = (tenant.to_owned(), name.to_owned(), version);
+        if let Some(plugin) = read_lock(&self.loaded).get(&key) {
+            return Ok(plugin.clone());
+        }
+        let wasm = self
+            .store
+            .plugin_wasm(tenant, name, version)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| format!("version {version} of plugin {name} is not stored"))?;
+        let plugin = self
+            .runtime
+            .load(&wasm)
+            .map_err(|error| error.to_string())?;
+        self.insert(tenant, name, version, plugin.clone());
+        Ok(plugin)
+    }
+
+    fn insert(&self, tenant: &str, name: &str, version: u32, plugin: Plugin) {
+        write_lock(&self.loaded).insert((tenant.to_owned(), name.to_owned(), version), plugin);
+    }
+}
+
+impl RuleSource for PluginCache {
+    fn rules(&self, tenant: &str) -> Result<TenantRules, StoreError> {
+        let policy = self
+            .store
+            .tenant(tenant)?
+            .map(|record| record.policy())
+            .unwrap_or_default();
+        let plugins = self
+            .store
+            .plugins(tenant)?
+            .into_iter()
+            .map(|record| {
+                // A disabled plugin is not run, so it is not loaded either.
+                let plugin = if record.enabled {
+                    self.get(tenant, &record.name, record.active_version)
+                } else {
+                    Err("disabled".to_owned())
+                };
+                ActivePlugin::new(record, plugin)
+            })
+            .collect();
+        Ok(TenantRules { plugins, policy })
+    }
+}

@@ -1,0 +1,219 @@
+//! Events in: checking a posted event, queueing it for the writer and waiting for its commit,
+//! and simulating one plugin on an event without storing anything.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tally_sdk::{Customer, Decision};
+
+use super::catalog::Catalog;
+use super::error::ServiceError;
+use super::events::{self, Origin, now};
+use crate::domain::new_account;
+use crate::domain::records::{RawJson, TenantRecord};
+use crate::pipeline::writer::{IngestError, Ingested, NewEvent, Writer};
+use crate::pipeline::{ActivePlugin, PluginFailure, evaluate_event_reporting};
+use crate::runtime::LogLine;
+use crate::storage::Store;
+
+/// What a plugin would decide on an event, with nothing stored.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// The plugin.
+    pub plugin: String,
+    /// The version that ran.
+    pub version: u32,
+    /// The event as the plugin saw it.
+    pub event: NewEvent,
+    /// The customer as stored now (a new one if unknown).
+    pub customer_before: Customer,
+    /// The customer as the event would leave them: the decision applied, and what the host
+    /// itself keeps (statistics, profile fields), exactly as a posted event would.
+    pub customer_after: Customer,
+    /// The plugin's state for the customer before.
+    pub state_before: Option<Value>,
+    /// The decision, or why there is none.
+    pub outcome: Result<Decision, PluginFailure>,
+    /// What the plugin logged.
+    pub logs: Vec<LogLine>,
+    /// Instructions used.
+    pub fuel_used: Option<u64>,
+}
+
+/// An event checked without the store, or why not.
+#[derive(Debug)]
+pub enum Checked {
+    /// The event, ready for the writer.
+    Ready(NewEvent),
+    /// The event is not valid.
+    Invalid(ServiceError),
+    /// The tenant's event types are not in memory: check it with
+    /// [`Ingest::prepare_event`] off the async runtime.
+    NeedsTypes(Value),
+}
+
+/// Events in.
+pub struct Ingest {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    writer: Writer,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    pub(super) fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, writer: Writer) -> Ingest {
+        Ingest {
+            store,
+            catalog,
+            writer,
+        }
+    }
+
+    /// Stops taking events and waits until everything queued is committed and answered.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+
+    /// Runs one plugin (its active version, or `version`) on an event against the customer's
+    /// current state; stores nothing.
+    pub fn simulate(
+        &self,
+        tenant: &TenantRecord,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+        origin: &Origin,
+    ) -> Result<Simulation, ServiceError> {
+        let record = self.catalog.plugin(&tenant.id, name)?;
+        let version = version.unwrap_or(record.active_version);
+        if !record.versions.iter().any(|v| v.version == version) {
+            return Err(ServiceError::not_found(format!(
+                "plugin {name} has no version {version}"
+            )));
+        }
+        let event = self.prepare_event(tenant, input, origin)?;
+        let plugin = self.catalog.loaded_plugin(&tenant.id, name, version)?;
+        let account = self
+            .store
+            .customer(&tenant.id, event.customer.as_str())?
+            .unwrap_or_else(|| new_account(&event.customer, event.received_at));
+        let state = self
+            .store
+            .plugin_state(&tenant.id, name, event.customer.as_str())?;
+        let active = ActivePlugin::new(record, Ok(plugin));
+        let mut call = active.call(state.as_ref());
+        call.version = version;
+        let mut evaluation = evaluate_event_reporting(
+            &tenant.id,
+            tenant.policy(),
+            &event,
+            &account,
+            &[call],
+            |_, _| {},
+        )
+        .map_err(|error| ServiceError::internal(error.to_string()))?;
+        let result =
+            evaluation.runs.results.pop().ok_or_else(|| {
+                ServiceError::internal("the pipeline ran no plugin for a simulation")
+            })?;
+        // A rejection is shown as the plugin's error; the customer stays as they are.
+        let customer_after = match evaluation.applied {
+            Ok(append) => append.customer.customer,
+            Err(_) => account.customer.clone(),
+        };
+        Ok(Simulation {
+            plugin: name.to_owned(),
+            version,
+            event,
+            customer_before: account.customer,
+            customer_after,
+            state_before: state.as_ref().map(RawJson::to_value),
+            outcome: result.outcome,
+            logs: result.logs,
+            fuel_used: result.fuel_used,
+        })
+    }
+
+    /// Checks a posted event as [`Ingest::prepare_event`] does when that needs nothing from
+    /// the store (the tenant's event types were read before, and are unchanged).
+    pub fn check_now(&self, tenant: &TenantRecord, input: Value, origin: &Origin) -> Checked {
+        match self.catalog.cached_types(tenant) {
+            Some(types) => match events::read_event(&tenant.id, &types, input, origin, now()) {
+                Ok(event) => Checked::Ready(event),
+                Err(error) => Checked::Invalid(error),
+            },
+            None => Checked::NeedsTypes(input),
+        }
+    }
+
+    /// Checks a posted event (envelope, action, data) for the writer.
+    pub fn prepare_event(
+        &self,
+        tenant: &TenantRecord,
+        input: Value,
+        origin: &Origin,
+    ) -> Result<NewEvent, ServiceError> {
+        let types = self.catalog.types_of(tenant)?;
+        events::read_event(&tenant.id, &types, input, origin, now())
+    }
+
+    /// Checks many events at once (a batch or an import), each on its own.
+    pub fn prepare_events(
+        &self,
+        tenant: &TenantRecord,
+        inputs: Vec<Value>,
+        origin: &Origin,
+    ) -> Result<Vec<Result<NewEvent, ServiceError>>, ServiceError> {
+        let types = self.catalog.types_of(tenant)?;
+        let received = now();
+        Ok(inputs
+            .into_iter()
+            .map(|input| events::read_event(&tenant.id, &types, input, origin, received))
+            .collect())
+    }
+
+    /// Hands a checked event to the writer and waits until it is committed (or refused).
+    pub async fn ingest(&self, event: NewEvent) -> Result<Ingested, ServiceError> {
+        receive(self.writer.submit(event)?).await
+    }
+
+    /// Queues many events in their order (the failures of checking are passed through) and
+    /// waits for every answer.
+    pub async fn ingest_many(
+        &self,
+        events: Vec<Result<NewEvent, ServiceError>>,
+    ) -> Vec<Result<Ingested, ServiceError>> {
+        // Every event is queued before any answer is awaited, so that they share batches.
+        let waiting: Vec<Result<_, ServiceError>> = events
+            .into_iter()
+            .map(|event| Ok(self.writer.submit(event?)?))
+            .collect();
+        let mut answers = Vec::with_capacity(waiting.len());
+        for answer in waiting {
+            answers.push(match answer {
+                Ok(answer) => receive(answer).await,
+                Err(error) => Err(error),
+            });
+        }
+        answers
+    }
+}
+
+async fn receive(
+    answer: tokio::sync::oneshot::Receiver<Result<Ingested, IngestError>>,
+) -> Result<Ingested, ServiceError> {
+    match answer.await {
+        Ok(result) => Ok(result?),
+        // The writer dropped the reply: it panicked on this batch (and logged why).
+        Err(_) => Err(ServiceError::internal(
+            "the writer stopped before answering",
+        )),
+    }
+}
