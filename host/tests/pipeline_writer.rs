@@ -48,7 +48,7 @@ impl RuleSource for OnePlugin {
                     version: 1,
                     sha256: String::new(),
                     size: 0,
-                    uploaded_at: "2026-11-23T00:00:00Z".to_owned(),
+                    uploaded_at: "2026-11-23T00:00:00Z".parse().expect("a time"),
                 }],
                 active_version: 1,
                 config: self.config.clone(),
@@ -131,7 +131,7 @@ impl Store for Flaky {
         put_event_type(tenant: &str, record: &tally_host::storage::EventTypeRecord) -> Result<(), StoreError>;
         event_type(tenant: &str, id: &str) -> Result<Option<tally_host::storage::EventTypeRecord>, StoreError>;
         event_types(tenant: &str) -> Result<Vec<tally_host::storage::EventTypeRecord>, StoreError>;
-        add_plugin_version(tenant: &str, name: &str, wasm: &[u8], sha256: &str, uploaded_at: &str) -> Result<PluginRecord, StoreError>;
+        add_plugin_version(tenant: &str, name: &str, wasm: &[u8], sha256: &str, uploaded_at: Timestamp) -> Result<PluginRecord, StoreError>;
         update_plugin(tenant: &str, plugin: &PluginRecord) -> Result<(), StoreError>;
         plugin(tenant: &str, name: &str) -> Result<Option<PluginRecord>, StoreError>;
         plugins(tenant: &str) -> Result<Vec<PluginRecord>, StoreError>;
@@ -194,7 +194,7 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
             &TenantRecord {
                 id: TenantId::parse(TENANT).expect("a tenant id"),
                 name: "Acme".to_owned(),
-                created_at: "2026-11-23T00:00:00Z".to_owned(),
+                created_at: "2026-11-23T00:00:00Z".parse().expect("a time"),
                 allow_untyped_events: false,
                 allow_negative_balance: false,
             },

@@ -138,7 +138,7 @@ mod storage {
 
     /// What the pipeline does: build the new customer state on what the batch reads.
     fn evaluate(txn: &dyn BatchTxn, planned: &Planned) -> AppendEvent {
-        let received_at = "2026-12-01T00:00:00Z".to_owned();
+        let received_at: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
         let mut record = txn
             .customer(planned.tenant, planned.customer)
             .unwrap()
@@ -147,8 +147,8 @@ mod storage {
                     id: planned.customer.to_owned(),
                     ..Customer::default()
                 },
-                created_at: received_at.clone(),
-                updated_at: received_at.clone(),
+                created_at: received_at,
+                updated_at: received_at,
                 event_count: 0,
                 contact_card: Map::new(),
             });
@@ -389,7 +389,7 @@ mod storage {
             let record = TenantRecord {
                 id: TenantId::parse(tenant).unwrap(),
                 name: tenant.to_owned(),
-                created_at: "2026-01-01T00:00:00Z".to_owned(),
+                created_at: "2026-01-01T00:00:00Z".parse().unwrap(),
                 allow_untyped_events: true,
                 allow_negative_balance: false,
             };

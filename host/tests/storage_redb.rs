@@ -28,11 +28,15 @@ mod storage {
         (dir, store)
     }
 
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
     fn tenant_record(id: &str) -> TenantRecord {
         TenantRecord {
             id: TenantId::parse(id).unwrap(),
             name: format!("{id} inc."),
-            created_at: "2026-01-01T00:00:00Z".to_owned(),
+            created_at: at("2026-01-01T00:00:00Z"),
             allow_untyped_events: false,
             allow_negative_balance: false,
         }
@@ -61,7 +65,7 @@ mod storage {
         at: i64,
         points: &[PointEntry],
     ) -> AppendEvent {
-        let received_at = Timestamp::from_unix_seconds(at + 5).to_string();
+        let received_at = Timestamp::from_unix_seconds(at + 5);
         let mut record =
             txn.customer(tenant, customer)
                 .unwrap()
@@ -70,8 +74,8 @@ mod storage {
                         id: customer.to_owned(),
                         ..Customer::default()
                     },
-                    created_at: received_at.clone(),
-                    updated_at: received_at.clone(),
+                    created_at: received_at,
+                    updated_at: received_at,
                     event_count: 0,
                     contact_card: Map::new(),
                 });
@@ -80,7 +84,7 @@ mod storage {
             .copied()
             .unwrap_or(record.customer.points);
         record.event_count += 1;
-        record.updated_at.clone_from(&received_at);
+        record.updated_at = received_at;
         let timestamp = Timestamp::from_unix_seconds(at);
         AppendEvent {
             tenant: tenant.to_owned(),
@@ -240,13 +244,13 @@ mod storage {
             id: "checkout".to_owned(),
             display_name: "Checkout".to_owned(),
             document: json!({"type": "object", "properties": {"total": {"type": "number"}}}),
-            created_at: "2026-01-02T00:00:00Z".to_owned(),
+            created_at: at("2026-01-02T00:00:00Z"),
         };
         let repair = EventTypeRecord {
             id: "repair".to_owned(),
             display_name: "Repair".to_owned(),
             document: json!({"type": "object"}),
-            created_at: "2026-01-02T00:00:00Z".to_owned(),
+            created_at: at("2026-01-02T00:00:00Z"),
         };
         store.put_event_type("acme", &repair).unwrap();
         store.put_event_type("acme", &checkout).unwrap();
@@ -285,7 +289,7 @@ mod storage {
         let sha = |wasm: &[u8]| hex::encode(Sha256::digest(wasm));
 
         let first = store
-            .add_plugin_version("acme", "points", v1, &sha(v1), "2026-01-01T00:00:00Z")
+            .add_plugin_version("acme", "points", v1, &sha(v1), at("2026-01-01T00:00:00Z"))
             .unwrap();
         assert_eq!(first.active_version, 1);
         assert!(first.enabled);
@@ -302,7 +306,7 @@ mod storage {
                 "points",
                 v2,
                 &sha(v2).to_uppercase(),
-                "2026-01-02T00:00:00Z",
+                at("2026-01-02T00:00:00Z"),
             )
             .unwrap();
         assert_eq!(second.active_version, 2);
@@ -324,7 +328,7 @@ mod storage {
         assert_eq!(store.plugin_wasm("acme2", "points", 1).unwrap(), None);
 
         let error = store
-            .add_plugin_version("acme", "points", v1, &sha(v2), "2026-01-03T00:00:00Z")
+            .add_plugin_version("acme", "points", v1, &sha(v2), at("2026-01-03T00:00:00Z"))
             .unwrap_err();
         assert!(matches!(error, StoreError::Invalid(_)), "{error}");
         assert!(error.to_string().contains("16-byte module"), "{error}");
@@ -338,7 +342,7 @@ mod storage {
             2
         );
         let error = store
-            .add_plugin_version("ghost", "points", v1, &sha(v1), "2026-01-03T00:00:00Z")
+            .add_plugin_version("ghost", "points", v1, &sha(v1), at("2026-01-03T00:00:00Z"))
             .unwrap_err();
         assert!(matches!(error, StoreError::NotFound(_)), "{error}");
 
@@ -375,13 +379,13 @@ mod storage {
         // Listing order is the run order: priority, then name.
         for (name, priority) in [("tiers", 5), ("alpha", 9), ("engagement", -1)] {
             let mut record = store
-                .add_plugin_version("acme", name, v1, &sha(v1), "2026-01-04T00:00:00Z")
+                .add_plugin_version("acme", name, v1, &sha(v1), at("2026-01-04T00:00:00Z"))
                 .unwrap();
             record.priority = priority;
             store.update_plugin("acme", &record).unwrap();
         }
         store
-            .add_plugin_version("acme2", "zeta", v1, &sha(v1), "2026-01-04T00:00:00Z")
+            .add_plugin_version("acme2", "zeta", v1, &sha(v1), at("2026-01-04T00:00:00Z"))
             .unwrap();
         let order: Vec<(String, i32)> = store
             .plugins("acme")
@@ -501,10 +505,10 @@ mod storage {
                     e.amount,
                     e.kind,
                     e.reason.as_str(),
-                    e.expires_at.as_deref(),
+                    e.expires_at.map(|at| at.to_string()),
                     e.balance_after,
                     e.lifetime_after,
-                    e.at.as_str(),
+                    e.at.to_string(),
                 )
             })
             .collect();
@@ -518,10 +522,10 @@ mod storage {
                     120,
                     PointKind::Earn,
                     "earned",
-                    Some("2027-09-21T14:13:20Z"),
+                    Some("2027-09-21T14:13:20Z".to_owned()),
                     120,
                     120,
-                    "2026-09-21T14:13:20Z"
+                    "2026-09-21T14:13:20Z".to_owned()
                 ),
                 (
                     2,
@@ -533,7 +537,7 @@ mod storage {
                     None,
                     100,
                     120,
-                    "2026-09-21T14:13:20Z"
+                    "2026-09-21T14:13:20Z".to_owned()
                 ),
             ]
         );
@@ -815,13 +819,13 @@ mod storage {
                         id: "checkout".to_owned(),
                         display_name: "Checkout".to_owned(),
                         document: json!({"type": "object"}),
-                        created_at: "2026-01-01T00:00:00Z".to_owned(),
+                        created_at: at("2026-01-01T00:00:00Z"),
                     },
                 )
                 .unwrap();
             let sha = hex::encode(Sha256::digest(wasm));
             store
-                .add_plugin_version("acme", "points", wasm, &sha, "2026-01-01T00:00:00Z")
+                .add_plugin_version("acme", "points", wasm, &sha, at("2026-01-01T00:00:00Z"))
                 .unwrap();
             post(&store, "acme", "e1", "c1", "checkout", T0, &[earn(10)]).unwrap();
             post(&store, "acme", "e2", "c1", "checkout", T0 + 1, &[spend(4)]).unwrap();

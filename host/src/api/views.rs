@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tally_sdk::{Perk, PointEntry, Points, Stats, Trigger};
+use tally_sdk::{Perk, PointEntry, Points, Stats, Timestamp, Trigger};
 
 use crate::pipeline::writer::Ingested;
 use crate::schema::EventType;
@@ -27,8 +27,8 @@ pub struct CustomerView<'a> {
     stats: &'a Stats,
     contact_card: &'a Map<String, Value>,
     event_count: u64,
-    created_at: &'a str,
-    updated_at: &'a str,
+    created_at: Timestamp,
+    updated_at: Timestamp,
 }
 
 /// The profile of `record`.
@@ -43,8 +43,8 @@ pub fn customer(record: &CustomerRecord) -> CustomerView<'_> {
         stats: &customer.stats,
         contact_card: &record.contact_card,
         event_count: record.event_count,
-        created_at: &record.created_at,
-        updated_at: &record.updated_at,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
     }
 }
 

@@ -63,8 +63,8 @@ pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
             id: id.to_string(),
             ..Customer::default()
         },
-        created_at: now.to_string(),
-        updated_at: now.to_string(),
+        created_at: now,
+        updated_at: now,
         event_count: 0,
         contact_card: serde_json::Map::new(),
     }
@@ -137,8 +137,8 @@ pub fn apply_event(
     // Built from parts: `before.customer` is replaced by what the plugins left.
     let mut account = CustomerRecord {
         customer,
-        created_at: before.created_at.clone(),
-        updated_at: event.received_at.to_string(),
+        created_at: before.created_at,
+        updated_at: event.received_at,
         event_count: before.event_count.saturating_add(1),
         contact_card: before.contact_card.clone(),
     };
@@ -161,7 +161,7 @@ pub fn apply_event(
             ip_address: event.ip_address.clone(),
             user_agent: event.user_agent.clone(),
             data: event.data.clone(),
-            received_at: event.received_at.to_string(),
+            received_at: event.received_at,
             outcome: decided.outcome,
         },
         customer: account,

@@ -21,8 +21,8 @@ pub struct TenantRecord {
     pub id: TenantId,
     /// A human-readable name.
     pub name: String,
-    /// When the tenant was created, RFC 3339.
-    pub created_at: String,
+    /// When the tenant was created (RFC 3339 in JSON).
+    pub created_at: Timestamp,
     /// Whether events whose action has no registered event type are accepted.
     #[serde(default)]
     pub allow_untyped_events: bool,
@@ -50,8 +50,8 @@ pub struct EventTypeRecord {
     pub display_name: String,
     /// The whole interaction-schema document as it was posted.
     pub document: Value,
-    /// When it was registered or last replaced, RFC 3339.
-    pub created_at: String,
+    /// When it was registered or last replaced (RFC 3339 in JSON).
+    pub created_at: Timestamp,
 }
 
 /// A tenant's plugin: its uploaded versions and how it runs.
@@ -97,8 +97,8 @@ pub struct PluginVersion {
     pub sha256: String,
     /// The module's size in bytes.
     pub size: u64,
-    /// When it was uploaded, RFC 3339.
-    pub uploaded_at: String,
+    /// When it was uploaded (RFC 3339 in JSON).
+    pub uploaded_at: Timestamp,
 }
 
 /// What a plugin failure does to the event being evaluated.
@@ -142,8 +142,8 @@ pub struct StoredEvent {
     pub user_agent: Option<String>,
     /// The action's own attributes.
     pub data: RawJson,
-    /// When the host received it, RFC 3339.
-    pub received_at: String,
+    /// When the host received it (RFC 3339 in JSON).
+    pub received_at: Timestamp,
     /// What the plugins decided.
     #[serde(default)]
     pub outcome: EventOutcome,
@@ -210,10 +210,10 @@ pub struct CustomerRecord {
     /// The state plugins see. `customer.points` is derived from the ledger and the store
     /// checks it against the ledger on every append.
     pub customer: Customer,
-    /// When the first event for the customer was received, RFC 3339.
-    pub created_at: String,
-    /// When the latest event was received, RFC 3339.
-    pub updated_at: String,
+    /// When the first event for the customer was received (RFC 3339 in JSON).
+    pub created_at: Timestamp,
+    /// When the latest event was received (RFC 3339 in JSON).
+    pub updated_at: Timestamp,
     /// How many events the customer has; the store checks it grows by one per event.
     pub event_count: u64,
     /// Contact fields gathered from events: field → `{value, display_name, event_id, at}`.
@@ -236,15 +236,15 @@ pub struct LedgerEntry {
     pub kind: PointKind,
     /// Why, as the customer sees it.
     pub reason: String,
-    /// When these points expire, RFC 3339, if they do.
+    /// When these points expire, if they do.
     #[serde(default)]
-    pub expires_at: Option<String>,
+    pub expires_at: Option<Timestamp>,
     /// The customer's balance after this entry.
     pub balance_after: i64,
     /// The customer's lifetime points after this entry.
     pub lifetime_after: i64,
-    /// The event's timestamp, RFC 3339: business time, so a replay writes the same ledger.
-    pub at: String,
+    /// The event's timestamp,: business time, so a replay writes the same ledger.
+    pub at: Timestamp,
 }
 
 /// An outbound trigger waiting in the tenant's outbox. Append-only; consumers remember the

@@ -107,7 +107,7 @@ impl Catalog {
                 .unwrap_or_else(|| parsed.id())
                 .to_owned(),
             document,
-            created_at: now().to_string(),
+            created_at: now(),
         };
         self.store.put_event_type(tenant, &record)?;
         self.type_documents.forget(tenant);
@@ -188,13 +188,9 @@ impl Catalog {
                 created: false,
             });
         }
-        let record = self.store.add_plugin_version(
-            tenant,
-            name,
-            wasm,
-            plugin.sha256(),
-            &now().to_string(),
-        )?;
+        let record = self
+            .store
+            .add_plugin_version(tenant, name, wasm, plugin.sha256(), now())?;
         self.plugins
             .insert(tenant, name, record.active_version, plugin);
         tracing::info!(

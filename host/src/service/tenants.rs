@@ -130,7 +130,7 @@ impl Tenants {
         let tenant = TenantRecord {
             name: new.name.unwrap_or_else(|| new.id.clone()),
             id,
-            created_at: now().to_string(),
+            created_at: now(),
             allow_untyped_events: new.allow_untyped_events,
             allow_negative_balance: new.allow_negative_balance,
         };

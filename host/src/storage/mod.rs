@@ -228,7 +228,7 @@ pub trait Store: BatchRead + Send + Sync {
         name: &str,
         wasm: &[u8],
         sha256: &str,
-        uploaded_at: &str,
+        uploaded_at: Timestamp,
     ) -> Result<PluginRecord, StoreError>;
 
     /// Replaces a plugin's settings (active version, config, actions, priority, enabled,

@@ -4,6 +4,7 @@
 use ::redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tally_sdk::Timestamp;
 
 use super::codec::{decode, encode};
 use super::read::{get_json, no_tenant, require_tenant, tenant_records};
@@ -193,7 +194,7 @@ pub(super) fn add_plugin_version(
     name: &str,
     wasm: &[u8],
     sha256: &str,
-    uploaded_at: &str,
+    uploaded_at: Timestamp,
 ) -> Result<PluginRecord, StoreError> {
     require_tenant(&txn.open_table(TENANTS)?, tenant)?;
     let mut plugins = txn.open_table(PLUGINS)?;
@@ -218,7 +219,7 @@ pub(super) fn add_plugin_version(
         version,
         sha256: sha256.to_owned(),
         size: u64::try_from(wasm.len()).unwrap_or(u64::MAX),
-        uploaded_at: uploaded_at.to_owned(),
+        uploaded_at,
     });
     record.active_version = version;
     let bytes = encode(&record, what)?;

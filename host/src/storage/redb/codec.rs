@@ -212,10 +212,10 @@ impl<'a> LedgerRow<'a> {
             amount: self.amount,
             kind: self.kind,
             reason: self.reason.to_owned(),
-            expires_at: self.expires_at.map(|at| at.to_string()),
+            expires_at: self.expires_at,
             balance_after: self.balance_after,
             lifetime_after: self.lifetime_after,
-            at: self.at.to_string(),
+            at: self.at,
         }
     }
 }
@@ -270,7 +270,7 @@ mod tests {
         ]
     }
 
-    /// The row an entry holds, its times parsed back from RFC 3339; `None` when one is not.
+    /// The row an entry holds.
     fn row_of(entry: &LedgerEntry) -> Option<LedgerRow<'_>> {
         Some(LedgerRow {
             event_id: &entry.event_id,
@@ -278,13 +278,10 @@ mod tests {
             amount: entry.amount,
             kind: entry.kind,
             reason: &entry.reason,
-            expires_at: match &entry.expires_at {
-                Some(text) => Some(text.parse().ok()?),
-                None => None,
-            },
+            expires_at: entry.expires_at,
             balance_after: entry.balance_after,
             lifetime_after: entry.lifetime_after,
-            at: entry.at.parse().ok()?,
+            at: entry.at,
         })
     }
 

@@ -79,6 +79,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ::redb::{Builder, Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+use tally_sdk::Timestamp;
 
 use self::format::Contents;
 use self::read::{get_customer, get_event, get_plugin_state};
@@ -236,7 +237,7 @@ impl Store for RedbStore {
         name: &str,
         wasm: &[u8],
         sha256: &str,
-        uploaded_at: &str,
+        uploaded_at: Timestamp,
     ) -> Result<PluginRecord, StoreError> {
         let sha256 = admin::verify_sha256(tenant, name, wasm, sha256)?;
         self.write(|txn| admin::add_plugin_version(txn, tenant, name, wasm, &sha256, uploaded_at))
