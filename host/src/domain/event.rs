@@ -110,23 +110,8 @@ pub fn apply_event(
     plugins: Vec<PluginOutcome>,
     customer: Customer,
 ) -> Result<AppendEvent, Rejection> {
-    if let Some(failed) = plugins
-        .iter()
-        .find(|plugin| plugin.on_error == OnError::Reject && plugin.result.is_err())
-    {
-        let error = failed
-            .result
-            .clone()
-            .err()
-            .unwrap_or_else(|| PluginErrorRecord {
-                code: String::new(),
-                message: String::new(),
-            });
-        return Err(Rejection {
-            plugin: failed.name.clone(),
-            version: failed.version,
-            error,
-        });
+    if let Some(rejection) = rejection(&plugins) {
+        return Err(rejection);
     }
     let decided = Decided::from_outcomes(plugins);
     let points = decided
@@ -169,6 +154,20 @@ pub fn apply_event(
         plugin_states: decided.plugin_states,
         triggers: decided.triggers,
     })
+}
+
+/// The first failure of a plugin set to reject, which refuses the event.
+fn rejection(plugins: &[PluginOutcome]) -> Option<Rejection> {
+    plugins
+        .iter()
+        .find_map(|plugin| match (&plugin.result, plugin.on_error) {
+            (Err(error), OnError::Reject) => Some(Rejection {
+                plugin: plugin.name.clone(),
+                version: plugin.version,
+                error: error.clone(),
+            }),
+            _ => None,
+        })
 }
 
 /// The plugins' outcomes sorted into what each part of the store keeps.

@@ -64,72 +64,14 @@ pub(super) fn read_event(
             "\"customer\" is required: the id of the customer who did this",
         )
     })?;
-    let action = match fields.remove("action") {
-        Some(Value::String(action)) if !action.is_empty() => action,
-        None | Some(Value::Null) => {
-            return Err(ServiceError::invalid_event(
-                "action",
-                "\"action\" is required: what happened, e.g. \"checkout\"",
-            ));
-        }
-        Some(other) => {
-            return Err(ServiceError::invalid_event(
-                "action",
-                format!(
-                    "\"action\" must be a non-empty string, not {}",
-                    kind_of(&other)
-                ),
-            ));
-        }
-    };
-    let data = match fields.remove("data") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(data @ Value::Object(_)) => data,
-        Some(other) => {
-            return Err(ServiceError::invalid_event(
-                "data",
-                format!(
-                    "\"data\" must be a JSON object of the action's attributes, not {}",
-                    kind_of(&other)
-                ),
-            ));
-        }
-    };
+    let action = action_of(&mut fields)?;
+    let data = data_of(&mut fields)?;
     let id = match identifier(&mut fields, "id", EventId::parse)? {
         Some(id) => id,
         None => generate_id()?,
     };
-    let timestamp = match fields.remove("timestamp") {
-        None | Some(Value::Null) => now,
-        Some(Value::String(text)) => text.parse::<Timestamp>().map_err(|error| {
-            ServiceError::invalid_event("timestamp", format!("\"timestamp\": {error}"))
-        })?,
-        Some(other) => {
-            return Err(ServiceError::invalid_event(
-                "timestamp",
-                format!(
-                    "\"timestamp\" must be an RFC 3339 string such as 2026-11-23T10:00:00Z, not {}",
-                    kind_of(&other)
-                ),
-            ));
-        }
-    };
-    let label = match fields.remove("label") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(label)) if label.len() <= MAX_LABEL_LEN => Some(label),
-        Some(Value::String(_)) => {
-            return Err(ServiceError::invalid_event(
-                "label",
-                format!("\"label\" is longer than {MAX_LABEL_LEN} bytes"),
-            ));
-        }
-        Some(other) => {
-            return Err(ServiceError::invalid_event(
-                "label",
-                format!("\"label\" must be a string, not {}", kind_of(&other)),
-            ));
-        }
-    };
+    let timestamp = timestamp_of(&mut fields, now)?;
+    let label = label_of(&mut fields)?;
 
     let resolved = types.check_event(&action, &data)?;
     let contact_card = resolved
@@ -149,6 +91,87 @@ pub(super) fn read_event(
         data: RawJson::from_value(&data),
         received_at: now,
         contact_card,
+    })
+}
+
+/// `action`: required, a non-empty string.
+fn action_of(fields: &mut Map<String, Value>) -> Result<String, ServiceError> {
+    Ok(match fields.remove("action") {
+        Some(Value::String(action)) if !action.is_empty() => action,
+        None | Some(Value::Null) => {
+            return Err(ServiceError::invalid_event(
+                "action",
+                "\"action\" is required: what happened, e.g. \"checkout\"",
+            ));
+        }
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "action",
+                format!(
+                    "\"action\" must be a non-empty string, not {}",
+                    kind_of(&other)
+                ),
+            ));
+        }
+    })
+}
+
+/// `data`: a JSON object of the action's attributes; empty when absent.
+fn data_of(fields: &mut Map<String, Value>) -> Result<Value, ServiceError> {
+    Ok(match fields.remove("data") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(data @ Value::Object(_)) => data,
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "data",
+                format!(
+                    "\"data\" must be a JSON object of the action's attributes, not {}",
+                    kind_of(&other)
+                ),
+            ));
+        }
+    })
+}
+
+/// `timestamp`: RFC 3339; `now` when absent.
+fn timestamp_of(
+    fields: &mut Map<String, Value>,
+    now: Timestamp,
+) -> Result<Timestamp, ServiceError> {
+    Ok(match fields.remove("timestamp") {
+        None | Some(Value::Null) => now,
+        Some(Value::String(text)) => text.parse::<Timestamp>().map_err(|error| {
+            ServiceError::invalid_event("timestamp", format!("\"timestamp\": {error}"))
+        })?,
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "timestamp",
+                format!(
+                    "\"timestamp\" must be an RFC 3339 string such as 2026-11-23T10:00:00Z, not {}",
+                    kind_of(&other)
+                ),
+            ));
+        }
+    })
+}
+
+/// `label`: an optional string of at most [`MAX_LABEL_LEN`] bytes.
+fn label_of(fields: &mut Map<String, Value>) -> Result<Option<String>, ServiceError> {
+    Ok(match fields.remove("label") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(label)) if label.len() <= MAX_LABEL_LEN => Some(label),
+        Some(Value::String(_)) => {
+            return Err(ServiceError::invalid_event(
+                "label",
+                format!("\"label\" is longer than {MAX_LABEL_LEN} bytes"),
+            ));
+        }
+        Some(other) => {
+            return Err(ServiceError::invalid_event(
+                "label",
+                format!("\"label\" must be a string, not {}", kind_of(&other)),
+            ));
+        }
     })
 }
 

@@ -43,29 +43,7 @@ pub(super) fn run(
 /// Writes a group of batches in one transaction and answers their events; `false` when
 /// the commit failed and nothing of it was stored.
 fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatch>) -> bool {
-    let generation = progress.now().generation;
-    let mut writing = Vec::with_capacity(group.len());
-    for mut batch in group {
-        // A batch built on one that failed to commit is refused whole; so is one whose reads
-        // failed.
-        let refused = batch.failed.take().or_else(|| {
-            (batch.generation != generation).then(|| {
-                StoreError::backend(
-                    "an earlier batch of events could not be committed, and these were \
-                     evaluated after it",
-                )
-            })
-        });
-        match refused {
-            Some(error) => {
-                tracing::error!(%error, count = batch.jobs.len(), "a batch of events was not stored");
-                for job in batch.jobs {
-                    let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
-                }
-            }
-            None => writing.push(batch),
-        }
-    }
+    let mut writing = take_writable(progress.now().generation, group);
     if writing.is_empty() {
         return true;
     }
@@ -94,26 +72,12 @@ fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatc
             // Before any answer: a client that posts again once answered must find those
             // customers read from the store.
             progress.refused(std::mem::take(&mut refused));
-            let batches = writing.len();
-            let (mut reads, mut evaluation) = (Duration::ZERO, Duration::ZERO);
-            for (batch, answers) in writing.into_iter().zip(answers) {
-                reads += batch.timings.reads;
-                evaluation += batch.timings.evaluation;
-                for (job, answer) in batch.jobs.into_iter().zip(answers) {
-                    let reply = match answer {
-                        Pending::Stored(ingested) => Ok(*ingested),
-                        Pending::Refused(error) => Err(error),
-                        Pending::Replay => Err(unanswered(&job.event.id)),
-                    };
-                    // The client may have gone away; the event is stored all the same.
-                    let _ = job.reply.send(reply);
-                }
-            }
+            let timings = answer_committed(writing, answers);
             tracing::debug!(
                 count,
-                batches,
-                ?reads,
-                ?evaluation,
+                batches = timings.batches,
+                reads = ?timings.reads,
+                evaluation = ?timings.evaluation,
                 writes = ?written,
                 commit = ?started.elapsed().saturating_sub(written),
                 "batch committed"
@@ -123,12 +87,71 @@ fn commit_group(store: &dyn Store, progress: &Progress, group: Vec<EvaluatedBatc
         Err(error) => {
             tracing::error!(%error, count, "a batch of events could not be committed");
             for batch in writing {
-                for job in batch.jobs {
-                    let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
-                }
+                refuse_all(batch.jobs, &error);
             }
             false
         }
+    }
+}
+
+/// The batches of a group that may be written: a batch built on one that failed to commit
+/// (of an older `generation`) is refused whole, and so is one whose reads failed.
+fn take_writable(generation: u64, group: Vec<EvaluatedBatch>) -> Vec<EvaluatedBatch> {
+    let mut writing = Vec::with_capacity(group.len());
+    for mut batch in group {
+        let refused = batch.failed.take().or_else(|| {
+            (batch.generation != generation).then(|| {
+                StoreError::backend(
+                    "an earlier batch of events could not be committed, and these were \
+                     evaluated after it",
+                )
+            })
+        });
+        match refused {
+            Some(error) => {
+                tracing::error!(%error, count = batch.jobs.len(), "a batch of events was not stored");
+                refuse_all(batch.jobs, &error);
+            }
+            None => writing.push(batch),
+        }
+    }
+    writing
+}
+
+/// Where the committed batches' time went before the committer, for the debug log.
+struct GroupTimings {
+    batches: usize,
+    reads: Duration,
+    evaluation: Duration,
+}
+
+/// Answers every event of committed batches.
+fn answer_committed(writing: Vec<EvaluatedBatch>, answers: Vec<Vec<Pending>>) -> GroupTimings {
+    let mut timings = GroupTimings {
+        batches: writing.len(),
+        reads: Duration::ZERO,
+        evaluation: Duration::ZERO,
+    };
+    for (batch, answers) in writing.into_iter().zip(answers) {
+        timings.reads += batch.timings.reads;
+        timings.evaluation += batch.timings.evaluation;
+        for (job, answer) in batch.jobs.into_iter().zip(answers) {
+            let reply = match answer {
+                Pending::Stored(ingested) => Ok(*ingested),
+                Pending::Refused(error) => Err(error),
+                Pending::Replay => Err(unanswered(&job.event.id)),
+            };
+            // The client may have gone away; the event is stored all the same.
+            let _ = job.reply.send(reply);
+        }
+    }
+    timings
+}
+
+/// Answers every event of `jobs` with `error`: nothing of them was stored.
+fn refuse_all(jobs: Vec<Job>, error: &StoreError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(IngestError::Storage(error.clone())));
     }
 }
 

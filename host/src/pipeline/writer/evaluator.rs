@@ -122,34 +122,8 @@ fn evaluate_batch(
         progress,
     } = *sources;
     let started = Instant::now();
-    // Plugins are looked up (and compiled, on a cold cache) per batch: settings changed from
-    // here on apply to the next batch.
-    let mut by_tenant: HashMap<TenantId, Result<TenantRules, StoreError>> = HashMap::new();
-    for job in &jobs {
-        if !by_tenant.contains_key(&job.event.tenant) {
-            let tenant = job.event.tenant.clone();
-            let loaded = rules.rules(tenant.as_str());
-            by_tenant.insert(tenant, loaded);
-        }
-    }
-    // An id in a batch the committer has not finished: wait for it, so that the store says
-    // whether it was stored. Rare: the same event posted twice at the same moment.
-    let pending = jobs
-        .iter()
-        .filter_map(|job| {
-            overlay
-                .ids
-                .get(&(job.event.tenant.clone(), job.event.id.clone()))
-                .copied()
-        })
-        .max();
-    if let Some(batch) = pending {
-        let (now, refused) = progress.wait_for(batch);
-        if now.generation == generation {
-            overlay.forget_up_to(now.finished, &refused);
-        }
-        // Otherwise the committer refuses this batch: it was begun on state that failed.
-    }
+    let by_tenant = rules_of(rules, &jobs);
+    wait_for_pending_ids(overlay, progress, generation, &jobs);
     let mut timings = Timings::default();
     let mut planned = None;
     let read = store.read_batch(&mut |snapshot| {
@@ -188,6 +162,45 @@ fn evaluate_batch(
         plans,
         evaluated,
         timings,
+    }
+}
+
+/// The rules of every tenant with an event in the batch. Looked up (and compiled, on a cold
+/// cache) per batch: settings changed from here on apply to the next batch.
+fn rules_of(
+    rules: &dyn RuleSource,
+    jobs: &[Job],
+) -> HashMap<TenantId, Result<TenantRules, StoreError>> {
+    let mut by_tenant = HashMap::new();
+    for job in jobs {
+        if !by_tenant.contains_key(&job.event.tenant) {
+            let tenant = job.event.tenant.clone();
+            let loaded = rules.rules(tenant.as_str());
+            by_tenant.insert(tenant, loaded);
+        }
+    }
+    by_tenant
+}
+
+/// When an id of the batch is in a batch the committer has not finished, waits for that
+/// batch, so that the store says whether the id was stored. Rare: the same event posted twice
+/// at the same moment.
+fn wait_for_pending_ids(overlay: &mut Overlay, progress: &Progress, generation: u64, jobs: &[Job]) {
+    let pending = jobs
+        .iter()
+        .filter_map(|job| {
+            overlay
+                .ids
+                .get(&(job.event.tenant.clone(), job.event.id.clone()))
+                .copied()
+        })
+        .max();
+    if let Some(batch) = pending {
+        let (now, refused) = progress.wait_for(batch);
+        if now.generation == generation {
+            overlay.forget_up_to(now.finished, &refused);
+        }
+        // Otherwise the committer refuses this batch: it was begun on state that failed.
     }
 }
 
