@@ -15,7 +15,7 @@
 //! What the store derives and what it checks, on append:
 //! - it assigns the event's `seq`, and each ledger entry's `seq`, `balance_after`,
 //!   `lifetime_after`, `event_id` and `at` (the event's timestamp), replaying the amounts onto
-//!   the customer's stored points with [`tally_sdk::Customer::apply`], the one rule for how
+//!   the customer's stored points with [`crate::domain::points_after`], the one rule for how
 //!   points move;
 //! - it checks what the pipeline computed against what it stored: the new customer's points
 //!   must equal that replay, `event_count` must be the stored count plus one, and the event's
