@@ -43,11 +43,9 @@ pub struct Config {
     pub evaluation_threads: usize,
 }
 
-/// One per core. On 2 cores, `benches/ingest.rs --compare` measured one thread against two
-/// without a clear winner: at 128 connections, three runs of eight interleaved pairs gave
-/// one thread 0.911 / 0.928 / 0.991 of the CPU per event and 1.020 / 1.032 / 0.938 of the
-/// events/s; at 256 connections, 0.949 and 0.995. One thread would also halve how fast a
-/// tenant with costly plugins can be evaluated, so the default keeps every core.
+/// One per core. On two cores one thread and two measure alike on the ingest bench (within
+/// its noise, docs/performance.md), and one would halve how fast a tenant with costly plugins
+/// can be evaluated, so the default keeps every core.
 pub fn default_evaluation_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -7,9 +7,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tally_sdk::{Perk, PointEntry, Points, Stats, Timestamp, Trigger};
 
-use crate::pipeline::writer::Ingested;
 use crate::schema::EventType;
-use crate::service::{LedgerLine, Simulation};
+use crate::service::{Ingested, LedgerLine, Simulation};
 use crate::storage::{CustomerRecord, PluginStatus, StoredEvent};
 
 /// A customer profile: points, tier, perks, attributes, stats and contact card.

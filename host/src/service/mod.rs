@@ -37,6 +37,7 @@ pub use self::queries::{LedgerLine, Queries};
 pub use self::tenants::{NewTenant, Principal, TenantPatch, Tenants};
 use crate::config::Config;
 use crate::pipeline::writer::Writer;
+pub use crate::pipeline::writer::{IngestError, Ingested};
 use crate::runtime::Runtime;
 use crate::storage::Store;
 
