@@ -266,9 +266,7 @@ fn the_abi_doc_output_examples_are_what_the_host_accepts() {
     let examples = abi_doc_blocks("json output");
     assert!(examples.len() >= 2, "a decision and an error");
     for example in examples {
-        let plugin = runtime
-            .load(&wat_answering(example))
-            .expect("valid");
+        let plugin = runtime.load(&wat_answering(example)).expect("valid");
         let result = plugin.evaluate(&input_for(Value::Null)).result;
         let value: Value = serde_json::from_str(example).expect("JSON");
         match value.get("error").and_then(Value::as_str) {

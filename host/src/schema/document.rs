@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
 
 /// The longest event-type id.
-pub const MAX_ID_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = crate::domain::ids::MAX_NAME_LEN;
 
 /// The longest `displayName` (of the type or of a property).
 pub const MAX_DISPLAY_NAME_LEN: usize = 200;
@@ -265,14 +265,11 @@ pub fn document_hash(document: &Value) -> String {
     hex::encode(Sha256::digest(document.to_string().as_bytes()))
 }
 
-/// Whether `id` is a well-formed event-type id or action name: 1–64 characters of
-/// `[A-Za-z0-9_.-]`, starting with a letter.
+/// Whether `id` is a well-formed event-type id or action name: a name, as tenant ids and
+/// plugin names are (1–64 characters of `[A-Za-z0-9_.-]`, starting with a letter).
 #[must_use]
 pub fn is_valid_id(id: &str) -> bool {
-    let mut bytes = id.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
-        && id.len() <= MAX_ID_LEN
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    crate::domain::ids::is_name(id)
 }
 
 fn check_id(id: Option<&Value>) -> Result<String, SchemaError> {

@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::cache::{StoreCache, read_lock, write_lock};
 use super::error::ServiceError;
 use super::events::now;
-use crate::domain::TenantId;
 use crate::domain::records::{EventTypeRecord, OnError, PluginRecord, TenantRecord};
+use crate::domain::{PluginName, TenantId};
 use crate::pipeline::{ActivePlugin, RuleSource, TenantRules};
 use crate::runtime::{Plugin, Runtime};
 use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
@@ -176,7 +176,7 @@ impl Catalog {
         name: &str,
         wasm: &[u8],
     ) -> Result<Uploaded, ServiceError> {
-        check_plugin_name(name)?;
+        let name = &*check_plugin_name(name)?;
         let plugin = self.plugins.runtime.load(wasm)?;
         if let Some(existing) = self.store.plugin(tenant, name)?
             && existing
@@ -270,14 +270,10 @@ impl Catalog {
     }
 }
 
-fn check_plugin_name(name: &str) -> Result<(), ServiceError> {
-    if is_valid_id(name) {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid_request(format!(
-            "plugin name {name:?}: a name is 1-64 letters, digits, '_', '.' or '-', starting with a letter"
-        )))
-    }
+fn check_plugin_name(name: &str) -> Result<PluginName, ServiceError> {
+    PluginName::parse(name).map_err(|error| {
+        ServiceError::invalid_request(format!("plugin name {name:?}: a name {error}"))
+    })
 }
 
 /// Loaded plugins by (tenant, name, version), loaded from the store on first use so that a
