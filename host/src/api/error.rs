@@ -23,16 +23,26 @@ impl ApiError {
         ServiceError::new(kind, code, message).into()
     }
 
+    /// An error only HTTP has, such as a method or a media type a route does not take:
+    /// answered with `status`, and with `code` and `message` in the one error shape.
+    pub fn with_status(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            error: ServiceError::new(ErrorKind::BadRequest, code, message),
+            status,
+        }
+    }
+
     /// `405 method_not_allowed`: the route exists, but not with this method.
     pub fn method_not_allowed() -> ApiError {
-        ApiError {
-            error: ServiceError::new(
-                ErrorKind::BadRequest,
-                "method_not_allowed",
-                "this route does not take that method; see docs/api.md",
-            ),
-            status: StatusCode::METHOD_NOT_ALLOWED,
-        }
+        ApiError::with_status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method; see docs/api.md",
+        )
     }
 
     /// The same error with `details`.
@@ -67,7 +77,6 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -200,8 +200,8 @@ pub fn unsupported(media_type: &str, expected: &str) -> ApiError {
     } else {
         format!("Content-Type {media_type}")
     };
-    ApiError::new(
-        ErrorKind::UnsupportedMediaType,
+    ApiError::with_status(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
         format!("this route reads {expected}; the request has {sent}"),
     )

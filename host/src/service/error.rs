@@ -24,8 +24,6 @@ pub enum ErrorKind {
     Conflict,
     /// A body or module over its limit.
     TooLarge,
-    /// The body's media type is not one this route reads.
-    UnsupportedMediaType,
     /// Well-formed, but refused: a schema violation, an unknown action, an invalid plugin.
     Unprocessable,
     /// The event queue is full: retry shortly.
