@@ -178,7 +178,7 @@ fn eval_config_and_state_pair_with_plugins_in_order() {
         "customer.json",
         r#"{"id": "c1", "points": {"balance": 100, "lifetime": 100}}"#,
     );
-    let eval = |extra: &[&str]| {
+    let eval = |config: &str, extra: &[&str]| {
         let mut args = vec![
             "eval",
             "--plugin",
@@ -186,14 +186,14 @@ fn eval_config_and_state_pair_with_plugins_in_order() {
             "--event",
             &reject,
             "--config",
-            &config,
+            config,
             "--state",
             &state,
         ];
         args.extend_from_slice(extra);
         tally(&args)
     };
-    let report = json_of(&eval(&["--customer", &customer]));
+    let report = json_of(&eval(&config, &["--customer", &customer]));
     assert_eq!(
         report["decision"]["points"][0]["amount"], -100,
         "the reversal of what the state remembers"
@@ -201,13 +201,21 @@ fn eval_config_and_state_pair_with_plugins_in_order() {
     assert_eq!(report["decision"]["points"][0]["kind"], "reverse");
     assert_eq!(report["customer"]["points"]["balance"], 0);
 
-    // A new customer has nothing to take back: the same rule as the host's refuses it, unless
-    // the tenant allows a negative balance.
-    let refused = eval(&[]);
+    // A new customer has nothing to take back: `points` takes back no more than the balance.
+    let capped = json_of(&eval(&config, &[]));
+    assert!(capped["decision"]["points"].is_null(), "{capped}");
+    // A plugin that would go below zero is refused by the host's own rule, unless the tenant
+    // allows a negative balance.
+    let uncapped = write(
+        dir.path(),
+        "uncapped.json",
+        r#"{"rate": 0.5, "allow_negative_balance": true}"#,
+    );
+    let refused = eval(&uncapped, &[]);
     assert_eq!(refused.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&refused.stdout).expect("a JSON report");
     assert_eq!(report["plugins"][0]["error"]["code"], "insufficient_points");
-    let allowed = json_of(&eval(&["--allow-negative-balance"]));
+    let allowed = json_of(&eval(&uncapped, &["--allow-negative-balance"]));
     assert_eq!(allowed["customer"]["points"]["balance"], -100);
 }
 

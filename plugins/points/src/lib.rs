@@ -10,7 +10,8 @@
 //! - `checkout_update` recomputes the purchase from its new total or items and earns or
 //!   reverses the difference, at the rate and multiplier of the original checkout.
 //! - `checkout_reject` reverses exactly what the transaction earned, corrections included,
-//!   and marks it rejected; later corrections of it do nothing.
+//!   and marks it rejected; later corrections of it do nothing. A reversal takes no more than
+//!   the balance holds unless `allow_negative_balance` is set.
 //! - `point_add` earns `data.points` (a whole number, or a numeric string), `point_sub` spends
 //!   them; `data.reason`, when given, is the ledger reason. `point_sub` refuses to take the
 //!   balance below zero unless `allow_negative_balance` is set.
@@ -29,7 +30,7 @@
 //! | `tier_multipliers` | `{}` | tier name → multiplier of `rate`; tiers not listed get 1 |
 //! | `expires_in_days` | none | earned points expire this many days after the event |
 //! | `remember_transactions` | `1000` | transactions kept per customer for corrections; the oldest are forgotten first |
-//! | `allow_negative_balance` | `false` | let `point_sub` take the balance below zero |
+//! | `allow_negative_balance` | `false` | let `point_sub` and reversals take the balance below zero (the tenant must allow it too) |
 //!
 //! ```json
 //! { "rate": 0.1,
@@ -269,7 +270,7 @@ pub fn rule(input: &Input) -> Result<Decision, Error> {
     match action {
         "checkout" => checkout(input, &config),
         "checkout_update" => checkout_update(input, &config),
-        "checkout_reject" => checkout_reject(input),
+        "checkout_reject" => checkout_reject(input, &config),
         "point_add" => point_add(input, &config),
         _ => point_sub(input, &config),
     }
@@ -352,12 +353,40 @@ fn checkout_update(input: &Input, config: &Config) -> Result<Decision, Error> {
     let decision = if difference > 0 {
         earn(input, config, difference, "checkout_update")
     } else {
-        Decision::new().reverse(difference.saturating_neg(), "checkout_update")
+        take_back(
+            input,
+            config,
+            difference.saturating_neg(),
+            "checkout_update",
+        )
     };
     decision.state(&state)
 }
 
-fn checkout_reject(input: &Input) -> Result<Decision, Error> {
+/// Reverses `points`, but no more than the customer holds unless `allow_negative_balance`
+/// is set: a customer who spent what a purchase earned and then returns it keeps a balance
+/// of zero, not a debt (the host refuses a decision that would go below zero unless the
+/// tenant allows it).
+fn take_back(input: &Input, config: &Config, points: i64, reason: &str) -> Decision {
+    let balance = input.customer.points.balance.max(0);
+    let taken = if config.allow_negative_balance {
+        points
+    } else {
+        points.min(balance)
+    };
+    if taken < points {
+        log::info(&format!(
+            "{reason}: {points} points to take back, the balance holds {balance}: taking {taken}"
+        ));
+    }
+    if taken > 0 {
+        Decision::new().reverse(taken, reason)
+    } else {
+        Decision::new()
+    }
+}
+
+fn checkout_reject(input: &Input, config: &Config) -> Result<Decision, Error> {
     let id = transaction_id(&input.event)?;
     let mut state: State = input.state()?;
     let Some(award) = state.find_mut(&id) else {
@@ -375,12 +404,7 @@ fn checkout_reject(input: &Input) -> Result<Decision, Error> {
     let points = award.points;
     award.rejected = true;
     award.points = 0;
-    let decision = if points > 0 {
-        Decision::new().reverse(points, "checkout_reject")
-    } else {
-        Decision::new()
-    };
-    decision.state(&state)
+    take_back(input, config, points, "checkout_reject").state(&state)
 }
 
 fn point_add(input: &Input, config: &Config) -> Result<Decision, Error> {
@@ -774,7 +798,8 @@ mod tests {
         )
         .config(config)
         .tier("gold")
-        .state(&state));
+        .state(&state)
+        .customer_points(100, 100));
         assert_eq!(
             entries(&update),
             vec![(-20, PointKind::Reverse, "checkout_update")]
@@ -783,6 +808,46 @@ mod tests {
             testing::state_of::<State>(&update).transactions[0].points,
             80
         );
+    }
+
+    #[test]
+    fn a_reversal_takes_no_more_than_the_balance_obeyed() {
+        let first = run(checkout_input(json!({"total": 100, "transaction_id": "t"})));
+        let state = testing::state_of::<State>(&first);
+        // The customer spent 70 of the 100 before returning the purchase.
+        let reject = |config: Value| {
+            run(
+                testing::input("checkout_reject", json!({"transaction_id": "t"}))
+                    .config(config)
+                    .state(&state)
+                    .customer_points(30, 100),
+            )
+        };
+        let capped = reject(json!({}));
+        assert_eq!(
+            entries(&capped),
+            vec![(-30, PointKind::Reverse, "checkout_reject")]
+        );
+        assert!(testing::state_of::<State>(&capped).transactions[0].rejected);
+        let whole = reject(json!({"allow_negative_balance": true}));
+        assert_eq!(
+            entries(&whole),
+            vec![(-100, PointKind::Reverse, "checkout_reject")]
+        );
+    }
+
+    #[test]
+    fn a_reversal_takes_no_more_than_the_balance_violated() {
+        // Nothing left to take back: the transaction is still marked rejected, with no entry.
+        let first = run(checkout_input(json!({"total": 100, "transaction_id": "t"})));
+        let state = testing::state_of::<State>(&first);
+        let reject = run(
+            testing::input("checkout_reject", json!({"transaction_id": "t"}))
+                .state(&state)
+                .customer_points(0, 100),
+        );
+        assert!(reject.points.is_empty());
+        assert!(testing::state_of::<State>(&reject).transactions[0].rejected);
     }
 
     #[test]
@@ -969,7 +1034,8 @@ mod tests {
             "checkout_update",
             json!({"transaction_id": "a", "total": 20}),
         )
-        .state(&old));
+        .state(&old)
+        .customer_points(30, 30));
         assert_eq!(
             entries(&update),
             vec![(-10, PointKind::Reverse, "checkout_update")]
