@@ -84,15 +84,9 @@ impl Journey {
                 on_error: OnError::Skip,
             })
             .collect();
-        let evaluation = evaluate_event_reporting(
-            "acme",
-            Policy::default(),
-            &event,
-            &self.account,
-            &calls,
-            |_, _| {},
-        )
-        .expect("a readable event");
+        let evaluation =
+            evaluate_event_reporting(Policy::default(), &event, &self.account, &calls, |_, _| {})
+                .expect("a readable event");
         for (name, result) in self
             .plugins
             .iter()

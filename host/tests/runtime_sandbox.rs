@@ -194,17 +194,11 @@ fn run_abi_doc_example(plugin: &Plugin) -> (PluginResult, String) {
         on_error: OnError::Skip,
     };
     let mut written = String::new();
-    let mut evaluation = evaluate_event_reporting(
-        "acme",
-        Policy::default(),
-        &event,
-        &account,
-        &[call],
-        |_, input| {
+    let mut evaluation =
+        evaluate_event_reporting(Policy::default(), &event, &account, &[call], |_, input| {
             written = String::from_utf8(input.to_vec()).expect("the host writes UTF-8");
-        },
-    )
-    .expect("a readable event");
+        })
+        .expect("a readable event");
     let result = evaluation.runs.results.pop().expect("one plugin ran");
     (result, written)
 }

@@ -202,18 +202,11 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
         allow_negative_balance: args.allow_negative_balance,
     };
     let mut inputs: Vec<Option<String>> = vec![None; calls.len()];
-    let evaluation = evaluate_event_reporting(
-        &args.tenant,
-        policy,
-        &event,
-        &before,
-        &calls,
-        |index, input| {
-            if args.show_input {
-                inputs[index] = Some(String::from_utf8_lossy(input).into_owned());
-            }
-        },
-    )
+    let evaluation = evaluate_event_reporting(policy, &event, &before, &calls, |index, input| {
+        if args.show_input {
+            inputs[index] = Some(String::from_utf8_lossy(input).into_owned());
+        }
+    })
     .map_err(|error| error.to_string())?;
     // One result per plugin, in the order they ran: the same order as the inputs.
     let plugins: Vec<Value> = evaluation

@@ -205,23 +205,15 @@ pub enum NotApplied {
     Unreadable(#[from] tally_sdk::Error),
 }
 
-/// Runs `calls` in order on `event` for the account `before`, and applies what they decided
+/// Runs `calls` in order on `event` (of its tenant) for the account `before`, and applies what they decided
 /// with the domain's rules: what the writer stores.
 pub fn evaluate_event(
-    tenant: &str,
     policy: Policy,
     event: &NewEvent,
     before: &CustomerRecord,
     calls: &[PluginCall<'_>],
 ) -> Result<AppendEvent, NotApplied> {
-    let runs = run_plugins(
-        tenant,
-        policy,
-        event,
-        before.customer.clone(),
-        calls,
-        |_, _| {},
-    )?;
+    let runs = run_plugins(policy, event, before.customer.clone(), calls, |_, _| {})?;
     let outcomes = runs
         .results
         .into_iter()
@@ -234,14 +226,13 @@ pub fn evaluate_event(
 /// each plugin's index and its input JSON, exactly as the plugin gets it, before it runs:
 /// what `simulate` answers and `tally eval` prints.
 pub fn evaluate_event_reporting(
-    tenant: &str,
     policy: Policy,
     event: &NewEvent,
     before: &CustomerRecord,
     calls: &[PluginCall<'_>],
     show: impl FnMut(usize, &[u8]),
 ) -> Result<EventEvaluation, tally_sdk::Error> {
-    let runs = run_plugins(tenant, policy, event, before.customer.clone(), calls, show)?;
+    let runs = run_plugins(policy, event, before.customer.clone(), calls, show)?;
     let outcomes = runs
         .results
         .iter()
@@ -254,7 +245,6 @@ pub fn evaluate_event_reporting(
 
 /// Runs the plugins in order, each on the customer the previous ones left.
 fn run_plugins(
-    tenant: &str,
     policy: Policy,
     event: &NewEvent,
     mut customer: Customer,
@@ -267,7 +257,7 @@ fn run_plugins(
         let (outcome, logs, fuel_used) = match call.plugin {
             Ok(plugin) => {
                 let info = PluginInfoRef::new(call.name, call.version, call.config);
-                let input = InputRef::new(tenant, info, &wire, &customer, call.state);
+                let input = InputRef::new(&event.tenant, info, &wire, &customer, call.state);
                 let evaluation = match serde_json::to_vec(&input) {
                     Ok(json) => {
                         show(index, &json);

@@ -110,15 +110,9 @@ impl Ingest {
         let active = ActivePlugin::new(record, Ok(plugin));
         let mut call = active.call(state.as_ref());
         call.version = version;
-        let mut evaluation = evaluate_event_reporting(
-            &tenant.id,
-            tenant.policy(),
-            &event,
-            &account,
-            &[call],
-            |_, _| {},
-        )
-        .map_err(|error| ServiceError::internal(error.to_string()))?;
+        let mut evaluation =
+            evaluate_event_reporting(tenant.policy(), &event, &account, &[call], |_, _| {})
+                .map_err(|error| ServiceError::internal(error.to_string()))?;
         let result =
             evaluation.runs.results.pop().ok_or_else(|| {
                 ServiceError::internal("the pipeline ran no plugin for a simulation")

@@ -398,8 +398,8 @@ fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, 
                 active.call(state)
             })
             .collect();
-        let evaluation = evaluate_event(tenant.as_str(), rules.policy, new, &customer, &calls)
-            .map_err(IngestError::from);
+        let evaluation =
+            evaluate_event(rules.policy, new, &customer, &calls).map_err(IngestError::from);
         if let Ok(append) = &evaluation {
             stored_any = true;
             customer.clone_from(&append.customer);
