@@ -41,6 +41,9 @@ pub struct Config {
     /// Threads that evaluate a batch's customers in parallel; one evaluates them in turn on
     /// the writer's own thread. See [`default_evaluation_threads`].
     pub evaluation_threads: usize,
+    /// Whether the host runs on a test clock that `POST /v1/admin/clock` moves (`tally serve
+    /// --test-clock`), rather than the system's.
+    pub test_clock: bool,
 }
 
 /// One per core. On two cores one thread and two measure alike on the ingest bench (within
@@ -69,6 +72,7 @@ impl Config {
             max_batch_events: 1000,
             cache_bytes: DEFAULT_CACHE_BYTES,
             evaluation_threads: default_evaluation_threads(),
+            test_clock: false,
         }
     }
 

@@ -68,7 +68,7 @@ pub use tally_sdk_macros::plugin;
 pub use time::{Timestamp, TimestampError};
 pub use wire::{
     ABI_VERSION, Customer, Decision, DecisionViolation, Event, Input, Output, Perk, PluginInfo,
-    PointEntry, PointKind, Points, RawJson, Stats, Trigger,
+    PointEntry, PointKind, Points, RawJson, Stats, Trigger, INTERNAL_ACTIONS, is_internal_action,
 };
 
 /// On wasm32 every allocation goes to a bump allocator: an instance lives for one

@@ -57,6 +57,31 @@ impl Timestamp {
         }
     }
 
+    /// Midnight UTC of the calendar date `year-month-day`, `None` for a month or day out of
+    /// range (a day past the month's end included).
+    pub fn from_date(year: i32, month: u32, day: u32) -> Option<Timestamp> {
+        if !(1..=12).contains(&month) || day == 0 || i64::from(day) > days_in_month(i64::from(year), i64::from(month)) {
+            return None;
+        }
+        let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+        Some(Timestamp {
+            unix_seconds: days.saturating_mul(SECONDS_PER_DAY),
+        })
+    }
+
+    /// Seconds since midnight UTC of the timestamp's day.
+    pub fn seconds_of_day(self) -> u32 {
+        // Below 86400, so it fits a u32.
+        self.unix_seconds.rem_euclid(SECONDS_PER_DAY) as u32
+    }
+
+    /// The moment `seconds` later (or earlier, when negative).
+    pub fn plus_seconds(self, seconds: i64) -> Timestamp {
+        Timestamp {
+            unix_seconds: self.unix_seconds.saturating_add(seconds),
+        }
+    }
+
     /// The date as `YYYY-MM-DD`.
     pub fn date_string(self) -> String {
         let (year, month, day) = self.date();
@@ -96,7 +121,7 @@ impl FromStr for Timestamp {
         }
         let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
         let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        if !(1..=12).contains(&month) || day < 1 || i64::from(day) > days_in_month(i64::from(year), i64::from(month)) {
             return Err(invalid("no such date"));
         }
         if hour > 23 || minute > 59 || second > 60 {
@@ -241,6 +266,14 @@ fn days_in_month(year: i64, month: i64) -> i64 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
+}
+
+/// How many days `month` (1-12) of `year` has; `None` for a month out of range.
+pub fn days_in_month_of(year: i32, month: u32) -> Option<u32> {
+    if !(1..=12).contains(&month) {
+        return None;
+    }
+    u32::try_from(days_in_month(i64::from(year), i64::from(month))).ok()
 }
 
 // Howard Hinnant's days_from_civil / civil_from_days: exact for the proleptic Gregorian calendar.

@@ -659,10 +659,34 @@ impl Stats {
 /// A customer's points.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Points {
-    /// What the customer can spend now.
+    /// What the customer can spend now: earned points neither pending nor expired, less what
+    /// was spent.
     pub balance: i64,
-    /// All points ever earned, less reversals; spending does not lower it. Tiers use it.
+    /// All points ever earned, less reversals; spending and expiry do not lower it. Tiers use
+    /// it.
     pub lifetime: i64,
+    /// Points earned but held (until a date or a `checkout_accept`): not in `balance`, so not
+    /// spendable yet.
+    #[serde(default)]
+    pub pending: i64,
+}
+
+/// Actions only the host writes, for time passing: the host's clock turns a due moment
+/// into an event of one of these, with the due time as its timestamp and source `system`.
+/// A tenant cannot post them (`reserved_action`); plugins subscribe to them like any other.
+pub const INTERNAL_ACTIONS: [&str; 7] = [
+    "point_expire",
+    "points_release",
+    "birthday",
+    "anniversary",
+    "reminder",
+    "tier_review",
+    "perk_expire",
+];
+
+/// Whether only the host may write events of `action` (see [`INTERNAL_ACTIONS`]).
+pub fn is_internal_action(action: &str) -> bool {
+    INTERNAL_ACTIONS.contains(&action)
 }
 
 /// What a plugin decides for one event. Every field is optional.
@@ -946,7 +970,21 @@ impl Decision {
                         entry.amount
                     ));
                 }
+                (PointKind::Expire | PointKind::Release, _) => {
+                    return violation(format!(
+                        "points[{index}] has kind {}, which only the host writes (when points \
+                         fall due): a plugin earns, reverses or spends",
+                        entry.kind()
+                    ));
+                }
                 _ => {}
+            }
+            if (entry.pending || entry.pending_until.is_some()) && entry.kind() != PointKind::Earn
+            {
+                return violation(format!(
+                    "points[{index}] is pending but has kind {}: only earned points can be held",
+                    entry.kind()
+                ));
             }
             check_name(
                 &format!("points[{index}].reason"),
@@ -1027,9 +1065,23 @@ pub struct PointEntry {
     /// Earn, reverse or spend; when absent, earn for positive amounts and spend for negative.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<PointKind>,
-    /// When these points expire, if they do.
+    /// When these points expire, if they do; when absent, the tenant's expiry policy
+    /// decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// Earned points held until this moment (a return window): pending, not spendable, until
+    /// the host releases them then, or a `checkout_accept` of the event's transaction does
+    /// sooner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_until: Option<Timestamp>,
+    /// Earned points held until a `checkout_accept` of the event's transaction (or
+    /// `pending_until`, when also set).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pending: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl PointEntry {
@@ -1040,7 +1092,26 @@ impl PointEntry {
             reason: reason.into(),
             kind: None,
             expires_at: None,
+            pending_until: None,
+            pending: false,
         }
+    }
+
+    /// The same entry, held until `until` (or an accept of the event's transaction).
+    pub fn pending_until(mut self, until: Timestamp) -> PointEntry {
+        self.pending_until = Some(until);
+        self
+    }
+
+    /// The same entry, held until the event's transaction is accepted.
+    pub fn pending_until_accepted(mut self) -> PointEntry {
+        self.pending = true;
+        self
+    }
+
+    /// Whether the entry's points are held rather than spendable at once.
+    pub fn is_pending(&self) -> bool {
+        self.pending || self.pending_until.is_some()
     }
 
     /// The same entry with an explicit kind.
@@ -1075,6 +1146,11 @@ pub enum PointKind {
     Reverse,
     /// Points spent on a reward; lowers the balance only.
     Spend,
+    /// Points that reached their expiry date; lowers the balance only. Written by the host.
+    Expire,
+    /// Pending points released to the balance (the hold ended, or the transaction was
+    /// accepted): raises the balance by what leaves `pending`. Written by the host.
+    Release,
 }
 
 impl fmt::Display for PointKind {
@@ -1083,6 +1159,8 @@ impl fmt::Display for PointKind {
             PointKind::Earn => "earn",
             PointKind::Reverse => "reverse",
             PointKind::Spend => "spend",
+            PointKind::Expire => "expire",
+            PointKind::Release => "release",
         })
     }
 }

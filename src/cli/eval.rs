@@ -24,7 +24,7 @@ use tally_host::domain::records::{CustomerRecord, OnError};
 use tally_host::domain::{CustomerId, EventId, NewEvent, Policy, TenantId, new_account};
 use tally_host::pipeline::{PluginCall, evaluate_event_reporting};
 use tally_host::runtime::{Limits, Runtime};
-use tally_host::service::now;
+use tally_host::service::system_now;
 use tally_host::storage::RawJson;
 use tally_sdk::{Customer, Decision, Timestamp};
 
@@ -130,7 +130,7 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
         id: customer_id.clone(),
         ..customer
     };
-    let timestamp = posted.timestamp.unwrap_or_else(now);
+    let timestamp = posted.timestamp.unwrap_or_else(system_now);
     let id = posted
         .id
         .clone()
@@ -152,8 +152,9 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
         ip_address: None,
         user_agent: None,
         data: RawJson::from_value(&data),
-        received_at: now(),
+        received_at: system_now(),
         contact_card: Vec::new(),
+        due: None,
     };
     // The account a posted event would start from: a new one, holding the given customer.
     let before = CustomerRecord {
@@ -200,6 +201,7 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
 
     let policy = Policy {
         allow_negative_balance: args.allow_negative_balance,
+        ..Policy::DEFAULT
     };
     let mut inputs: Vec<Option<String>> = vec![None; calls.len()];
     let evaluation = evaluate_event_reporting(policy, &event, &before, &calls, |index, input| {

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// The most memory, in MiB, the store's page cache may hold.
     #[arg(long, env = "TALLY_CACHE_MB", default_value_t = DEFAULT_CACHE_BYTES >> 20)]
     cache_mb: usize,
+    /// Run on a test clock that stands still until `POST /v1/admin/clock` moves it (for
+    /// tests that drive time; never in production).
+    #[arg(long)]
+    test_clock: bool,
 }
 
 /// The HTTP threads when none are asked for. Answering a request takes a fraction of what
@@ -105,6 +109,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.queue_capacity = args.queue_capacity.max(1);
     config.max_batch = args.max_batch.max(1);
     config.cache_bytes = args.cache_mb.saturating_mul(1 << 20);
+    config.test_clock = args.test_clock;
     if let Some(threads) = args.evaluation_threads.filter(|&threads| threads > 0) {
         config.evaluation_threads = threads;
     }

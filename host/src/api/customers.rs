@@ -38,11 +38,12 @@ async fn profile(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let policy = tenant.policy();
     let customer = blocking(&state, move |service| {
         service.queries.customer(&tenant.id, &id)
     })
     .await?;
-    Ok(axum::Json(views::customer(&customer)).into_response())
+    Ok(axum::Json(views::customer(&customer, &policy)).into_response())
 }
 
 #[derive(Debug, Deserialize)]

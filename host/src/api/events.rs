@@ -38,6 +38,7 @@ async fn post_event(
     RequestOrigin(origin): RequestOrigin,
     super::extract::EventBody(input): super::extract::EventBody,
 ) -> Result<Response, ApiError> {
+    let policy = tenant.policy();
     // Checking an event is quick computation once the tenant's types are cached; only the
     // first event after a type changed reads them from the store, off the async runtime.
     let event = match state.service.ingest.check_now(&tenant, input, &origin) {
@@ -56,7 +57,7 @@ async fn post_event(
     } else {
         StatusCode::CREATED
     };
-    let mut response = (status, axum::Json(views::ingested(&ingested))).into_response();
+    let mut response = (status, axum::Json(views::ingested(&ingested, &policy))).into_response();
     if ingested.replayed {
         response
             .headers_mut()
@@ -144,6 +145,7 @@ async fn ingest_all(
             ),
         ));
     }
+    let policy = tenant.policy();
     let prepared = blocking(state, move |service| {
         service.ingest.prepare_events(&tenant, events, &origin)
     })
@@ -155,7 +157,7 @@ async fn ingest_all(
         .map(|answer| match answer {
             Ok(ingested) => {
                 // A view always serializes: it is made of JSON values and plain fields.
-                let mut body = serde_json::to_value(views::ingested(ingested))
+                let mut body = serde_json::to_value(views::ingested(ingested, &policy))
                     .unwrap_or_else(|_| json!({"event": {"id": ingested.event.id}}));
                 let status = if ingested.replayed {
                     replayed += 1;

@@ -7,6 +7,7 @@
 //! shape `{"error": {"code", "message", "details"}}`. The route reference with a curl example
 //! per route is docs/api.md.
 
+mod admin;
 mod customers;
 mod error;
 mod event_types;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
         .merge(plugins::router(wasm_limit))
         .merge(events::router())
         .merge(customers::router())
+        .merge(admin::router(config.test_clock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Routes that take modules set their own, larger limit; this is everyone else's.
@@ -98,12 +100,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = app(AppState::new(service.clone()));
+    let clock = tokio::spawn(crate::service::run_clock(service.clone()));
     let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
+    // The clock stops first: what it queued is committed with the rest; what it did not
+    // queue stays due in the store for the next start.
+    clock.abort();
     // Whatever the server's outcome, everything the writer accepted is committed.
     let stopping = service.clone();
     if let Err(error) = tokio::task::spawn_blocking(move || stopping.shutdown()).await {

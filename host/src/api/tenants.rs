@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::extract::{Admin, Json, Tenant, blocking};
 use serde::Deserialize;
 
+use crate::domain::{PointsExpiry, Schedule};
 use crate::service::{NewTenant, ServiceError, TenantPatch};
 
 /// The tenant routes.
@@ -114,6 +115,12 @@ struct TenantPatchBody {
     allow_untyped_events: Option<bool>,
     #[serde(default)]
     allow_negative_balance: Option<bool>,
+    #[serde(default)]
+    points_expiry: Option<PointsExpiry>,
+    #[serde(default)]
+    schedule: Option<Schedule>,
+    #[serde(default)]
+    future_tolerance_seconds: Option<u32>,
 }
 
 impl From<TenantPatchBody> for TenantPatch {
@@ -122,6 +129,9 @@ impl From<TenantPatchBody> for TenantPatch {
             name: body.name,
             allow_untyped_events: body.allow_untyped_events,
             allow_negative_balance: body.allow_negative_balance,
+            points_expiry: body.points_expiry,
+            schedule: body.schedule,
+            future_tolerance_seconds: body.future_tolerance_seconds,
         }
     }
 }

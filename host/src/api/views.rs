@@ -5,7 +5,10 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tally_sdk::{Perk, PointEntry, Points, Stats, Timestamp, Trigger};
+use tally_sdk::{Perk, PointEntry, Stats, Timestamp, Trigger};
+
+use crate::domain::Policy;
+use crate::domain::schedule::expiring;
 
 use crate::schema::EventType;
 use crate::service::{Ingested, LedgerLine, Simulation};
@@ -19,8 +22,10 @@ use crate::storage::{CustomerRecord, PluginStatus, StoredEvent};
 #[derive(Debug, Serialize)]
 pub struct CustomerView<'a> {
     id: &'a str,
-    points: &'a Points,
+    points: PointsView,
     tier: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier_since: Option<Timestamp>,
     perks: &'a [Perk],
     attributes: &'a Map<String, Value>,
     stats: &'a Stats,
@@ -28,15 +33,70 @@ pub struct CustomerView<'a> {
     event_count: u64,
     created_at: Timestamp,
     updated_at: Timestamp,
+    /// What the host's clock is to write for the customer next.
+    scheduled: Vec<ScheduledView>,
 }
 
-/// The profile of `record`.
-pub fn customer(record: &CustomerRecord) -> CustomerView<'_> {
+/// A customer's points: spendable, pending, lifetime, and what expires next.
+#[derive(Debug, Serialize)]
+pub struct PointsView {
+    balance: i64,
+    lifetime: i64,
+    pending: i64,
+    expiring: Vec<ExpiringView>,
+}
+
+/// Points that expire together.
+#[derive(Debug, Serialize)]
+pub struct ExpiringView {
+    amount: i64,
+    at: Timestamp,
+}
+
+/// A moment the clock is to write an event for.
+#[derive(Debug, Serialize)]
+pub struct ScheduledView {
+    action: &'static str,
+    kind: &'static str,
+    at: Timestamp,
+}
+
+/// How many expiry moments a profile lists.
+const EXPIRING_SHOWN: usize = 5;
+
+/// The profile of `record`, under its tenant's `policy` (which says when lots without a date
+/// of their own expire).
+pub fn customer<'a>(record: &'a CustomerRecord, policy: &Policy) -> CustomerView<'a> {
     let customer = &record.customer;
+    let points = customer.points;
+    let expiring = expiring(
+        &record.lots,
+        policy,
+        customer.stats.last_event_at,
+        EXPIRING_SHOWN,
+    );
     CustomerView {
         id: &customer.id,
-        points: &customer.points,
+        points: PointsView {
+            balance: points.balance,
+            lifetime: points.lifetime,
+            pending: points.pending,
+            expiring: expiring
+                .into_iter()
+                .map(|(amount, at)| ExpiringView { amount, at })
+                .collect(),
+        },
         tier: &customer.tier,
+        tier_since: customer.tier.as_ref().and(record.tier_since),
+        scheduled: record
+            .due
+            .iter()
+            .map(|due| ScheduledView {
+                action: due.kind.action(),
+                kind: due.kind.as_str(),
+                at: due.at,
+            })
+            .collect(),
         perks: &customer.perks,
         attributes: &customer.attributes,
         stats: &customer.stats,
@@ -90,7 +150,7 @@ pub struct IngestedView<'a> {
 }
 
 /// The answer to posting an event.
-pub fn ingested(ingested: &Ingested) -> IngestedView<'_> {
+pub fn ingested<'a>(ingested: &'a Ingested, policy: &Policy) -> IngestedView<'a> {
     let stored = &ingested.event;
     let outcome = &stored.outcome;
     IngestedView {
@@ -102,7 +162,7 @@ pub fn ingested(ingested: &Ingested) -> IngestedView<'_> {
         tier: &outcome.tier,
         triggers: &outcome.triggers,
         errors: plugin_errors(stored),
-        customer: customer(&ingested.customer),
+        customer: customer(&ingested.customer, policy),
     }
 }
 

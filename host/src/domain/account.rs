@@ -1,15 +1,51 @@
-//! How a decision moves a customer's account: the points rule and the balance rule.
+//! How a decision moves a customer's account: points are lots, placed and taken by the one
+//! points rule, and the balance rule.
 
-use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points, RawJson, Timestamp, Trigger};
 
-/// The tenant's settings that the account's rules read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Policy {
-    /// Whether a decision may take a customer's balance below zero. Off by default: a
-    /// customer cannot spend points they do not have, and a return cannot take back more than
-    /// is left; a plugin that wants otherwise caps its own amounts, or the tenant turns this
-    /// on (some programs let a return after a redemption leave a debt).
-    pub allow_negative_balance: bool,
+use super::NewEvent;
+use super::policy::Policy;
+use super::records::{CustomerRecord, NewLedgerEntry, NewTrigger};
+
+/// The name the host's own ledger entries and triggers carry where a plugin's would: the
+/// host expires and releases points itself, whatever the plugins do.
+pub const SYSTEM: &str = "system";
+
+/// Earned points that are still held, one lot per earning entry: what spending, reversals
+/// and expiry take from. `amount` is what is left of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lot {
+    /// The event that earned it.
+    pub event_id: String,
+    /// Points left in it, above zero.
+    pub amount: i64,
+    /// When it expires; `None` for never, or for the tenant's last-activity deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Why it is pending, when it is: pending points are not in the balance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Hold>,
+}
+
+/// What holds a pending lot: a date, a transaction to accept, or both (whichever first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Released at this moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// Released by a `checkout_accept` of this transaction, and cancelled first by a reversal
+    /// in an event of it (`checkout_reject`, a lower `checkout_update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
+}
+
+impl Lot {
+    /// When it expires, `deadline` standing in for a lot without a date of its own.
+    pub fn expiry(&self, deadline: Option<Timestamp>) -> Option<Timestamp> {
+        self.expires_at.or(deadline)
+    }
 }
 
 /// Why a decision cannot be applied to an account. The plugin that made it is reported as
@@ -38,25 +74,32 @@ impl Refusal {
     }
 }
 
-/// The points after one ledger entry: every entry moves the balance; earnings and reversals
-/// move lifetime points too, spending does not (tiers count what was earned, not what is
-/// left). Saturating, so no amount can wrap a balance around.
-pub fn move_points(points: Points, entry: &PointEntry) -> Points {
-    let lifetime = match entry.kind() {
-        PointKind::Spend => points.lifetime,
-        PointKind::Earn | PointKind::Reverse => points.lifetime.saturating_add(entry.amount),
+/// The points after one ledger entry. Earnings and reversals move lifetime points, the rest
+/// do not (tiers count what was earned, not what is left). The part of an entry that is
+/// `held` moves `pending` instead of the balance: an earning held for a return window, or a
+/// reversal that cancels held points. A release moves its amount from `pending` to the
+/// balance. Saturating, so no amount can wrap a balance around.
+pub fn move_points(points: Points, new: &NewLedgerEntry) -> Points {
+    let amount = new.entry.amount;
+    let held = new.held;
+    let (balance, pending, lifetime) = match new.entry.kind() {
+        PointKind::Earn => (amount.saturating_sub(held), held, amount),
+        PointKind::Reverse => (amount.saturating_add(held), held.saturating_neg(), amount),
+        PointKind::Spend | PointKind::Expire => (amount, 0, 0),
+        PointKind::Release => (amount, amount.saturating_neg(), 0),
     };
     Points {
-        balance: points.balance.saturating_add(entry.amount),
-        lifetime,
+        balance: points.balance.saturating_add(balance),
+        lifetime: points.lifetime.saturating_add(lifetime),
+        pending: points.pending.saturating_add(pending),
     }
 }
 
 /// The points after each of `entries`, starting from `start`: what the ledger records as
-/// `balance_after` and `lifetime_after`.
+/// `balance_after`, `pending_after` and `lifetime_after`.
 pub fn points_after<'a>(
     start: Points,
-    entries: impl IntoIterator<Item = &'a PointEntry>,
+    entries: impl IntoIterator<Item = &'a NewLedgerEntry>,
 ) -> Vec<Points> {
     let mut points = start;
     entries
@@ -68,108 +111,311 @@ pub fn points_after<'a>(
         .collect()
 }
 
-/// Applies one plugin's decision to the customer as the plugins before it left them: points,
-/// then tier, then perks. A decision that breaks the balance rule changes nothing.
-pub fn apply_decision(
-    customer: &mut Customer,
-    decision: &Decision,
-    policy: Policy,
-) -> Result<(), Refusal> {
-    let before = customer.points;
-    let after = decision.points.iter().fold(before, move_points);
-    // Only a decision that lowers the balance can break the rule: an award to a customer
-    // already below zero (a debt the tenant allowed earlier) is still an award.
-    if !policy.allow_negative_balance && after.balance < 0 && after.balance < before.balance {
-        return Err(Refusal::InsufficientPoints {
-            balance: before.balance,
-            after: after.balance,
+/// A customer's account while one event is applied: the customer as plugins see it, the lots
+/// behind their points, and what the event has written so far (the host's own entries and
+/// triggers first, then each plugin's, in the order they ran).
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// What the next plugin sees.
+    pub customer: Customer,
+    /// The lots behind `customer.points`: the pending ones sum to `pending`, the others to
+    /// the balance when it is not below zero (a debt the tenant allowed has no lots).
+    pub lots: Vec<Lot>,
+    /// When the customer reached their tier.
+    pub tier_since: Option<Timestamp>,
+    /// Ledger entries made so far.
+    pub ledger: Vec<NewLedgerEntry>,
+    /// The host's own triggers (`PointsExpired`, `PointsReleased`).
+    pub triggers: Vec<NewTrigger>,
+    /// The event's `data.transaction_id`, read the first time a rule needs it.
+    transaction: Option<Option<String>>,
+}
+
+impl Account {
+    /// The account `before` holds, with the host's own rules for `event` applied before any
+    /// plugin sees it: a `point_expire` expires every lot due by its time, a
+    /// `points_release` releases every hold that has ended, a `checkout_accept` releases its
+    /// transaction's pending points.
+    pub fn open(before: &CustomerRecord, event: &NewEvent, policy: &Policy) -> Account {
+        let mut account = Account {
+            customer: before.customer.clone(),
+            lots: before.lots.clone(),
+            tier_since: before.tier_since,
+            ledger: Vec::new(),
+            triggers: Vec::new(),
+            transaction: None,
+        };
+        let at = event.timestamp;
+        match event.action.as_str() {
+            "point_expire" => account.expire_due(at, policy),
+            "points_release" => {
+                account.release(|hold| hold.until.is_some_and(|until| until <= at), at);
+            }
+            "checkout_accept" => {
+                if let Some(transaction) = account.transaction(event).map(str::to_owned) {
+                    let accepted =
+                        |hold: &Hold| hold.transaction.as_deref() == Some(transaction.as_str());
+                    account.release(accepted, at);
+                }
+            }
+            _ => {}
+        }
+        account
+    }
+
+    /// Applies one plugin's decision: points (each entry placed in the lots), then tier, then
+    /// perks. A decision that breaks the balance rule changes nothing.
+    pub fn apply_decision(
+        &mut self,
+        plugin: &str,
+        decision: &Decision,
+        event: &NewEvent,
+        policy: &Policy,
+    ) -> Result<(), Refusal> {
+        if !decision.points.is_empty() {
+            let before = self.customer.points;
+            let mut lots = self.lots.clone();
+            let mut points = before;
+            let mut entries = Vec::with_capacity(decision.points.len());
+            for entry in &decision.points {
+                let new = self.place(&mut lots, points, entry, event, policy, plugin);
+                points = move_points(points, &new);
+                entries.push(new);
+            }
+            // Only a decision that lowers the balance can break the rule: an award to a
+            // customer already below zero (a debt the tenant allowed earlier) is still an
+            // award.
+            if !policy.allow_negative_balance
+                && points.balance < 0
+                && points.balance < before.balance
+            {
+                return Err(Refusal::InsufficientPoints {
+                    balance: before.balance,
+                    after: points.balance,
+                });
+            }
+            self.lots = lots;
+            self.customer.points = points;
+            self.ledger.extend(entries);
+        }
+        if let Some(tier) = &decision.tier {
+            if self.customer.tier.as_ref() != Some(tier) {
+                self.tier_since = Some(event.timestamp);
+            }
+            self.customer.tier = Some(tier.clone());
+        }
+        self.customer.perks.extend(decision.perks.iter().cloned());
+        Ok(())
+    }
+
+    /// The ledger entry for `entry`, adding to or taking from `lots`; `points` are the
+    /// customer's before it.
+    fn place(
+        &mut self,
+        lots: &mut Vec<Lot>,
+        points: Points,
+        entry: &PointEntry,
+        event: &NewEvent,
+        policy: &Policy,
+        plugin: &str,
+    ) -> NewLedgerEntry {
+        let mut entry = entry.clone();
+        let mut held = 0;
+        let deadline = policy.expiry.deadline(self.customer.stats.last_event_at);
+        match entry.kind() {
+            PointKind::Earn => {
+                entry.expires_at = entry
+                    .expires_at
+                    .or_else(|| policy.expiry.fixed(event.timestamp));
+                let pending = if entry.is_pending() {
+                    Some(Hold {
+                        until: entry.pending_until,
+                        transaction: self.transaction(event).map(str::to_owned),
+                    })
+                } else {
+                    None
+                };
+                let amount = if pending.is_some() {
+                    held = entry.amount;
+                    entry.amount
+                } else {
+                    // What pays back a debt is not a lot: it is spent already.
+                    entry.amount.saturating_sub(debt(points))
+                };
+                if amount > 0 {
+                    lots.push(Lot {
+                        event_id: event.id.to_string(),
+                        amount,
+                        expires_at: entry.expires_at,
+                        pending,
+                    });
+                }
+            }
+            PointKind::Reverse => {
+                let mut wanted = entry.amount.saturating_neg();
+                if let Some(transaction) = self.transaction(event) {
+                    held = take(lots, wanted, |lot| {
+                        lot.pending
+                            .as_ref()
+                            .is_some_and(|hold| hold.transaction.as_deref() == Some(transaction))
+                    });
+                    wanted -= held;
+                }
+                take_soonest(lots, wanted, deadline);
+            }
+            // Expire and release are the host's alone (`Decision::check` refuses them from a
+            // plugin); were one to come, it takes like a spend.
+            PointKind::Spend | PointKind::Expire | PointKind::Release => {
+                take_soonest(lots, entry.amount.saturating_neg(), deadline);
+            }
+        }
+        NewLedgerEntry {
+            plugin: plugin.to_owned(),
+            entry,
+            held,
+        }
+    }
+
+    /// Expires every spendable lot due by `at`: an `expire` entry each and one
+    /// `PointsExpired` trigger.
+    fn expire_due(&mut self, at: Timestamp, policy: &Policy) {
+        let deadline = policy.expiry.deadline(self.customer.stats.last_event_at);
+        let (due, kept): (Vec<Lot>, Vec<Lot>) =
+            std::mem::take(&mut self.lots).into_iter().partition(|lot| {
+                lot.pending.is_none() && lot.expiry(deadline).is_some_and(|expiry| expiry <= at)
+            });
+        self.lots = kept;
+        let mut total = 0_i64;
+        for lot in due {
+            total = total.saturating_add(lot.amount);
+            let mut entry =
+                PointEntry::new(-lot.amount, "points expired").with_kind(PointKind::Expire);
+            entry.expires_at = lot.expiry(deadline);
+            self.host_entry(entry, 0);
+        }
+        if total > 0 {
+            let balance = self.customer.points.balance;
+            self.host_trigger(
+                "PointsExpired",
+                &json!({"amount": total, "at": at, "balance": balance}),
+            );
+        }
+    }
+
+    /// Releases every pending lot whose hold `released` says has ended: a `release` entry
+    /// each and one `PointsReleased` trigger.
+    fn release(&mut self, released: impl Fn(&Hold) -> bool, at: Timestamp) {
+        let mut total = 0_i64;
+        let mut lots = std::mem::take(&mut self.lots);
+        for lot in &mut lots {
+            if !lot.pending.as_ref().is_some_and(&released) {
+                continue;
+            }
+            lot.pending = None;
+            let amount = lot.amount;
+            total = total.saturating_add(amount);
+            let mut entry =
+                PointEntry::new(amount, "points released").with_kind(PointKind::Release);
+            entry.expires_at = lot.expires_at;
+            let debt = debt(self.customer.points);
+            self.host_entry(entry, amount);
+            lot.amount = amount.saturating_sub(debt);
+        }
+        lots.retain(|lot| lot.amount > 0);
+        self.lots = lots;
+        if total > 0 {
+            let balance = self.customer.points.balance;
+            self.host_trigger(
+                "PointsReleased",
+                &json!({"amount": total, "at": at, "balance": balance}),
+            );
+        }
+    }
+
+    fn host_entry(&mut self, entry: PointEntry, held: i64) {
+        let new = NewLedgerEntry {
+            plugin: SYSTEM.to_owned(),
+            entry,
+            held,
+        };
+        self.customer.points = move_points(self.customer.points, &new);
+        self.ledger.push(new);
+    }
+
+    fn host_trigger(&mut self, name: &str, data: &serde_json::Value) {
+        self.triggers.push(NewTrigger {
+            plugin: SYSTEM.to_owned(),
+            trigger: Trigger {
+                name: name.to_owned(),
+                data: RawJson::from_value(data),
+            },
         });
     }
-    customer.points = after;
-    if let Some(tier) = &decision.tier {
-        customer.tier = Some(tier.clone());
-    }
-    customer.perks.extend(decision.perks.iter().cloned());
-    Ok(())
-}
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a failing test should panic")]
-mod tests {
-    use tally_sdk::Perk;
-
-    use super::*;
-
-    #[test]
-    fn points_move_by_kind() {
-        let mut customer = Customer::default();
-        let policy = Policy::default();
-        apply_decision(
-            &mut customer,
-            &Decision::new().earn(100, "buy").tier("silver"),
-            policy,
-        )
-        .unwrap();
-        apply_decision(&mut customer, &Decision::new().spend(30, "reward"), policy).unwrap();
-        apply_decision(
-            &mut customer,
-            &Decision::new().reverse(20, "return"),
-            policy,
-        )
-        .unwrap();
-        assert_eq!(
-            customer.points,
-            Points {
-                balance: 50,
-                lifetime: 80
-            }
-        );
-        assert_eq!(customer.tier.as_deref(), Some("silver"));
-    }
-
-    #[test]
-    fn the_balance_stays_at_or_above_zero_obeyed() {
-        let mut customer = Customer::default();
-        let policy = Policy::default();
-        apply_decision(&mut customer, &Decision::new().earn(10, "buy"), policy).unwrap();
-        apply_decision(&mut customer, &Decision::new().spend(10, "reward"), policy).unwrap();
-        assert_eq!(customer.points.balance, 0);
-        let allowed = Policy {
-            allow_negative_balance: true,
-        };
-        apply_decision(
-            &mut customer,
-            &Decision::new().reverse(5, "return"),
-            allowed,
-        )
-        .unwrap();
-        assert_eq!(customer.points.balance, -5);
-        // An award to a customer in debt is still an award.
-        apply_decision(&mut customer, &Decision::new().earn(2, "buy"), policy).unwrap();
-        assert_eq!(customer.points.balance, -3);
-    }
-
-    #[test]
-    fn the_balance_stays_at_or_above_zero_violated() {
-        let mut customer = Customer::default();
-        let policy = Policy::default();
-        apply_decision(&mut customer, &Decision::new().earn(10, "buy"), policy).unwrap();
-        let greedy = Decision::new()
-            .spend(11, "reward")
-            .tier("gold")
-            .perk(Perk::new("coupon", "X"));
-        let refusal = apply_decision(&mut customer, &greedy, policy).unwrap_err();
-        assert_eq!(
-            refusal,
-            Refusal::InsufficientPoints {
-                balance: 10,
-                after: -1
-            }
-        );
-        assert_eq!(refusal.code(), "insufficient_points");
-        assert!(refusal.to_string().contains("from 10 to -1"), "{refusal}");
-        // Nothing of a refused decision is applied.
-        assert_eq!(customer.points.balance, 10);
-        assert!(customer.tier.is_none() && customer.perks.is_empty());
+    /// The event's `data.transaction_id` as text (Antavo sends numbers and strings).
+    fn transaction(&mut self, event: &NewEvent) -> Option<&str> {
+        self.transaction
+            .get_or_insert_with(|| transaction_of(event))
+            .as_deref()
     }
 }
+
+/// What a balance below zero owes.
+fn debt(points: Points) -> i64 {
+    points.balance.min(0).saturating_neg()
+}
+
+/// Takes up to `wanted` points from the lots `from` picks, in order; returns what it took.
+fn take(lots: &mut Vec<Lot>, wanted: i64, from: impl Fn(&Lot) -> bool) -> i64 {
+    let mut taken = 0_i64;
+    for lot in lots.iter_mut().filter(|lot| from(lot)) {
+        if taken >= wanted {
+            break;
+        }
+        let part = lot.amount.min(wanted - taken);
+        lot.amount -= part;
+        taken += part;
+    }
+    lots.retain(|lot| lot.amount > 0);
+    taken
+}
+
+/// Takes up to `wanted` points from the spendable lots, soonest-expiring first (one that
+/// never expires last).
+fn take_soonest(lots: &mut Vec<Lot>, wanted: i64, deadline: Option<Timestamp>) {
+    let mut order: Vec<usize> = (0..lots.len())
+        .filter(|&index| lots[index].pending.is_none())
+        .collect();
+    // Stable, so lots of one expiry go oldest first.
+    order.sort_by_key(|&index| {
+        lots[index]
+            .expiry(deadline)
+            .map_or(i64::MAX, Timestamp::unix_seconds)
+    });
+    let mut left = wanted;
+    for index in order {
+        if left <= 0 {
+            break;
+        }
+        let part = lots[index].amount.min(left);
+        lots[index].amount -= part;
+        left -= part;
+    }
+    lots.retain(|lot| lot.amount > 0);
+}
+
+/// `data.transaction_id` of an event as text, read without building the rest of the data.
+fn transaction_of(event: &NewEvent) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Transaction {
+        #[serde(default)]
+        transaction_id: Option<serde_json::Value>,
+    }
+    let data: Transaction = serde_json::from_str(event.data.get()).ok()?;
+    match data.transaction_id? {
+        serde_json::Value::String(text) => Some(text),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+

@@ -1,11 +1,14 @@
 //! An accepted event, and what applying it to a customer's account changes.
 
-use tally_sdk::{Customer, Decision, Event, Timestamp};
+use tally_sdk::{Customer, Decision, Event, Timestamp, is_internal_action};
 
+use super::account::Account;
 use super::ids::{CustomerId, EventId, TenantId};
+use super::policy::Policy;
+use super::schedule::{DueKind, schedule};
 use super::profile::{ContactCardValue, record_attributes, record_contact_card, record_stats};
 use super::records::{
-    AppendEvent, CustomerRecord, EventOutcome, NewLedgerEntry, NewTrigger, OnError,
+    AppendEvent, CustomerRecord, EventOutcome, NewTrigger, OnError,
     PluginErrorRecord, PluginRun, PluginStatus, RawJson, StoredEvent,
 };
 
@@ -37,6 +40,8 @@ pub struct NewEvent {
     pub received_at: Timestamp,
     /// The contact-card fields of its type present in `data`.
     pub contact_card: Vec<ContactCardValue>,
+    /// For an internal event, the moment of the customer's schedule it was written for.
+    pub due: Option<DueKind>,
 }
 
 impl NewEvent {
@@ -67,6 +72,10 @@ pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
         updated_at: now,
         event_count: 0,
         contact_card: serde_json::Map::new(),
+        lots: Vec::new(),
+        tier_since: None,
+        done: std::collections::BTreeMap::new(),
+        due: Vec::new(),
     }
 }
 
@@ -99,38 +108,55 @@ pub struct Rejection {
 }
 
 /// Everything `event` changes, given the account before it, what each plugin made of it in
-/// the order they ran, and the customer as their successful decisions left it (each applied
-/// with [`apply_decision`](super::apply_decision) as the plugins ran, since each plugin sees
-/// the one before it): the stored event with its outcome, the new account, the ledger
-/// entries, the plugin states and the triggers. Refused whole when a plugin set to reject
-/// failed.
+/// the order they ran, and the account as the host's rules and their successful decisions
+/// left it (each applied with [`Account::apply_decision`] as the plugins ran, since each
+/// plugin sees the one before it): the stored event with its outcome, the new account and
+/// what the clock is to write for it next, the ledger entries, the plugin states and the
+/// triggers. Refused whole when a plugin set to reject failed, unless the event is an
+/// internal one: time passing cannot be refused (a refused expiry would stay due for ever),
+/// so there the failure costs only the plugin's own decision, like `skip`.
 pub fn apply_event(
     before: &CustomerRecord,
     event: &NewEvent,
     plugins: Vec<PluginOutcome>,
-    customer: Customer,
+    account: Account,
+    policy: &Policy,
 ) -> Result<AppendEvent, Rejection> {
-    if let Some(rejection) = rejection(&plugins) {
+    let internal = is_internal_action(&event.action);
+    if !internal && let Some(rejection) = rejection(&plugins) {
         return Err(rejection);
     }
     let decided = Decided::from_outcomes(plugins);
-    let points = decided
+    let points = account
         .ledger
         .iter()
         .fold(0_i64, |sum, new| sum.saturating_add(new.entry.amount));
 
     // Built from parts: `before.customer` is replaced by what the plugins left.
-    let mut account = CustomerRecord {
-        customer,
+    let mut done = before.done.clone();
+    if let Some(kind) = event.due {
+        done.insert(kind, event.timestamp);
+    }
+    let mut record = CustomerRecord {
+        customer: account.customer,
         created_at: before.created_at,
         updated_at: event.received_at,
         event_count: before.event_count.saturating_add(1),
         contact_card: before.contact_card.clone(),
+        lots: account.lots,
+        tier_since: account.tier_since,
+        done,
+        due: Vec::new(),
     };
-    record_stats(&mut account.customer.stats, &event.action, event.timestamp);
-    record_attributes(&mut account.customer.attributes, event);
-    record_contact_card(&mut account.contact_card, event);
+    // Time passing is not activity: an internal event counts, but moves neither the first
+    // nor the last event time (inactivity and last-activity expiry read the last).
+    record_stats(&mut record.customer.stats, &event.action, event.timestamp, !internal);
+    record_attributes(&mut record.customer.attributes, event);
+    record_contact_card(&mut record.contact_card, event);
+    record.due = schedule(&record, policy);
 
+    let mut triggers = account.triggers;
+    triggers.extend(decided.triggers);
     Ok(AppendEvent {
         tenant: event.tenant.to_string(),
         event: StoredEvent {
@@ -149,10 +175,10 @@ pub fn apply_event(
             received_at: event.received_at,
             outcome: decided.outcome,
         },
-        customer: account,
-        ledger: decided.ledger,
+        customer: record,
+        ledger: account.ledger,
         plugin_states: decided.plugin_states,
-        triggers: decided.triggers,
+        triggers,
     })
 }
 
@@ -173,18 +199,17 @@ fn rejection(plugins: &[PluginOutcome]) -> Option<Rejection> {
 /// The plugins' outcomes sorted into what each part of the store keeps.
 struct Decided {
     outcome: EventOutcome,
-    ledger: Vec<NewLedgerEntry>,
     triggers: Vec<NewTrigger>,
     plugin_states: Vec<(String, Option<RawJson>)>,
 }
 
 impl Decided {
-    /// Consumes the outcomes: each decision's entries and triggers are copied once, for the
-    /// ledger and the outbox, and moved into the event's outcome.
+    /// Consumes the outcomes: each decision's triggers are copied once, for the outbox, and
+    /// moved into the event's outcome with its entries (the ledger has them from the
+    /// account, placed in its lots).
     fn from_outcomes(plugins: Vec<PluginOutcome>) -> Decided {
         let mut decided = Decided {
             outcome: EventOutcome::default(),
-            ledger: Vec::new(),
             triggers: Vec::new(),
             plugin_states: Vec::new(),
         };
@@ -207,12 +232,6 @@ impl Decided {
     }
 
     fn take(&mut self, plugin: &str, decision: Decision) {
-        for entry in &decision.points {
-            self.ledger.push(NewLedgerEntry {
-                plugin: plugin.to_owned(),
-                entry: entry.clone(),
-            });
-        }
         for trigger in &decision.triggers {
             self.triggers.push(NewTrigger {
                 plugin: plugin.to_owned(),

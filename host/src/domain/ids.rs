@@ -208,3 +208,11 @@ mod tests {
         assert!(error.to_string().contains("must not be empty"), "{error}");
     }
 }
+
+impl EventId {
+    /// An id the host made itself (an internal event's), printable and within the length by
+    /// construction.
+    pub(crate) fn internal(text: String) -> EventId {
+        EventId(text)
+    }
+}

@@ -17,14 +17,18 @@ pub struct ContactCardValue {
     pub value: Value,
 }
 
-/// Counts `event` in the statistics: one more of its action, and the first and last event
-/// time widened to include it (events may arrive out of time order: imports are backdated).
-pub fn record_stats(stats: &mut Stats, action: &str, at: Timestamp) {
+/// Counts `event` in the statistics: one more of its action, and, for `activity` (an event
+/// from outside), the first and last event time widened to include it (events may arrive out
+/// of time order: imports are backdated).
+pub fn record_stats(stats: &mut Stats, action: &str, at: Timestamp, activity: bool) {
     match stats.events.get_mut(action) {
         Some(count) => *count = count.saturating_add(1),
         None => {
             stats.events.insert(action.to_owned(), 1);
         }
+    }
+    if !activity {
+        return;
     }
     if stats.first_event_at.is_none_or(|first| at < first) {
         stats.first_event_at = Some(at);
@@ -37,7 +41,14 @@ pub fn record_stats(stats: &mut Stats, action: &str, at: Timestamp) {
 /// The profile fields an `opt_in` carries (Antavo's opt-in events and CSV imports bring the
 /// customer's email and name), and the opt-in flag itself.
 pub fn record_attributes(attributes: &mut Map<String, Value>, event: &NewEvent) {
-    const PROFILE_FIELDS: [&str; 5] = ["email", "first_name", "last_name", "phone", "language"];
+    const PROFILE_FIELDS: [&str; 6] = [
+        "email",
+        "first_name",
+        "last_name",
+        "phone",
+        "language",
+        "birthday",
+    ];
     match event.action.as_str() {
         "opt_in" => {
             let data = event.data.to_value();
@@ -99,7 +110,7 @@ mod tests {
             ("repair", "2026-11-01T00:00:00Z"),
             ("checkout", "2026-11-03T00:00:00Z"),
         ] {
-            record_stats(&mut stats, action, at.parse().unwrap());
+            record_stats(&mut stats, action, at.parse().unwrap(), true);
         }
         assert_eq!(
             serde_json::to_value(&stats).unwrap(),

@@ -10,7 +10,12 @@ use serde_json::{Map, Value};
 // Event data and plugin state travel as JSON text from the request to the plugins and into
 // the store, without being rebuilt as a `Value` tree at each step: cloning, re-encoding and
 // dropping such trees would be a large share of the writer's time.
+use std::collections::BTreeMap;
+
 use crate::domain::TenantId;
+use crate::domain::account::Lot;
+use crate::domain::policy::{Policy, PointsExpiry, Schedule};
+use crate::domain::schedule::{Due, DueKind};
 pub use tally_sdk::RawJson;
 use tally_sdk::{Customer, Perk, PointEntry, PointKind, Timestamp, Trigger};
 
@@ -30,13 +35,32 @@ pub struct TenantRecord {
     /// [`Policy`](crate::domain::Policy)).
     #[serde(default)]
     pub allow_negative_balance: bool,
+    /// When earned points expire if the decision that earned them gave no date.
+    #[serde(default)]
+    pub points_expiry: PointsExpiry,
+    /// Which moments of a customer's life the host's clock writes events for.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// How far in the future, in seconds, an event's timestamp may be (clocks drift); beyond
+    /// it the event is refused with `timestamp_in_future`.
+    #[serde(default = "default_future_tolerance")]
+    pub future_tolerance_seconds: u32,
+}
+
+/// Five minutes: more than honest clocks drift, less than a mistyped date.
+pub const DEFAULT_FUTURE_TOLERANCE_SECONDS: u32 = 300;
+
+fn default_future_tolerance() -> u32 {
+    DEFAULT_FUTURE_TOLERANCE_SECONDS
 }
 
 impl TenantRecord {
     /// The settings the account's rules read.
-    pub fn policy(&self) -> crate::domain::Policy {
-        crate::domain::Policy {
+    pub fn policy(&self) -> Policy {
+        Policy {
             allow_negative_balance: self.allow_negative_balance,
+            expiry: self.points_expiry,
+            schedule: self.schedule,
         }
     }
 }
@@ -219,6 +243,20 @@ pub struct CustomerRecord {
     /// Contact fields gathered from events: field → `{value, display_name, event_id, at}`.
     #[serde(default)]
     pub contact_card: Map<String, Value>,
+    /// The lots behind `customer.points`, in the order they were earned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lots: Vec<Lot>,
+    /// When the customer reached their tier (the time of the event that set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_since: Option<Timestamp>,
+    /// The due time of the last internal event of each kind applied: the next one of a kind
+    /// is always later, so none is written twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub done: BTreeMap<DueKind, Timestamp>,
+    /// What the host's clock is to write for the customer next, soonest first. The store
+    /// indexes it by time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub due: Vec<Due>,
 }
 
 /// One entry of a customer's points ledger. Append-only.
@@ -232,18 +270,25 @@ pub struct LedgerEntry {
     pub plugin: String,
     /// Points moved: positive awards, negative takes.
     pub amount: i64,
-    /// Earn, reverse or spend.
+    /// Earn, reverse, spend, expire or release.
     pub kind: PointKind,
     /// Why, as the customer sees it.
     pub reason: String,
     /// When these points expire, if they do.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
+    /// The part of `amount` that moved pending points rather than the balance: an earning
+    /// held, a reversal of held points (a release moves all of it from pending).
+    #[serde(default)]
+    pub held: i64,
     /// The customer's balance after this entry.
     pub balance_after: i64,
+    /// The customer's pending points after this entry.
+    #[serde(default)]
+    pub pending_after: i64,
     /// The customer's lifetime points after this entry.
     pub lifetime_after: i64,
-    /// The event's timestamp,: business time, so a replay writes the same ledger.
+    /// The event's timestamp: business time, so a replay writes the same ledger.
     pub at: Timestamp,
 }
 
@@ -295,13 +340,15 @@ pub struct Appended {
     pub customer: CustomerRecord,
 }
 
-/// A points entry a plugin decided, before the store places it in the ledger.
+/// A points entry, before the store places it in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLedgerEntry {
-    /// The plugin that decided it.
+    /// The plugin that decided it, or [`SYSTEM`](crate::domain::SYSTEM) for the host's own.
     pub plugin: String,
-    /// The entry as the plugin made it.
+    /// The entry as the plugin made it, with the expiry the tenant's policy gave it.
     pub entry: PointEntry,
+    /// The part of the amount that moves pending points (see [`LedgerEntry::held`]).
+    pub held: i64,
 }
 
 /// A trigger a plugin sent, before the store places it in the outbox.

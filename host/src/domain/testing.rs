@@ -22,5 +22,6 @@ pub(crate) fn event(action: &str, at: &str, data: Value) -> NewEvent {
         data: RawJson::from_value(&data),
         received_at: "2026-11-23T00:00:00Z".parse().unwrap(),
         contact_card: Vec::new(),
+        due: None,
     }
 }

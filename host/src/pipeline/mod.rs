@@ -1,8 +1,9 @@
 //! Runs a tenant's plugins for one event, in priority order, and hands what they decided to
 //! the domain's rules.
 //!
-//! Each plugin sees the customer as the plugins before it left them: each successful
-//! decision is applied with [`domain::apply_decision`] before the next plugin runs, and a
+//! The host's own rules for the event come first ([`Account::open`]: expiring, releasing).
+//! Then each plugin sees the customer as the plugins before it left them: each successful
+//! decision is applied with [`Account::apply_decision`] before the next plugin runs, and a
 //! decision the account's rules refuse counts as that plugin's failure. A plugin that fails
 //! changes nothing; its error is kept in its result and the next plugin runs. Then
 //! [`domain::apply_event`] says what the event changes.
@@ -13,14 +14,14 @@
 mod input;
 pub mod writer;
 
-use tally_sdk::{Customer, Decision};
+use tally_sdk::Decision;
 
 pub use self::input::seed;
 use self::input::{InputRef, PluginInfoRef};
 use crate::domain::records::{
     AppendEvent, CustomerRecord, OnError, PluginErrorRecord, PluginRecord, RawJson,
 };
-use crate::domain::{self, NewEvent, PluginOutcome, Policy, Refusal, Rejection};
+use crate::domain::{self, Account, NewEvent, PluginOutcome, Policy, Refusal, Rejection};
 use crate::runtime::{EvalError, LogLine, Plugin};
 use crate::storage::StoreError;
 
@@ -161,14 +162,15 @@ impl PluginResult {
     }
 }
 
-/// The plugins' run on one event: what each did, and the customer as their successful
-/// decisions left it.
+/// The plugins' run on one event: what each did, and the account as the host's rules and
+/// their successful decisions left it.
 #[derive(Debug, Clone)]
 pub struct PluginRuns {
     /// One result per plugin, in the order they ran.
     pub results: Vec<PluginResult>,
-    /// The customer after every successful decision.
-    pub customer: Customer,
+    /// The account after every successful decision (`account.customer` is what a next
+    /// plugin would see).
+    pub account: Account,
 }
 
 impl PluginRuns {
@@ -213,13 +215,19 @@ pub fn evaluate_event(
     before: &CustomerRecord,
     calls: &[PluginCall<'_>],
 ) -> Result<AppendEvent, NotApplied> {
-    let runs = run_plugins(policy, event, before.customer.clone(), calls, |_, _| {})?;
+    let runs = run_plugins(&policy, event, before, calls, |_, _| {})?;
     let outcomes = runs
         .results
         .into_iter()
         .map(PluginResult::into_outcome)
         .collect();
-    Ok(domain::apply_event(before, event, outcomes, runs.customer)?)
+    Ok(domain::apply_event(
+        before,
+        event,
+        outcomes,
+        runs.account,
+        &policy,
+    )?)
 }
 
 /// [`evaluate_event`], also keeping each plugin's decision, logs and fuel, and handing `show`
@@ -232,32 +240,35 @@ pub fn evaluate_event_reporting(
     calls: &[PluginCall<'_>],
     show: impl FnMut(usize, &[u8]),
 ) -> Result<EventEvaluation, tally_sdk::Error> {
-    let runs = run_plugins(policy, event, before.customer.clone(), calls, show)?;
+    let runs = run_plugins(&policy, event, before, calls, show)?;
     let outcomes = runs
         .results
         .iter()
         .cloned()
         .map(PluginResult::into_outcome)
         .collect();
-    let applied = domain::apply_event(before, event, outcomes, runs.customer.clone());
+    let applied = domain::apply_event(before, event, outcomes, runs.account.clone(), &policy);
     Ok(EventEvaluation { runs, applied })
 }
 
-/// Runs the plugins in order, each on the customer the previous ones left.
+/// Opens the account with the host's own rules for the event, then runs the plugins in
+/// order, each on the customer the previous ones left.
 fn run_plugins(
-    policy: Policy,
+    policy: &Policy,
     event: &NewEvent,
-    mut customer: Customer,
+    before: &CustomerRecord,
     calls: &[PluginCall<'_>],
     mut show: impl FnMut(usize, &[u8]),
 ) -> Result<PluginRuns, tally_sdk::Error> {
     let wire = event.wire()?;
+    let mut account = Account::open(before, event, policy);
     let mut results = Vec::with_capacity(calls.len());
     for (index, call) in calls.iter().enumerate() {
         let (outcome, logs, fuel_used) = match call.plugin {
             Ok(plugin) => {
                 let info = PluginInfoRef::new(call.name, call.version, call.config);
-                let input = InputRef::new(&event.tenant, info, &wire, &customer, call.state);
+                let input =
+                    InputRef::new(&event.tenant, info, &wire, &account.customer, call.state);
                 let evaluation = match serde_json::to_vec(&input) {
                     Ok(json) => {
                         show(index, &json);
@@ -270,7 +281,7 @@ fn run_plugins(
                     .result
                     .map_err(PluginFailure::from)
                     .and_then(|decision| {
-                        domain::apply_decision(&mut customer, &decision, policy)?;
+                        account.apply_decision(call.name, &decision, event, policy)?;
                         Ok(decision)
                     });
                 (outcome, evaluation.logs, evaluation.fuel_used)
@@ -290,5 +301,5 @@ fn run_plugins(
             fuel_used,
         });
     }
-    Ok(PluginRuns { results, customer })
+    Ok(PluginRuns { results, account })
 }

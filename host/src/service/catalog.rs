@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::cache::{StoreCache, read_lock, write_lock};
 use super::error::ServiceError;
-use super::events::now;
+use super::clock::Clock;
 use crate::domain::records::{EventTypeRecord, OnError, PluginRecord, TenantRecord};
 use crate::domain::{PluginName, TenantId};
 use crate::pipeline::{ActivePlugin, RuleSource, TenantRules};
@@ -50,6 +50,7 @@ pub struct Catalog {
     /// Each tenant's event-type documents, so that checking an event does not read them all
     /// from the store. Dropped for a tenant when one of its types changes.
     type_documents: StoreCache<TenantId, Arc<Vec<Value>>>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -61,7 +62,7 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
-    pub(super) fn new(store: Arc<dyn Store>, runtime: Runtime) -> Catalog {
+    pub(super) fn new(store: Arc<dyn Store>, runtime: Runtime, clock: Clock) -> Catalog {
         let plugins = Arc::new(PluginCache {
             store: store.clone(),
             runtime,
@@ -72,6 +73,7 @@ impl Catalog {
             plugins,
             schemas: SchemaCache::new(),
             type_documents: StoreCache::default(),
+            clock,
         }
     }
 
@@ -107,7 +109,7 @@ impl Catalog {
                 .unwrap_or_else(|| parsed.id())
                 .to_owned(),
             document,
-            created_at: now(),
+            created_at: self.clock.now(),
         };
         self.store.put_event_type(tenant, &record)?;
         self.type_documents.forget(tenant);
@@ -190,7 +192,7 @@ impl Catalog {
         }
         let record = self
             .store
-            .add_plugin_version(tenant, name, wasm, plugin.sha256(), now())?;
+            .add_plugin_version(tenant, name, wasm, plugin.sha256(), self.clock.now())?;
         self.plugins
             .insert(tenant, name, record.active_version, plugin);
         tracing::info!(

@@ -2,13 +2,16 @@
 //! "timestamp"?, "label"?}`, from JSON, a form or a CSV row) into a [`NewEvent`] for the
 //! writer: the envelope is checked field by field, the data against the action's type.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use tally_sdk::Timestamp;
 pub use tally_sdk::wire::kind_of;
 
-use super::ServiceError;
+use super::{ErrorKind, ServiceError};
 use crate::auth;
-use crate::domain::{CustomerId, EventId, IdError, NewEvent, TenantId};
+use crate::domain::records::TenantRecord;
+use crate::domain::schedule::is_internal_event_id;
+use crate::domain::{CustomerId, EventId, IdError, NewEvent};
+use tally_sdk::{INTERNAL_ACTIONS, is_internal_action};
 use crate::schema::EventTypes;
 use crate::storage::RawJson;
 
@@ -34,7 +37,7 @@ pub struct Origin {
 /// Checks one posted event and resolves its type. `now` is the received time, and the
 /// event's time when it gives none.
 pub(super) fn read_event(
-    tenant: &TenantId,
+    tenant: &TenantRecord,
     types: &EventTypes,
     input: Value,
     origin: &Origin,
@@ -65,12 +68,46 @@ pub(super) fn read_event(
         )
     })?;
     let action = action_of(&mut fields)?;
+    if is_internal_action(&action) {
+        return Err(ServiceError::new(
+            ErrorKind::Unprocessable,
+            "reserved_action",
+            format!(
+                "\"{action}\" is an action only the host writes, when its moment comes ({}); \
+                 post the interaction itself instead",
+                INTERNAL_ACTIONS.join(", ")
+            ),
+        )
+        .with_details(json!({"field": "action", "action": action})));
+    }
     let data = data_of(&mut fields)?;
     let id = match identifier(&mut fields, "id", EventId::parse)? {
+        Some(id) if is_internal_event_id(id.as_str()) => {
+            return Err(ServiceError::invalid_event(
+                "id",
+                format!(
+                    "\"id\" {:?} starts with \"system:\", which is kept for the host's own events",
+                    id.as_str()
+                ),
+            ));
+        }
         Some(id) => id,
         None => generate_id()?,
     };
     let timestamp = timestamp_of(&mut fields, now)?;
+    let tolerance = i64::from(tenant.future_tolerance_seconds);
+    if timestamp > now.plus_seconds(tolerance) {
+        return Err(ServiceError::new(
+            ErrorKind::Unprocessable,
+            "timestamp_in_future",
+            format!(
+                "\"timestamp\" {timestamp} is {} seconds ahead of the host's clock ({now}); \
+                 at most {tolerance} are allowed",
+                timestamp.unix_seconds() - now.unix_seconds()
+            ),
+        )
+        .with_details(json!({"field": "timestamp", "now": now, "tolerance_seconds": tolerance})));
+    }
     let label = label_of(&mut fields)?;
 
     let resolved = types.check_event(&action, &data)?;
@@ -79,7 +116,7 @@ pub(super) fn read_event(
         .map(|event_type| event_type.contact_card_values(&data))
         .unwrap_or_default();
     Ok(NewEvent {
-        tenant: tenant.clone(),
+        tenant: tenant.id.clone(),
         id,
         action,
         label,
@@ -91,6 +128,7 @@ pub(super) fn read_event(
         data: RawJson::from_value(&data),
         received_at: now,
         contact_card,
+        due: None,
     })
 }
 
@@ -205,14 +243,4 @@ fn identifier<T>(
 pub fn generate_id() -> Result<EventId, ServiceError> {
     let hex = auth::random_hex(16).map_err(|error| ServiceError::internal(error.to_string()))?;
     EventId::parse(format!("evt_{hex}")).map_err(|error| ServiceError::internal(error.to_string()))
-}
-
-/// The current time, to the second.
-pub fn now() -> Timestamp {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        });
-    Timestamp::from_unix_seconds(seconds)
 }

@@ -8,10 +8,11 @@ use tally_sdk::{Customer, Decision};
 
 use super::catalog::Catalog;
 use super::error::ServiceError;
-use super::events::{self, Origin, now};
+use super::clock::Clock;
+use super::events::{self, Origin};
 use crate::domain::new_account;
 use crate::domain::records::{RawJson, TenantRecord};
-use crate::pipeline::writer::{IngestError, Ingested, NewEvent, Writer};
+use crate::pipeline::writer::{IngestError, Ingested, NewEvent, SubmitError, Writer};
 use crate::pipeline::{ActivePlugin, PluginFailure, evaluate_event_reporting};
 use crate::runtime::LogLine;
 use crate::storage::Store;
@@ -54,9 +55,15 @@ pub enum Checked {
 
 /// Events in.
 pub struct Ingest {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     catalog: Arc<Catalog>,
     writer: Writer,
+    /// Every "now" of events in: when they are received, what is too far in the future, what
+    /// is due.
+    pub(super) clock: Clock,
+    /// Held by the pass writing what is due ([`Ingest::write_due`]), so passes run one at a
+    /// time.
+    pub(super) due_pass: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -68,12 +75,24 @@ impl std::fmt::Debug for Ingest {
 }
 
 impl Ingest {
-    pub(super) fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, writer: Writer) -> Ingest {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        writer: Writer,
+        clock: Clock,
+    ) -> Ingest {
         Ingest {
             store,
             catalog,
             writer,
+            clock,
+            due_pass: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The host's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Stops taking events and waits until everything queued is committed and answered.
@@ -139,7 +158,7 @@ impl Ingest {
     /// the store (the tenant's event types were read before, and are unchanged).
     pub fn check_now(&self, tenant: &TenantRecord, input: Value, origin: &Origin) -> Checked {
         match self.catalog.cached_types(tenant) {
-            Some(types) => match events::read_event(&tenant.id, &types, input, origin, now()) {
+            Some(types) => match events::read_event(tenant, &types, input, origin, self.clock.now()) {
                 Ok(event) => Checked::Ready(event),
                 Err(error) => Checked::Invalid(error),
             },
@@ -155,7 +174,7 @@ impl Ingest {
         origin: &Origin,
     ) -> Result<NewEvent, ServiceError> {
         let types = self.catalog.types_of(tenant)?;
-        events::read_event(&tenant.id, &types, input, origin, now())
+        events::read_event(tenant, &types, input, origin, self.clock.now())
     }
 
     /// Checks many events at once (a batch or an import), each on its own.
@@ -166,10 +185,10 @@ impl Ingest {
         origin: &Origin,
     ) -> Result<Vec<Result<NewEvent, ServiceError>>, ServiceError> {
         let types = self.catalog.types_of(tenant)?;
-        let received = now();
+        let received = self.clock.now();
         Ok(inputs
             .into_iter()
-            .map(|input| events::read_event(&tenant.id, &types, input, origin, received))
+            .map(|input| events::read_event(tenant, &types, input, origin, received))
             .collect())
     }
 
@@ -195,6 +214,45 @@ impl Ingest {
                 Ok(answer) => receive(answer).await,
                 Err(error) => Err(error),
             });
+        }
+        answers
+    }
+}
+
+impl Ingest {
+    /// Queues the host's own `events`, waiting for room in the queue when it is full rather
+    /// than refusing (the host is not a client to push back on), and waits for every
+    /// answer, in no particular order.
+    pub(super) async fn ingest_many_waiting(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Vec<Result<Ingested, ServiceError>> {
+        let mut answers = Vec::with_capacity(events.len());
+        let mut waiting = std::collections::VecDeque::new();
+        for mut event in events {
+            loop {
+                match self.writer.try_submit(event) {
+                    Ok(answer) => {
+                        waiting.push_back(answer);
+                        break;
+                    }
+                    Err((SubmitError::Full, back)) => {
+                        event = back;
+                        match waiting.pop_front() {
+                            Some(answer) => answers.push(receive(answer).await),
+                            // The queue is full of others' events: give them a moment.
+                            None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((SubmitError::Closed, _)) => {
+                        answers.push(Err(SubmitError::Closed.into()));
+                        break;
+                    }
+                }
+            }
+        }
+        for answer in waiting {
+            answers.push(receive(answer).await);
         }
         answers
     }

@@ -19,6 +19,7 @@
 
 mod cache;
 mod catalog;
+mod clock;
 mod error;
 mod events;
 mod ingest;
@@ -28,9 +29,10 @@ mod tenants;
 use std::sync::Arc;
 
 pub use self::catalog::{Catalog, PluginPatch, Uploaded};
+pub use self::clock::{Clock, ClockError, DuePass, run_clock, system_now};
 pub use self::error::{ErrorKind, ServiceError};
 pub use self::events::{
-    MAX_CUSTOMER_LEN, MAX_EVENT_ID_LEN, MAX_LABEL_LEN, Origin, generate_id, kind_of, now,
+    MAX_CUSTOMER_LEN, MAX_EVENT_ID_LEN, MAX_LABEL_LEN, Origin, generate_id, kind_of,
 };
 pub use self::ingest::{Checked, Ingest, Simulation};
 pub use self::queries::{LedgerLine, Queries};
@@ -70,7 +72,12 @@ impl Service {
     /// opens the embedded one.
     pub fn open(store: Arc<dyn Store>, config: Config) -> Result<Opened, ServiceError> {
         let runtime = Runtime::with_cache_dir(config.limits.clone(), config.artifact_dir())?;
-        let catalog = Arc::new(Catalog::new(store.clone(), runtime));
+        let clock = if config.test_clock {
+            Clock::test(system_now())
+        } else {
+            Clock::system()
+        };
+        let catalog = Arc::new(Catalog::new(store.clone(), runtime, clock.clone()));
         let writer = Writer::start(
             store.clone(),
             catalog.rules(),
@@ -80,11 +87,11 @@ impl Service {
         )
         .map_err(|error| ServiceError::internal(format!("cannot start the writer: {error}")))?;
         let (tenants, generated_admin_key) =
-            Tenants::open(store.clone(), config.admin_key.as_deref())?;
+            Tenants::open(store.clone(), config.admin_key.as_deref(), clock.clone())?;
         Ok(Opened {
             service: Service {
                 tenants,
-                ingest: Ingest::new(store.clone(), catalog.clone(), writer),
+                ingest: Ingest::new(store.clone(), catalog.clone(), writer, clock),
                 queries: Queries::new(store),
                 catalog,
                 config,

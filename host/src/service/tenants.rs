@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use super::cache::StoreCache;
 use super::error::ServiceError;
-use super::events::now;
+use super::clock::Clock;
 use crate::auth;
 use crate::domain::TenantId;
-use crate::domain::records::TenantRecord;
+use crate::domain::records::{DEFAULT_FUTURE_TOLERANCE_SECONDS, TenantRecord};
+use crate::domain::{PointsExpiry, Schedule};
 use crate::storage::Store;
 
 /// Who a request's key belongs to.
@@ -41,6 +42,12 @@ pub struct TenantPatch {
     pub allow_untyped_events: Option<bool>,
     /// Lets decisions take balances below zero, or stops them.
     pub allow_negative_balance: Option<bool>,
+    /// A new expiry policy for points earned from now on.
+    pub points_expiry: Option<PointsExpiry>,
+    /// New daily moments (the whole setting, replaced).
+    pub schedule: Option<Schedule>,
+    /// A new tolerance for timestamps in the future, in seconds.
+    pub future_tolerance_seconds: Option<u32>,
 }
 
 /// Tenants and keys.
@@ -52,6 +59,7 @@ pub struct Tenants {
     /// store to learn whose key it carries. Emptied whenever a tenant or a key changes; keys
     /// that match nobody are not kept, so bad keys cannot grow it.
     principals: StoreCache<[u8; 32], TenantRecord>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Tenants {
@@ -66,6 +74,7 @@ impl Tenants {
     pub(super) fn open(
         store: Arc<dyn Store>,
         configured: Option<&str>,
+        clock: Clock,
     ) -> Result<(Tenants, Option<String>), ServiceError> {
         let (admin_key_hash, generated) = match (configured, store.admin_key_hash()?) {
             (Some(key), stored) => {
@@ -88,6 +97,7 @@ impl Tenants {
             store,
             admin_key_hash,
             principals: StoreCache::default(),
+            clock,
         };
         Ok((tenants, generated))
     }
@@ -130,9 +140,12 @@ impl Tenants {
         let tenant = TenantRecord {
             name: new.name.unwrap_or_else(|| new.id.clone()),
             id,
-            created_at: now(),
+            created_at: self.clock.now(),
             allow_untyped_events: new.allow_untyped_events,
             allow_negative_balance: new.allow_negative_balance,
+            points_expiry: PointsExpiry::default(),
+            schedule: Schedule::default(),
+            future_tolerance_seconds: DEFAULT_FUTURE_TOLERANCE_SECONDS,
         };
         let key = new_tenant_key()?;
         self.store.create_tenant(&tenant, auth::hash_key(&key))?;
@@ -150,7 +163,9 @@ impl Tenants {
         Ok(self.store.tenant(id)?)
     }
 
-    /// Changes a tenant's name or untyped-events setting.
+    /// Changes a tenant's settings. A new expiry policy or schedule applies to each customer
+    /// from their next event on: what is due is worked out when an event changes the
+    /// account, never by scanning customers.
     pub fn update_tenant(
         &self,
         tenant: &str,
@@ -168,6 +183,15 @@ impl Tenants {
         }
         if let Some(allow) = patch.allow_untyped_events {
             record.allow_untyped_events = allow;
+        }
+        if let Some(expiry) = patch.points_expiry {
+            record.points_expiry = expiry;
+        }
+        if let Some(schedule) = patch.schedule {
+            record.schedule = schedule;
+        }
+        if let Some(tolerance) = patch.future_tolerance_seconds {
+            record.future_tolerance_seconds = tolerance;
         }
         self.store.update_tenant(&record)?;
         self.forget_principals();

@@ -14,14 +14,17 @@
 //!
 //! What the store derives and what it checks, on append:
 //! - it assigns the event's `seq`, and each ledger entry's `seq`, `balance_after`,
-//!   `lifetime_after`, `event_id` and `at` (the event's timestamp), replaying the amounts onto
+//!   `pending_after`, `lifetime_after`, `event_id` and `at` (the event's timestamp), replaying
+//!   the amounts onto
 //!   the customer's stored points with [`crate::domain::points_after`], the one rule for how
 //!   points move;
 //! - it checks what the pipeline computed against what it stored: the new customer's points
 //!   must equal that replay, `event_count` must be the stored count plus one, and the event's
 //!   `points` must be the sum of its ledger entries. A mismatch means the pipeline built the
 //!   new state on something other than the stored state (a stale read inside a batch, for
-//!   instance); it is refused with [`StoreError::Inconsistent`] rather than stored.
+//!   instance); it is refused with [`StoreError::Inconsistent`] rather than stored;
+//! - it keeps the index of what the clock is to write ([`Store::due`]) in step with the
+//!   customer record's `due`, in the same transaction.
 
 pub mod redb;
 
@@ -38,6 +41,17 @@ pub use crate::domain::records::{
     NewLedgerEntry, NewTrigger, OnError, OutboxTrigger, PluginErrorRecord, PluginRecord, PluginRun,
     PluginStatus, PluginVersion, RawJson, StoredEvent, TenantRecord,
 };
+
+/// A moment due for one customer of one tenant: what the clock turns into an internal event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueWork {
+    /// The tenant.
+    pub tenant: String,
+    /// The customer.
+    pub customer: String,
+    /// What is due, when.
+    pub due: crate::domain::Due,
+}
 
 /// The page size a default [`EventQuery`] asks for.
 pub const DEFAULT_PAGE_LIMIT: usize = 50;
@@ -274,6 +288,11 @@ pub trait Store: BatchRead + Send + Sync {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<OutboxTrigger>, StoreError>;
+
+    /// Up to `limit` moments of `tenant`'s customers due at or before `until`, soonest first:
+    /// what the clock writes next. Costs the moments read, whatever the number of customers.
+    fn due(&self, tenant: &str, until: Timestamp, limit: usize)
+    -> Result<Vec<DueWork>, StoreError>;
 
     /// Runs `work` on one snapshot of what is committed, with the tables it reads opened
     /// once: the pipeline reads a whole batch's replays, customers and plugin states this

@@ -137,15 +137,17 @@ fn customer_of(cursor: &mut Cursor<'_>) -> Option<Customer> {
 }
 
 fn points_of(cursor: &mut Cursor<'_>) -> Option<Points> {
-    let (mut balance, mut lifetime) = (None, None);
+    let (mut balance, mut lifetime, mut pending) = (None, None, None);
     plain_object(cursor, |cursor, key| match key {
         "balance" => once(&mut balance, integer(cursor.value()?)?),
         "lifetime" => once(&mut lifetime, integer(cursor.value()?)?),
+        "pending" => once(&mut pending, integer(cursor.value()?)?),
         _ => cursor.value().map(drop),
     })?;
     Some(Points {
         balance: balance?,
         lifetime: lifetime?,
+        pending: pending.unwrap_or_default(),
     })
 }
 

@@ -303,9 +303,7 @@ fn plan_batch<'a>(
 /// plugins, the default policy. The store refuses the append if the tenant is truly gone.
 const NO_RULES: &TenantRules = &TenantRules {
     plugins: Vec::new(),
-    policy: crate::domain::Policy {
-        allow_negative_balance: false,
-    },
+    policy: crate::domain::Policy::DEFAULT,
 };
 
 /// Where a chain left its customer: the customer and every plugin state the chain read, as

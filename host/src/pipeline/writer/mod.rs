@@ -188,18 +188,29 @@ impl Writer {
         &self,
         event: NewEvent,
     ) -> Result<oneshot::Receiver<Result<Ingested, IngestError>>, SubmitError> {
+        self.try_submit(event).map_err(|(error, _)| error)
+    }
+
+    /// [`Writer::submit`], handing the event back when it is not queued, to try again.
+    #[allow(clippy::result_large_err, reason = "the event is handed back, not boxed, to be queued again as it is")]
+    pub fn try_submit(
+        &self,
+        event: NewEvent,
+    ) -> Result<oneshot::Receiver<Result<Ingested, IngestError>>, (SubmitError, NewEvent)> {
         let sender = self
             .sender
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(SubmitError::Closed)?;
+            .clone();
+        let Some(sender) = sender else {
+            return Err((SubmitError::Closed, event));
+        };
         let (reply, answer) = oneshot::channel();
         sender
             .try_send(Job { event, reply })
             .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => SubmitError::Full,
-                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+                mpsc::error::TrySendError::Full(job) => (SubmitError::Full, job.event),
+                mpsc::error::TrySendError::Closed(job) => (SubmitError::Closed, job.event),
             })?;
         Ok(answer)
     }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::domain::points_after;
+use crate::domain::{Due, points_after};
 use ::redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, WriteTransaction};
 use serde::Deserialize;
 use tally_sdk::Points;
@@ -11,7 +11,7 @@ use tally_sdk::Points;
 use super::codec::{LedgerRow, encode, encode_event_row, encode_history, len_u64};
 use super::read::{get_customer, get_event, get_plugin_state, require_tenant};
 use super::tables::{
-    CUSTOMER_DATA, CustomerKey, EVENTS, OUTBOX, SEQ_EVENT, SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES,
+    CUSTOMER_DATA, CustomerKey, DUE, EVENTS, OUTBOX, SEQ_EVENT, SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES,
     TENANTS, history_key, ledger_key, record_key, state_key,
 };
 use crate::storage::{
@@ -52,6 +52,7 @@ struct RedbBatch<'txn> {
     events: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     customer_data: Table<'txn, CustomerKey<'static>, &'static [u8]>,
     outbox: Table<'txn, (&'static str, u64), &'static [u8]>,
+    due: Table<'txn, (&'static str, i64, &'static str, &'static str), &'static [u8]>,
     /// Set when a write failed halfway through an append: the transaction then holds part of
     /// an event, so it must not commit, whatever `work` does with the error.
     poisoned: Option<StoreError>,
@@ -74,6 +75,8 @@ struct RedbSnapshot {
 struct StoredCounters {
     customer: StoredPoints,
     event_count: u64,
+    #[serde(default)]
+    due: Vec<Due>,
 }
 
 #[derive(Deserialize)]
@@ -83,8 +86,10 @@ struct StoredPoints {
 
 /// What an append's checks worked out, for its writes.
 struct Checked {
-    /// Balance and lifetime after each ledger entry.
+    /// Balance, pending and lifetime after each ledger entry.
     points_after: Vec<Points>,
+    /// What the clock was to write for the customer before this event.
+    due_before: Vec<Due>,
 }
 
 impl BatchTxn for RedbBatch<'_> {
@@ -110,6 +115,7 @@ impl<'txn> RedbBatch<'txn> {
             events: txn.open_table(EVENTS)?,
             customer_data: txn.open_table(CUSTOMER_DATA)?,
             outbox: txn.open_table(OUTBOX)?,
+            due: txn.open_table(DUE)?,
             poisoned: None,
             sequence_cache: HashMap::new(),
             known_tenants: HashSet::new(),
@@ -130,14 +136,18 @@ impl<'txn> RedbBatch<'txn> {
         let tenant = append.tenant.as_str();
         let previous: Option<StoredCounters> =
             get_customer(&self.customer_data, tenant, &append.event.customer)?;
-        let (count_before, points_before) = previous.map_or((0, Points::default()), |p| {
-            (p.event_count, p.customer.points)
-        });
+        let (count_before, points_before, due_before) = previous
+            .map_or((0, Points::default(), Vec::new()), |p| {
+                (p.event_count, p.customer.points, p.due)
+            });
         check_count(append, count_before)?;
         let points_after = replay(points_before, append);
         check_points(append, points_before, &points_after)?;
         check_net(append)?;
-        Ok(Checked { points_after })
+        Ok(Checked {
+            points_after,
+            due_before,
+        })
     }
 
     /// The tenant exists, the event id is new, and the new customer state is the event's
@@ -182,6 +192,7 @@ impl<'txn> RedbBatch<'txn> {
         })?;
         self.customer_data
             .insert(record_key(tenant, &event.customer), bytes.as_slice())?;
+        self.write_due(tenant, &event.customer, &checked.due_before, &customer.due)?;
         self.write_ledger(tenant, &event, &ledger, checked.points_after)?;
         self.write_states(tenant, &event.customer, plugin_states)?;
         self.write_triggers(tenant, &event, triggers)?;
@@ -203,6 +214,35 @@ impl<'txn> RedbBatch<'txn> {
         Ok(())
     }
 
+    /// The clock's index moved from what was due for the customer to what is due now; an
+    /// event that changes neither writes nothing here.
+    fn write_due(
+        &mut self,
+        tenant: &str,
+        customer: &str,
+        before: &[Due],
+        after: &[Due],
+    ) -> Result<(), StoreError> {
+        for old in before {
+            if !after.iter().any(|new| new.kind == old.kind && new.at == old.at) {
+                self.due
+                    .remove((tenant, old.at.unix_seconds(), customer, old.kind.as_str()))?;
+            }
+        }
+        for new in after {
+            if !before.contains(new) {
+                let data = encode(&new.data, || {
+                    format!("due {} of customer {customer} of tenant {tenant}", new.kind)
+                })?;
+                self.due.insert(
+                    (tenant, new.at.unix_seconds(), customer, new.kind.as_str()),
+                    data.as_slice(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// The event's ledger entries, each with the points after it.
     fn write_ledger(
         &mut self,
@@ -220,7 +260,9 @@ impl<'txn> RedbBatch<'txn> {
                 kind: new.entry.kind(),
                 reason: &new.entry.reason,
                 expires_at: new.entry.expires_at,
+                held: new.held,
                 balance_after: after.balance,
+                pending_after: after.pending,
                 lifetime_after: after.lifetime,
                 at: event.timestamp,
             };
@@ -324,18 +366,21 @@ fn check_points(
         return Ok(());
     }
     Err(StoreError::Inconsistent(format!(
-        "customer {} of tenant {} has balance {} and lifetime {} stored; event {}'s {} ledger \
-         entries take them to balance {} and lifetime {}, but the new customer state says \
-         balance {} and lifetime {}",
+        "customer {} of tenant {} has balance {}, pending {} and lifetime {} stored; event {}'s \
+         {} ledger entries take them to balance {}, pending {} and lifetime {}, but the new \
+         customer state says balance {}, pending {} and lifetime {}",
         append.event.customer,
         append.tenant,
         points_before.balance,
+        points_before.pending,
         points_before.lifetime,
         append.event.id,
         append.ledger.len(),
         expected.balance,
+        expected.pending,
         expected.lifetime,
         given.balance,
+        given.pending,
         given.lifetime
     )))
 }
@@ -361,7 +406,7 @@ fn check_net(append: &AppendEvent) -> Result<(), StoreError> {
 /// The points after each ledger entry of `append`, starting from `start`, moved by the
 /// domain's points rule: the one the pipeline applies between plugins.
 fn replay(start: Points, append: &AppendEvent) -> Vec<Points> {
-    points_after(start, append.ledger.iter().map(|new| &new.entry))
+    points_after(start, &append.ledger)
 }
 
 /// The batch reads of a type with `events` and `customer_data` tables: a write

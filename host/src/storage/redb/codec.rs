@@ -101,7 +101,7 @@ pub(super) fn decode_event_row(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// The first byte of a [`LedgerRow`]. It names the row's layout, so that bytes of any other
 /// (a JSON entry starts with `{`) are refused as corrupt rather than misread.
-pub(super) const LEDGER_ROW_V1: u8 = 1;
+pub(super) const LEDGER_ROW_V2: u8 = 2;
 
 /// A ledger row's value, what a [`LedgerEntry`] holds but its seq (the key has it).
 ///
@@ -110,9 +110,10 @@ pub(super) const LEDGER_ROW_V1: u8 = 1;
 /// a customer's rows span fewer leaves and a commit dirties fewer pages. Numbers are LEB128
 /// because most are small.
 ///
-/// Layout: [`LEDGER_ROW_V1`], the kind (0 earn, 1 reverse, 2 spend), whether it expires (0 or
-/// 1); the amount, balance after, lifetime after, the event's time and, when it expires, the
-/// expiry (unix seconds), each signed LEB128; the event id and the plugin, each after its
+/// Layout: [`LEDGER_ROW_V2`], the kind (0 earn, 1 reverse, 2 spend, 3 expire, 4 release),
+/// whether it expires (0 or 1); the amount, the part held, balance after, pending after,
+/// lifetime after, the event's time and, when it expires, the expiry (unix seconds), each
+/// signed LEB128; the event id and the plugin, each after its
 /// length in bytes (unsigned LEB128); the reason, to the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct LedgerRow<'a> {
@@ -122,25 +123,34 @@ pub(super) struct LedgerRow<'a> {
     pub(super) kind: PointKind,
     pub(super) reason: &'a str,
     pub(super) expires_at: Option<Timestamp>,
+    pub(super) held: i64,
     pub(super) balance_after: i64,
+    pub(super) pending_after: i64,
     pub(super) lifetime_after: i64,
     pub(super) at: Timestamp,
 }
 
+const KINDS: [PointKind; 5] = [
+    PointKind::Earn,
+    PointKind::Reverse,
+    PointKind::Spend,
+    PointKind::Expire,
+    PointKind::Release,
+];
+
 impl<'a> LedgerRow<'a> {
     pub(super) fn encode(&self) -> Vec<u8> {
         let strings = self.event_id.len() + self.plugin.len() + self.reason.len();
-        let mut bytes = Vec::with_capacity(3 + 5 * 10 + 2 * 10 + strings);
-        bytes.push(LEDGER_ROW_V1);
-        bytes.push(match self.kind {
-            PointKind::Earn => 0,
-            PointKind::Reverse => 1,
-            PointKind::Spend => 2,
-        });
+        let mut bytes = Vec::with_capacity(3 + 7 * 10 + 2 * 10 + strings);
+        bytes.push(LEDGER_ROW_V2);
+        let kind = KINDS.iter().position(|kind| *kind == self.kind).unwrap_or(0);
+        bytes.push(u8::try_from(kind).unwrap_or(0));
         bytes.push(u8::from(self.expires_at.is_some()));
         let numbers = [
             self.amount,
+            self.held,
             self.balance_after,
+            self.pending_after,
             self.lifetime_after,
             self.at.unix_seconds(),
         ];
@@ -165,13 +175,14 @@ impl<'a> LedgerRow<'a> {
     /// The row in `bytes`; `None` when they are not one.
     pub(super) fn decode(bytes: &'a [u8]) -> Option<LedgerRow<'a>> {
         let (&[version, kind, expires], _) = bytes.split_first_chunk::<3>()?;
-        if version != LEDGER_ROW_V1 {
+        if version != LEDGER_ROW_V2 {
             return None;
         }
         let mut position = 3;
         let number =
             |position: &mut usize| leb128fmt::decode_sint_slice::<i64, 64>(bytes, position).ok();
-        let (amount, balance_after) = (number(&mut position)?, number(&mut position)?);
+        let (amount, held) = (number(&mut position)?, number(&mut position)?);
+        let (balance_after, pending_after) = (number(&mut position)?, number(&mut position)?);
         let (lifetime_after, seconds) = (number(&mut position)?, number(&mut position)?);
         let expires_at = match expires {
             0 => None,
@@ -190,15 +201,12 @@ impl<'a> LedgerRow<'a> {
             event_id,
             plugin,
             amount,
-            kind: match kind {
-                0 => PointKind::Earn,
-                1 => PointKind::Reverse,
-                2 => PointKind::Spend,
-                _ => return None,
-            },
+            kind: *KINDS.get(usize::from(kind))?,
             reason: std::str::from_utf8(bytes.get(position..)?).ok()?,
             expires_at,
+            held,
             balance_after,
+            pending_after,
             lifetime_after,
             at: Timestamp::from_unix_seconds(seconds),
         })
@@ -213,7 +221,9 @@ impl<'a> LedgerRow<'a> {
             kind: self.kind,
             reason: self.reason.to_owned(),
             expires_at: self.expires_at,
+            held: self.held,
             balance_after: self.balance_after,
+            pending_after: self.pending_after,
             lifetime_after: self.lifetime_after,
             at: self.at,
         }
@@ -241,7 +251,9 @@ mod tests {
                 kind: PointKind::Earn,
                 reason: "Purchase T-00000001",
                 expires_at: Some(Timestamp::from_unix_seconds(1_800_000_000)),
+                held: 20,
                 balance_after: 120,
+                pending_after: 20,
                 lifetime_after: 140,
                 at: Timestamp::from_unix_seconds(1_764_000_000),
             },
@@ -252,7 +264,9 @@ mod tests {
                 kind: PointKind::Reverse,
                 reason: "",
                 expires_at: None,
+                held: i64::MAX,
                 balance_after: i64::MAX,
+                pending_after: i64::MIN,
                 lifetime_after: -1,
                 at: Timestamp::from_unix_seconds(-86_400),
             },
@@ -260,10 +274,12 @@ mod tests {
                 event_id: "é-42",
                 plugin: "tiers",
                 amount: -5,
-                kind: PointKind::Spend,
+                kind: PointKind::Release,
                 reason: "Kaffe ☕ för två",
                 expires_at: None,
+                held: 0,
                 balance_after: 0,
+                pending_after: 0,
                 lifetime_after: 0,
                 at: Timestamp::from_unix_seconds(0),
             },
@@ -279,7 +295,9 @@ mod tests {
             kind: entry.kind,
             reason: &entry.reason,
             expires_at: entry.expires_at,
+            held: entry.held,
             balance_after: entry.balance_after,
+            pending_after: entry.pending_after,
             lifetime_after: entry.lifetime_after,
             at: entry.at,
         })
@@ -304,7 +322,7 @@ mod tests {
             for length in 0..reason_starts {
                 assert_eq!(LedgerRow::decode(&bytes[..length]), None, "{length} bytes");
             }
-            for (at, byte) in [(0, 2), (0, b'{'), (1, 3), (2, 2)] {
+            for (at, byte) in [(0, 1), (0, b'{'), (1, 5), (2, 2)] {
                 let mut wrong = bytes.clone();
                 wrong[at] = byte;
                 assert_eq!(LedgerRow::decode(&wrong), None, "byte {at} = {byte}");

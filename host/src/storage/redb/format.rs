@@ -10,7 +10,7 @@ use crate::storage::StoreError;
 
 /// The storage format this build reads and writes, recorded in `meta.format` (a
 /// little-endian `u32`) so that a build never misreads a file of another layout.
-pub(super) const FORMAT_VERSION: u32 = 6;
+pub(super) const FORMAT_VERSION: u32 = 7;
 
 /// What an opened file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The embedded [`Store`]: one redb file, in storage format 6 (`format::FORMAT_VERSION`).
+//! The embedded [`Store`]: one redb file, in storage format 7 (`format::FORMAT_VERSION`).
 //!
 //! A build reads and writes one format, recorded in `meta.format`. Opening a file of any
 //! other format, or a file with tables but no format, is refused with
@@ -85,7 +85,7 @@ use self::format::Contents;
 use self::read::{get_customer, get_event, get_plugin_state};
 use self::tables::{CUSTOMER_DATA, EVENTS};
 use super::{
-    BatchRead, BatchTxn, CustomerRecord, EventQuery, EventTypeRecord, LedgerEntry, OutboxTrigger,
+    BatchRead, BatchTxn, CustomerRecord, DueWork, EventQuery, EventTypeRecord, LedgerEntry, OutboxTrigger,
     Page, PluginRecord, RawJson, Store, StoreError, StoredEvent, TenantRecord,
 };
 
@@ -290,6 +290,15 @@ impl Store for RedbStore {
         limit: usize,
     ) -> Result<Vec<OutboxTrigger>, StoreError> {
         pages::outbox(&self.db, tenant, after_seq, limit)
+    }
+
+    fn due(
+        &self,
+        tenant: &str,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<DueWork>, StoreError> {
+        pages::due(&self.db, tenant, until, limit)
     }
 
     fn read_batch(

@@ -9,9 +9,13 @@ use super::codec::{LedgerRow, decode, decode_history};
 use super::cursor;
 use super::read::get_event;
 use super::tables::{
-    CUSTOMER_DATA, CustomerKey, EVENTS, OUTBOX, history_key, ledger_key, ledger_seq,
+    CUSTOMER_DATA, CustomerKey, DUE, EVENTS, OUTBOX, history_key, ledger_key, ledger_seq,
 };
-use crate::storage::{EventQuery, LedgerEntry, OutboxTrigger, Page, StoreError, StoredEvent};
+use crate::domain::{Due, DueKind};
+use crate::storage::{
+    DueWork, EventQuery, LedgerEntry, OutboxTrigger, Page, StoreError, StoredEvent,
+};
+use tally_sdk::Timestamp;
 
 /// A position in a customer's history: (unix seconds, seq). Seqs start at 1, so (t, 0) sits
 /// just before every event at second t.
@@ -179,6 +183,39 @@ pub(super) fn outbox(
         })?);
     }
     Ok(triggers)
+}
+
+/// Up to `limit` moments of `tenant` due by `until`, as [`Store::due`](crate::storage::Store::due).
+pub(super) fn due(
+    db: &Database,
+    tenant: &str,
+    until: Timestamp,
+    limit: usize,
+) -> Result<Vec<DueWork>, StoreError> {
+    let mut due = Vec::new();
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DUE)?;
+    let bounds = (
+        Bound::Included((tenant, i64::MIN, "", "")),
+        Bound::Excluded((tenant, until.unix_seconds().saturating_add(1), "", "")),
+    );
+    for row in table.range::<(&str, i64, &str, &str)>(bounds)?.take(limit) {
+        let (key, value) = row?;
+        let (_, seconds, customer, kind) = key.value();
+        let describe = || format!("due {kind} of customer {customer} of tenant {tenant}");
+        let kind = DueKind::from_name(kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("{} has an unknown kind", describe())))?;
+        due.push(DueWork {
+            tenant: tenant.to_owned(),
+            customer: customer.to_owned(),
+            due: Due {
+                kind,
+                at: Timestamp::from_unix_seconds(seconds),
+                data: decode(value.value(), describe)?,
+            },
+        });
+    }
+    Ok(due)
 }
 
 fn map_bound<T, U>(bound: Bound<T>, f: impl FnOnce(T) -> U) -> Bound<U> {

@@ -24,6 +24,12 @@ pub(super) const SEQUENCES: TableDefinition<'_, (&str, &str), u64> =
     TableDefinition::new("sequences");
 pub(super) const EVENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("events");
 pub(super) const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// What the clock is to write, by tenant and time: (tenant, due unix seconds, customer, kind)
+/// → the internal event's data as JSON. Kept in step with each customer record's `due` by
+/// the append that changes it, so the clock reads what is due with one range per tenant
+/// and never scans customers.
+pub(super) const DUE: TableDefinition<'_, (&str, i64, &str, &str), &[u8]> =
+    TableDefinition::new("due");
 
 /// The row of `meta` that holds the storage format, a little-endian `u32`.
 pub(super) const META_FORMAT: &str = "format";
@@ -49,6 +55,7 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SEQUENCES)?;
     txn.open_table(EVENTS)?;
     txn.open_table(OUTBOX)?;
+    txn.open_table(DUE)?;
     Ok(())
 }
 
