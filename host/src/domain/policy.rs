@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(end(Period::Month, 0), Some(at("2026-12-01T00:00:00Z")));
         assert_eq!(end(Period::Month, 2), Some(at("2027-02-01T00:00:00Z")));
         assert_eq!(end(Period::Quarter, 0), Some(at("2027-01-01T00:00:00Z")));
-        assert_eq!(end(Period::Quarter, 4), Some(at("2028-01-01T00:00:00Z")));
+        assert_eq!(end(Period::Quarter, 4), Some(at("2027-04-01T00:00:00Z")));
         assert_eq!(end(Period::Year, 12), Some(at("2028-01-01T00:00:00Z")));
         let dynamic = PointsExpiry::LastActivity { days: 10 };
         assert_eq!(dynamic.fixed(earned), None);
