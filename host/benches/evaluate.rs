@@ -62,6 +62,7 @@ fn checkout_input() -> Vec<u8> {
         points: Points {
             balance: 1_250,
             lifetime: 5_400,
+            pending: 0,
         },
         tier: Some("silver".to_owned()),
         attributes:

@@ -71,6 +71,7 @@ impl Journey {
             data: RawJson::from_value(&data),
             received_at: timestamp,
             contact_card: Vec::new(),
+            due: None,
         };
         let calls: Vec<PluginCall<'_>> = self
             .plugins

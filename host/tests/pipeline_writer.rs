@@ -139,6 +139,7 @@ impl Store for Flaky {
         customer_events(tenant: &str, customer: &str, query: &EventQuery) -> Result<tally_host::storage::Page<tally_host::storage::StoredEvent>, StoreError>;
         ledger(tenant: &str, customer: &str, limit: usize, cursor: Option<&str>) -> Result<tally_host::storage::Page<tally_host::storage::LedgerEntry>, StoreError>;
         outbox(tenant: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::OutboxTrigger>, StoreError>;
+        due(tenant: &str, until: Timestamp, limit: usize) -> Result<Vec<tally_host::storage::DueWork>, StoreError>;
         read_batch(work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>) -> Result<(), StoreError>;
     }
 
@@ -197,6 +198,9 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
                 created_at: "2026-11-23T00:00:00Z".parse().expect("a time"),
                 allow_untyped_events: false,
                 allow_negative_balance: false,
+                points_expiry: Default::default(),
+                schedule: Default::default(),
+                future_tolerance_seconds: 300,
             },
             [7; 32],
         )
@@ -234,6 +238,7 @@ fn checkout(id: &str, customer: &str, total: u32) -> NewEvent {
         data: RawJson::from_value(&json!({"transaction_id": id, "total": total, "items": []})),
         received_at: "2026-11-23T10:00:00Z".parse::<Timestamp>().expect("a time"),
         contact_card: Vec::new(),
+        due: None,
     }
 }
 

@@ -156,12 +156,14 @@ fn abi_doc_example() -> (NewEvent, CustomerRecord, RawJson, RawJson) {
         ),
         received_at: at("2026-11-23T10:00:00Z"),
         contact_card: Vec::new(),
+        due: None,
     };
     let customer = Customer {
         id: "374397439743".to_owned(),
         points: Points {
             balance: 120,
             lifetime: 900,
+            pending: 0,
         },
         tier: Some("silver".to_owned()),
         perks: vec![Perk::new("coupon", "WELCOME10")],

@@ -9,13 +9,13 @@
 mod storage {
     use std::collections::BTreeMap;
 
-    use serde_json::{Map, json};
-    use tally_host::domain::{TenantId, points_after};
+    use serde_json::json;
+    use tally_host::domain::{CustomerId, TenantId, new_account, points_after};
     use tally_host::storage::{
-        AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery, NewLedgerEntry,
-        NewTrigger, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
+        AppendEvent, BatchRead, BatchTxn, EventOutcome, EventQuery, NewLedgerEntry, NewTrigger,
+        RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
-    use tally_sdk::{Customer, PointEntry, PointKind, Points, Timestamp, Trigger};
+    use tally_sdk::{PointEntry, PointKind, Points, Timestamp, Trigger};
 
     const TENANTS: [&str; 2] = ["acme", "acme2"];
     /// `c1` and `c10` share a prefix, so a key range that leaks past its customer shows.
@@ -142,17 +142,19 @@ mod storage {
         let mut record = txn
             .customer(planned.tenant, planned.customer)
             .unwrap()
-            .unwrap_or_else(|| CustomerRecord {
-                customer: Customer {
-                    id: planned.customer.to_owned(),
-                    ..Customer::default()
-                },
-                created_at: received_at,
-                updated_at: received_at,
-                event_count: 0,
-                contact_card: Map::new(),
+            .unwrap_or_else(|| {
+                new_account(&CustomerId::parse(planned.customer).unwrap(), received_at)
             });
-        record.customer.points = points_after(record.customer.points, &planned.points)
+        let ledger: Vec<NewLedgerEntry> = planned
+            .points
+            .iter()
+            .map(|entry| NewLedgerEntry {
+                plugin: "points".to_owned(),
+                entry: entry.clone(),
+                held: 0,
+            })
+            .collect();
+        record.customer.points = points_after(record.customer.points, &ledger)
             .last()
             .copied()
             .unwrap_or(record.customer.points);
@@ -180,14 +182,7 @@ mod storage {
                 },
             },
             customer: record,
-            ledger: planned
-                .points
-                .iter()
-                .map(|entry| NewLedgerEntry {
-                    plugin: "points".to_owned(),
-                    entry: entry.clone(),
-                })
-                .collect(),
+            ledger,
             plugin_states: planned.states.clone(),
             triggers: planned.triggers.clone(),
         }
@@ -293,7 +288,8 @@ mod storage {
                     assert_eq!(
                         Points {
                             balance: last.balance_after,
-                            lifetime: last.lifetime_after
+                            lifetime: last.lifetime_after,
+                            pending: last.pending_after,
                         },
                         expected.points
                     );
@@ -392,6 +388,9 @@ mod storage {
                 created_at: "2026-01-01T00:00:00Z".parse().unwrap(),
                 allow_untyped_events: true,
                 allow_negative_balance: false,
+                points_expiry: Default::default(),
+                schedule: Default::default(),
+                future_tolerance_seconds: 300,
             };
             store.create_tenant(&record, [n; 32]).unwrap();
         }

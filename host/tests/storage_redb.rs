@@ -5,15 +5,15 @@
 
 // Inside `mod storage` so that `cargo test -p tally-host storage` selects these tests too.
 mod storage {
-    use serde_json::{Map, Value, json};
+    use serde_json::{Value, json};
     use sha2::{Digest, Sha256};
-    use tally_host::domain::{TenantId, points_after};
+    use tally_host::domain::{CustomerId, TenantId, new_account, points_after};
     use tally_host::storage::{
-        AppendEvent, BatchRead, BatchTxn, CustomerRecord, EventOutcome, EventQuery,
-        EventTypeRecord, NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun,
-        PluginStatus, RawJson, RedbStore, Store, StoreError, StoredEvent, TenantRecord,
+        AppendEvent, BatchRead, BatchTxn, EventOutcome, EventQuery, EventTypeRecord,
+        NewLedgerEntry, NewTrigger, OnError, PluginErrorRecord, PluginRun, PluginStatus, RawJson,
+        RedbStore, Store, StoreError, StoredEvent, TenantRecord,
     };
-    use tally_sdk::{Customer, Perk, PointEntry, PointKind, Points, Timestamp, Trigger};
+    use tally_sdk::{Perk, PointEntry, PointKind, Points, Timestamp, Trigger};
     use tempfile::TempDir;
 
     const T0: i64 = 1_790_000_000; // 2026-09-21
@@ -39,6 +39,9 @@ mod storage {
             created_at: at("2026-01-01T00:00:00Z"),
             allow_untyped_events: false,
             allow_negative_balance: false,
+            points_expiry: Default::default(),
+            schedule: Default::default(),
+            future_tolerance_seconds: 300,
         }
     }
 
@@ -66,20 +69,19 @@ mod storage {
         points: &[PointEntry],
     ) -> AppendEvent {
         let received_at = Timestamp::from_unix_seconds(at + 5);
-        let mut record =
-            txn.customer(tenant, customer)
-                .unwrap()
-                .unwrap_or_else(|| CustomerRecord {
-                    customer: Customer {
-                        id: customer.to_owned(),
-                        ..Customer::default()
-                    },
-                    created_at: received_at,
-                    updated_at: received_at,
-                    event_count: 0,
-                    contact_card: Map::new(),
-                });
-        record.customer.points = points_after(record.customer.points, points)
+        let mut record = txn
+            .customer(tenant, customer)
+            .unwrap()
+            .unwrap_or_else(|| new_account(&CustomerId::parse(customer).unwrap(), received_at));
+        let ledger: Vec<NewLedgerEntry> = points
+            .iter()
+            .map(|entry| NewLedgerEntry {
+                plugin: "points".to_owned(),
+                entry: entry.clone(),
+                held: 0,
+            })
+            .collect();
+        record.customer.points = points_after(record.customer.points, &ledger)
             .last()
             .copied()
             .unwrap_or(record.customer.points);
@@ -108,13 +110,7 @@ mod storage {
                 },
             },
             customer: record,
-            ledger: points
-                .iter()
-                .map(|entry| NewLedgerEntry {
-                    plugin: "points".to_owned(),
-                    entry: entry.clone(),
-                })
-                .collect(),
+            ledger,
             plugin_states: Vec::new(),
             triggers: Vec::new(),
         }
@@ -676,7 +672,8 @@ mod storage {
                     after.customer.points,
                     Points {
                         balance: 75,
-                        lifetime: 105
+                        lifetime: 105,
+                        pending: 0,
                     }
                 );
                 Ok(())
@@ -688,7 +685,8 @@ mod storage {
             assert_ledger_matches_balance(&store, "acme", "c1"),
             Points {
                 balance: 75,
-                lifetime: 105
+                lifetime: 105,
+                pending: 0,
             }
         );
     }
@@ -757,7 +755,8 @@ mod storage {
             assert_ledger_matches_balance(&store, "acme", "c1"),
             Points {
                 balance: 150,
-                lifetime: 150
+                lifetime: 150,
+                pending: 0,
             }
         );
     }
@@ -1060,14 +1059,16 @@ mod storage {
             assert_ledger_matches_balance(&store, "acme", "c1"),
             Points {
                 balance: 495,
-                lifetime: 510
+                lifetime: 510,
+                pending: 0,
             }
         );
         assert_eq!(
             assert_ledger_matches_balance(&store, "acme", "c2"),
             Points {
                 balance: 15,
-                lifetime: 15
+                lifetime: 15,
+                pending: 0,
             }
         );
 

@@ -418,4 +418,3 @@ fn transaction_of(event: &NewEvent) -> Option<String> {
         _ => None,
     }
 }
-

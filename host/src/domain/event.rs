@@ -5,12 +5,12 @@ use tally_sdk::{Customer, Decision, Event, Timestamp, is_internal_action};
 use super::account::Account;
 use super::ids::{CustomerId, EventId, TenantId};
 use super::policy::Policy;
-use super::schedule::{DueKind, schedule};
 use super::profile::{ContactCardValue, record_attributes, record_contact_card, record_stats};
 use super::records::{
-    AppendEvent, CustomerRecord, EventOutcome, NewTrigger, OnError,
-    PluginErrorRecord, PluginRun, PluginStatus, RawJson, StoredEvent,
+    AppendEvent, CustomerRecord, EventOutcome, NewTrigger, OnError, PluginErrorRecord, PluginRun,
+    PluginStatus, RawJson, StoredEvent,
 };
+use super::schedule::{DueKind, schedule};
 
 /// An event the host has accepted: its envelope and data checked, its type resolved. What the
 /// writer evaluates and stores.
@@ -150,7 +150,12 @@ pub fn apply_event(
     };
     // Time passing is not activity: an internal event counts, but moves neither the first
     // nor the last event time (inactivity and last-activity expiry read the last).
-    record_stats(&mut record.customer.stats, &event.action, event.timestamp, !internal);
+    record_stats(
+        &mut record.customer.stats,
+        &event.action,
+        event.timestamp,
+        !internal,
+    );
     record_attributes(&mut record.customer.attributes, event);
     record_contact_card(&mut record.contact_card, event);
     record.due = schedule(&record, policy);

@@ -27,12 +27,12 @@ pub mod records;
 pub mod schedule;
 
 pub use self::account::{Account, Hold, Lot, Refusal, SYSTEM, move_points, points_after};
-pub use self::policy::{Period, PointsExpiry, Policy, Schedule, TimeOfDay};
-pub use self::schedule::{Due, DueKind};
 pub use self::event::{NewEvent, PluginOutcome, Rejection, apply_event, new_account};
 pub use self::ids::{CustomerId, EventId, IdError, PluginName, TenantId};
+pub use self::policy::{Period, PointsExpiry, Policy, Schedule, TimeOfDay};
 pub use self::profile::ContactCardValue;
 pub use self::records::CustomerRecord;
+pub use self::schedule::{Due, DueKind};
 
 #[cfg(test)]
 pub(crate) mod testing;

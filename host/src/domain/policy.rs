@@ -243,7 +243,12 @@ impl FromStr for TimeOfDay {
 
 impl fmt::Display for TimeOfDay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02}:{:02}", self.seconds / 3600, self.seconds / 60 % 60)
+        write!(
+            f,
+            "{:02}:{:02}",
+            self.seconds / 3600,
+            self.seconds / 60 % 60
+        )
     }
 }
 
@@ -293,9 +298,10 @@ mod tests {
 
     #[test]
     fn policies_read_as_json() {
-        let policy: PointsExpiry =
-            serde_json::from_str(r#"{"policy": "end_of_period", "period": "quarter", "months": 3}"#)
-                .unwrap();
+        let policy: PointsExpiry = serde_json::from_str(
+            r#"{"policy": "end_of_period", "period": "quarter", "months": 3}"#,
+        )
+        .unwrap();
         assert_eq!(
             policy,
             PointsExpiry::EndOfPeriod {

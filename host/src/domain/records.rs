@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::domain::TenantId;
 use crate::domain::account::Lot;
-use crate::domain::policy::{Policy, PointsExpiry, Schedule};
+use crate::domain::policy::{PointsExpiry, Policy, Schedule};
 use crate::domain::schedule::{Due, DueKind};
 pub use tally_sdk::RawJson;
 use tally_sdk::{Customer, Perk, PointEntry, PointKind, Timestamp, Trigger};

@@ -17,11 +17,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tally_sdk::Timestamp;
 
+use super::NewEvent;
 use super::account::Lot;
 use super::ids::{CustomerId, EventId, MAX_EVENT_ID_LEN, TenantId};
 use super::policy::Policy;
 use super::records::{CustomerRecord, RawJson};
-use super::NewEvent;
 
 /// The source internal events are stored with.
 pub const SYSTEM_SOURCE: &str = "system";
@@ -234,7 +234,10 @@ pub fn internal_event_id(kind: DueKind, customer: &CustomerId, at: Timestamp) ->
         readable
     } else {
         let digest = Sha256::digest(customer.as_str().as_bytes());
-        let hash: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+        let hash: String = digest[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
         format!("system:{kind}:#{hash}:{seconds}")
     };
     // Both forms are printable text within the length.
@@ -247,7 +250,12 @@ pub fn is_internal_event_id(id: &str) -> bool {
 }
 
 /// The internal event the clock writes for `due` of `customer`, received at `now`.
-pub fn internal_event(tenant: &TenantId, customer: &CustomerId, due: &Due, now: Timestamp) -> NewEvent {
+pub fn internal_event(
+    tenant: &TenantId,
+    customer: &CustomerId,
+    due: &Due,
+    now: Timestamp,
+) -> NewEvent {
     let data = match &due.data {
         Value::Null => RawJson::from_value(&json!({})),
         data => RawJson::from_value(data),
@@ -271,7 +279,12 @@ pub fn internal_event(tenant: &TenantId, customer: &CustomerId, due: &Due, now: 
 
 /// Which lots expire first, soonest first, as the profile shows them: `{"amount", "at"}`,
 /// lots of one moment summed, at most `limit` moments.
-pub fn expiring(lots: &[Lot], policy: &Policy, last_activity: Option<Timestamp>, limit: usize) -> Vec<(i64, Timestamp)> {
+pub fn expiring(
+    lots: &[Lot],
+    policy: &Policy,
+    last_activity: Option<Timestamp>,
+    limit: usize,
+) -> Vec<(i64, Timestamp)> {
     let deadline = policy.expiry.deadline(last_activity);
     let mut moments: std::collections::BTreeMap<Timestamp, i64> = std::collections::BTreeMap::new();
     for lot in lots.iter().filter(|lot| lot.pending.is_none()) {
@@ -280,5 +293,9 @@ pub fn expiring(lots: &[Lot], policy: &Policy, last_activity: Option<Timestamp>,
             *sum = sum.saturating_add(lot.amount);
         }
     }
-    moments.into_iter().take(limit).map(|(at, amount)| (amount, at)).collect()
+    moments
+        .into_iter()
+        .take(limit)
+        .map(|(at, amount)| (amount, at))
+        .collect()
 }

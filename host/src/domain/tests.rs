@@ -129,11 +129,28 @@ struct Sums {
 
 fn check_lots(record: &CustomerRecord) -> Result<(), TestCaseError> {
     let points = record.customer.points;
-    let pending: i64 = record.lots.iter().filter(|lot| lot.pending.is_some()).map(|lot| lot.amount).sum();
-    let spendable: i64 = record.lots.iter().filter(|lot| lot.pending.is_none()).map(|lot| lot.amount).sum();
+    let pending: i64 = record
+        .lots
+        .iter()
+        .filter(|lot| lot.pending.is_some())
+        .map(|lot| lot.amount)
+        .sum();
+    let spendable: i64 = record
+        .lots
+        .iter()
+        .filter(|lot| lot.pending.is_none())
+        .map(|lot| lot.amount)
+        .sum();
     prop_assert_eq!(pending, points.pending, "pending lots sum to pending");
-    prop_assert_eq!(spendable, points.balance.max(0), "spendable lots sum to the balance");
-    prop_assert!(record.lots.iter().all(|lot| lot.amount > 0), "an empty lot is kept");
+    prop_assert_eq!(
+        spendable,
+        points.balance.max(0),
+        "spendable lots sum to the balance"
+    );
+    prop_assert!(
+        record.lots.iter().all(|lot| lot.amount > 0),
+        "an empty lot is kept"
+    );
     Ok(())
 }
 

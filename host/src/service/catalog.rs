@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 
 use super::cache::{StoreCache, read_lock, write_lock};
-use super::error::ServiceError;
 use super::clock::Clock;
+use super::error::ServiceError;
 use crate::domain::records::{EventTypeRecord, OnError, PluginRecord, TenantRecord};
 use crate::domain::{PluginName, TenantId};
 use crate::pipeline::{ActivePlugin, RuleSource, TenantRules};
@@ -190,9 +190,9 @@ impl Catalog {
                 created: false,
             });
         }
-        let record = self
-            .store
-            .add_plugin_version(tenant, name, wasm, plugin.sha256(), self.clock.now())?;
+        let record =
+            self.store
+                .add_plugin_version(tenant, name, wasm, plugin.sha256(), self.clock.now())?;
         self.plugins
             .insert(tenant, name, record.active_version, plugin);
         tracing::info!(

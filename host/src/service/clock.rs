@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tally_sdk::Timestamp;
 
-use super::error::ServiceError;
 use super::Service;
+use super::error::ServiceError;
 use super::ingest::Ingest;
 use crate::domain::schedule::internal_event;
 use crate::domain::{CustomerId, TenantId};
@@ -116,10 +116,17 @@ pub async fn run_clock(service: Arc<Service>) {
         let now = service.ingest.clock.now();
         match service.ingest.write_due(now).await {
             Ok(pass) if pass.written + pass.failed > 0 => {
-                tracing::info!(written = pass.written, replayed = pass.replayed, failed = pass.failed, "the clock wrote what was due");
+                tracing::info!(
+                    written = pass.written,
+                    replayed = pass.replayed,
+                    failed = pass.failed,
+                    "the clock wrote what was due"
+                );
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(error = %error.message, "the clock could not read what is due"),
+            Err(error) => {
+                tracing::warn!(error = %error.message, "the clock could not read what is due")
+            }
         }
     }
 }
@@ -143,7 +150,9 @@ impl Ingest {
         let store = self.store.clone();
         let tenants = tokio::task::spawn_blocking(move || store.tenants())
             .await
-            .map_err(|error| ServiceError::internal(format!("reading tenants failed: {error}")))??;
+            .map_err(|error| {
+                ServiceError::internal(format!("reading tenants failed: {error}"))
+            })??;
         let mut pass = DuePass::default();
         for tenant in tenants {
             self.write_due_of(&tenant.id, until, &mut pass).await?;

@@ -11,9 +11,9 @@ use crate::auth;
 use crate::domain::records::TenantRecord;
 use crate::domain::schedule::is_internal_event_id;
 use crate::domain::{CustomerId, EventId, IdError, NewEvent};
-use tally_sdk::{INTERNAL_ACTIONS, is_internal_action};
 use crate::schema::EventTypes;
 use crate::storage::RawJson;
+use tally_sdk::{INTERNAL_ACTIONS, is_internal_action};
 
 pub use crate::domain::ids::{MAX_CUSTOMER_LEN, MAX_EVENT_ID_LEN};
 /// The longest label.

@@ -7,8 +7,8 @@ use serde_json::Value;
 use tally_sdk::{Customer, Decision};
 
 use super::catalog::Catalog;
-use super::error::ServiceError;
 use super::clock::Clock;
+use super::error::ServiceError;
 use super::events::{self, Origin};
 use crate::domain::new_account;
 use crate::domain::records::{RawJson, TenantRecord};
@@ -158,10 +158,12 @@ impl Ingest {
     /// the store (the tenant's event types were read before, and are unchanged).
     pub fn check_now(&self, tenant: &TenantRecord, input: Value, origin: &Origin) -> Checked {
         match self.catalog.cached_types(tenant) {
-            Some(types) => match events::read_event(tenant, &types, input, origin, self.clock.now()) {
-                Ok(event) => Checked::Ready(event),
-                Err(error) => Checked::Invalid(error),
-            },
+            Some(types) => {
+                match events::read_event(tenant, &types, input, origin, self.clock.now()) {
+                    Ok(event) => Checked::Ready(event),
+                    Err(error) => Checked::Invalid(error),
+                }
+            }
             None => Checked::NeedsTypes(input),
         }
     }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::cache::StoreCache;
-use super::error::ServiceError;
 use super::clock::Clock;
+use super::error::ServiceError;
 use crate::auth;
 use crate::domain::TenantId;
 use crate::domain::records::{DEFAULT_FUTURE_TOLERANCE_SECONDS, TenantRecord};

@@ -192,7 +192,10 @@ impl Writer {
     }
 
     /// [`Writer::submit`], handing the event back when it is not queued, to try again.
-    #[allow(clippy::result_large_err, reason = "the event is handed back, not boxed, to be queued again as it is")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "the event is handed back, not boxed, to be queued again as it is"
+    )]
     pub fn try_submit(
         &self,
         event: NewEvent,

@@ -224,7 +224,10 @@ impl<'txn> RedbBatch<'txn> {
         after: &[Due],
     ) -> Result<(), StoreError> {
         for old in before {
-            if !after.iter().any(|new| new.kind == old.kind && new.at == old.at) {
+            if !after
+                .iter()
+                .any(|new| new.kind == old.kind && new.at == old.at)
+            {
                 self.due
                     .remove((tenant, old.at.unix_seconds(), customer, old.kind.as_str()))?;
             }

@@ -143,7 +143,10 @@ impl<'a> LedgerRow<'a> {
         let strings = self.event_id.len() + self.plugin.len() + self.reason.len();
         let mut bytes = Vec::with_capacity(3 + 7 * 10 + 2 * 10 + strings);
         bytes.push(LEDGER_ROW_V2);
-        let kind = KINDS.iter().position(|kind| *kind == self.kind).unwrap_or(0);
+        let kind = KINDS
+            .iter()
+            .position(|kind| *kind == self.kind)
+            .unwrap_or(0);
         bytes.push(u8::try_from(kind).unwrap_or(0));
         bytes.push(u8::from(self.expires_at.is_some()));
         let numbers = [

@@ -85,8 +85,8 @@ use self::format::Contents;
 use self::read::{get_customer, get_event, get_plugin_state};
 use self::tables::{CUSTOMER_DATA, EVENTS};
 use super::{
-    BatchRead, BatchTxn, CustomerRecord, DueWork, EventQuery, EventTypeRecord, LedgerEntry, OutboxTrigger,
-    Page, PluginRecord, RawJson, Store, StoreError, StoredEvent, TenantRecord,
+    BatchRead, BatchTxn, CustomerRecord, DueWork, EventQuery, EventTypeRecord, LedgerEntry,
+    OutboxTrigger, Page, PluginRecord, RawJson, Store, StoreError, StoredEvent, TenantRecord,
 };
 
 /// The [`Store`] on one redb file.
