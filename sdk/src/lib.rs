@@ -67,8 +67,8 @@ pub use number::{Decimal, Money, NumberError};
 pub use tally_sdk_macros::plugin;
 pub use time::{Timestamp, TimestampError};
 pub use wire::{
-    ABI_VERSION, Customer, Decision, DecisionViolation, Event, Input, Output, Perk, PluginInfo,
-    PointEntry, PointKind, Points, RawJson, Stats, Trigger, INTERNAL_ACTIONS, is_internal_action,
+    ABI_VERSION, Customer, Decision, DecisionViolation, Event, INTERNAL_ACTIONS, Input, Output,
+    Perk, PluginInfo, PointEntry, PointKind, Points, RawJson, Stats, Trigger, is_internal_action,
 };
 
 /// On wasm32 every allocation goes to a bump allocator: an instance lives for one

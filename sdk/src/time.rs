@@ -60,7 +60,10 @@ impl Timestamp {
     /// Midnight UTC of the calendar date `year-month-day`, `None` for a month or day out of
     /// range (a day past the month's end included).
     pub fn from_date(year: i32, month: u32, day: u32) -> Option<Timestamp> {
-        if !(1..=12).contains(&month) || day == 0 || i64::from(day) > days_in_month(i64::from(year), i64::from(month)) {
+        if !(1..=12).contains(&month)
+            || day == 0
+            || i64::from(day) > days_in_month(i64::from(year), i64::from(month))
+        {
             return None;
         }
         let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
@@ -121,7 +124,7 @@ impl FromStr for Timestamp {
         }
         let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
         let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-        if !(1..=12).contains(&month) || day < 1 || i64::from(day) > days_in_month(i64::from(year), i64::from(month)) {
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
             return Err(invalid("no such date"));
         }
         if hour > 23 || minute > 59 || second > 60 {

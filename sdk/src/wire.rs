@@ -979,8 +979,7 @@ impl Decision {
                 }
                 _ => {}
             }
-            if (entry.pending || entry.pending_until.is_some()) && entry.kind() != PointKind::Earn
-            {
+            if (entry.pending || entry.pending_until.is_some()) && entry.kind() != PointKind::Earn {
                 return violation(format!(
                     "points[{index}] is pending but has kind {}: only earned points can be held",
                     entry.kind()

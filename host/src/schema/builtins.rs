@@ -20,10 +20,11 @@ use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
 
 /// The ids of the built-in event types, in the order [`builtins`] lists them.
-pub const BUILTIN_IDS: [&str; 7] = [
+pub const BUILTIN_IDS: [&str; 8] = [
     "checkout",
     "checkout_update",
     "checkout_reject",
+    "checkout_accept",
     "point_add",
     "point_sub",
     "opt_in",
@@ -84,6 +85,7 @@ pub fn builtin_documents() -> Vec<Value> {
         checkout(),
         checkout_update(),
         checkout_reject(),
+        checkout_accept(),
         points(
             "point_add",
             "Points added",
@@ -215,6 +217,23 @@ fn checkout_reject() -> Value {
     )
 }
 
+fn checkout_accept() -> Value {
+    document(
+        "checkout_accept",
+        "Checkout accepted",
+        "Confirms a checkout once it can no longer be returned (Antavo's checkout_accept): the host releases the points it holds pending for that transaction_id at once.",
+        json!({
+            "$schema": DRAFT_2020_12,
+            "$defs": defs(),
+            "type": "object",
+            "properties": {
+                "transaction_id": {"$ref": "#/$defs/identifier", "displayName": "Transaction ID"}
+            },
+            "required": ["transaction_id"]
+        }),
+    )
+}
+
 fn points(id: &str, display_name: &str, description: &str) -> Value {
     document(
         id,
@@ -246,7 +265,13 @@ fn contact_properties() -> Value {
         "last_name": {"type": "string", "displayName": "Last name"},
         "phone": {"type": "string", "displayName": "Phone"},
         "language": {"type": "string", "displayName": "Language"},
-        "channel": {"type": "string", "displayName": "Channel"}
+        "channel": {"type": "string", "displayName": "Channel"},
+        "birthday": {
+            "description": "YYYY-MM-DD, or MM-DD without the year.",
+            "type": "string",
+            "pattern": "^([0-9]{4}-)?[0-9]{2}-[0-9]{2}$",
+            "displayName": "Birthday"
+        }
     })
 }
 
