@@ -1,8 +1,8 @@
 //! A checkout's change to the state made on the state's text, without parsing it.
 //!
 //! A checkout of a transaction this plugin has not seen only appends: one id, one points
-//! figure and one factor go on the end of the columns, and the oldest fall off the front
-//! past `remember_transactions`. Parsing every remembered transaction and writing them all
+//! figure, one factor (and one hold, when some transaction is held) go on the end of the
+//! columns, and the oldest fall off the front past `remember_transactions`. Parsing every remembered transaction and writing them all
 //! back costs ~3,000 wasm instructions a transaction on every checkout; finding the ends of
 //! the columns in the text and splicing it costs ~1,200 a transaction (`tally eval` fuel): two
 //! byte-by-byte passes over the ids (`find`, then `contains`), the SDK's check that the text
@@ -25,6 +25,8 @@ pub(crate) struct ColumnsText<'a> {
     factors: Column,
     /// The `rejected` column, which a state without rejections leaves out.
     rejected: Option<Column>,
+    /// The `holds` column, which a state without holds leaves out.
+    holds: Option<Column>,
 }
 
 /// Where a column's elements are in the text: `start..end` lies between its brackets.
@@ -59,7 +61,18 @@ impl<'a> ColumnsText<'a> {
             }
             None => None,
         };
-        if text.get(at..)? != "}" || points.count != ids.count || factors.count != ids.count {
+        let holds = match expect(text, at, r#","holds":"#) {
+            Some(after) => {
+                let holds = holds(text, after)?;
+                at = holds.end + 1;
+                Some(holds)
+            }
+            None => None,
+        };
+        let uneven = points.count != ids.count
+            || factors.count != ids.count
+            || holds.is_some_and(|holds| holds.count != ids.count);
+        if text.get(at..)? != "}" || uneven {
             // Uneven columns are an error, which the general path reports.
             return None;
         }
@@ -69,6 +82,7 @@ impl<'a> ColumnsText<'a> {
             points,
             factors,
             rejected,
+            holds,
         })
     }
 
@@ -83,12 +97,15 @@ impl<'a> ColumnsText<'a> {
 
     /// The state's text with a transaction appended and the oldest forgotten so that at most
     /// `limit` remain; `None` when that would forget a rejected transaction (the general path
-    /// rewrites the rejected column) or the id needs escapes.
+    /// rewrites the rejected column) or the id needs escapes. `hold` is the new transaction's
+    /// element of the `holds` column as JSON text (a plain string), `None` for `null`; the
+    /// column is written when any of its elements is not `null`, as the general path does.
     pub(crate) fn appended(
         &self,
         id: &str,
         points: i64,
         factor: Decimal,
+        hold: Option<&str>,
         limit: usize,
     ) -> Option<String> {
         if !is_plain(id) {
@@ -101,7 +118,17 @@ impl<'a> ColumnsText<'a> {
         let ids = after_strings(self.elements(self.ids), forget)?;
         let points_kept = after_numbers(self.elements(self.points), forget)?;
         let factors = after_strings(self.elements(self.factors), forget)?;
-        let rest = &self.text[self.factors.end + 1..];
+        // The rejected column as it is, with the comma and name before it.
+        let rejected = match self.rejected {
+            Some(rejected) => &self.text[self.factors.end + 1..rejected.end + 1],
+            None => "",
+        };
+        let holds_kept = match self.holds {
+            Some(holds) => Some(after_holds(self.elements(holds), forget)?),
+            None => None,
+        };
+        // Every kept hold is `null` when none is a string.
+        let any_kept = holds_kept.is_some_and(|kept| kept.contains('"'));
 
         let mut out = String::with_capacity(self.text.len() + id.len() + 48);
         out.push_str(r#"{"ids":["#);
@@ -111,7 +138,32 @@ impl<'a> ColumnsText<'a> {
         out.push_str(r#"],"factors":["#);
         push_element(&mut out, factors, &format!("\"{factor}\""));
         out.push(']');
-        out.push_str(rest);
+        out.push_str(rejected);
+        if any_kept || hold.is_some() {
+            out.push_str(r#","holds":["#);
+            match holds_kept {
+                Some(kept) => out.push_str(kept),
+                None => {
+                    // The state had no holds: one `null` for each transaction kept.
+                    let kept = self.ids.count - forget;
+                    for index in 0..kept {
+                        if index > 0 {
+                            out.push(',');
+                        }
+                        out.push_str("null");
+                    }
+                }
+            }
+            let element = hold.unwrap_or("null");
+            if out.ends_with('[') {
+                out.push_str(element);
+            } else {
+                out.push(',');
+                out.push_str(element);
+            }
+            out.push(']');
+        }
+        out.push('}');
         Some(out)
     }
 
@@ -163,6 +215,43 @@ fn strings(text: &str, at: usize) -> Option<Column> {
     }
 }
 
+/// An array of `null`s and strings with no escapes starting at `at` (its `[`).
+fn holds(text: &str, at: usize) -> Option<Column> {
+    let bytes = text.as_bytes();
+    if bytes.get(at) != Some(&b'[') {
+        return None;
+    }
+    let start = at + 1;
+    let mut next = start;
+    let mut count = 0;
+    if bytes.get(next) == Some(&b']') {
+        return Some(Column {
+            start,
+            end: next,
+            count,
+        });
+    }
+    loop {
+        let last = match bytes.get(next) {
+            Some(b'"') => position(bytes, next + 1, b'"')?,
+            Some(b'n') if text.get(next..next + 4) == Some("null") => next + 3,
+            _ => return None,
+        };
+        count += 1;
+        match bytes.get(last + 1) {
+            Some(b',') => next = last + 2,
+            Some(b']') => {
+                return Some(Column {
+                    start,
+                    end: last + 1,
+                    count,
+                });
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// An array of integers starting at `at` (its `[`).
 fn numbers(text: &str, at: usize) -> Option<Column> {
     let bytes = text.as_bytes();
@@ -206,6 +295,20 @@ fn after_strings(elements: &str, skip: usize) -> Option<&str> {
     let mut next = 0;
     for _ in 0..skip {
         next = position(elements.as_bytes(), next + 1, b'"')? + 2;
+    }
+    Some(elements.get(next..).unwrap_or(""))
+}
+
+/// The elements of a `holds` column after the first `skip`, without the comma before them.
+fn after_holds(elements: &str, skip: usize) -> Option<&str> {
+    let bytes = elements.as_bytes();
+    let mut next = 0;
+    for _ in 0..skip {
+        let last = match bytes.get(next)? {
+            b'"' => position(bytes, next + 1, b'"')?,
+            _ => next + 3,
+        };
+        next = last + 2;
     }
     Some(elements.get(next..).unwrap_or(""))
 }

@@ -11,7 +11,10 @@
 //!   reverses the difference, at the rate and multiplier of the original checkout.
 //! - `checkout_reject` reverses exactly what the transaction earned, corrections included,
 //!   and marks it rejected; later corrections of it do nothing. A reversal takes no more than
-//!   the balance holds unless `allow_negative_balance` is set.
+//!   the customer can give back (the balance, plus the transaction's own points while they
+//!   are still pending, see *Holds*) unless `allow_negative_balance` is set.
+//! - `checkout_accept` ends the hold on the transaction's points, as far as this plugin is
+//!   concerned (the host releases them itself, before any plugin runs); it earns nothing.
 //! - `point_add` earns `data.points` (a whole number, or a numeric string), `point_sub` spends
 //!   them; `data.reason`, when given, is the ledger reason. `point_sub` refuses to take the
 //!   balance below zero unless `allow_negative_balance` is set.
@@ -22,6 +25,34 @@
 //! it — does nothing and logs a warning: paying out or taking back points for a purchase whose
 //! award is unknown would be a guess.
 //!
+//! The host's own events for time passing (`point_expire`, `points_release` and the other
+//! internal actions) are not this plugin's business: the host expires and releases points
+//! itself, and the plugin decides nothing on them. A tenant that gives the plugin an
+//! `actions` list should list the six actions above (`checkout`, `checkout_update`,
+//! `checkout_reject`, `checkout_accept`, `point_add`, `point_sub`); leaving out
+//! `checkout_accept` only matters with holds (an accepted transaction's later raise would be
+//! held again).
+//!
+//! # Holds
+//!
+//! With `hold_days` or `hold_until_accepted`, what a checkout earns is *pending*
+//! (`customer.points.pending`, not spendable) for the return window: the entry carries
+//! `pending_until` = the checkout's time + `hold_days` days, and, with
+//! `hold_until_accepted`, `pending: true`, so a `checkout_accept` of the transaction releases
+//! it sooner (with `hold_until_accepted` alone the points wait for that accept). The host
+//! releases held points when the hold ends (its internal `points_release` event) or on the
+//! transaction's `checkout_accept`.
+//!
+//! The plugin remembers each transaction's hold. A `checkout_update` that raises the total
+//! while the transaction is still held (not accepted, and before its `pending_until`) holds
+//! the extra points the same way, until the same moment; after the hold ended they are
+//! spendable at once. A reversal (`checkout_reject`, a lower `checkout_update`) takes from the
+//! transaction's pending points first (the host does so), so its cap is the balance plus
+//! those: a reject of a purchase still held takes back everything it earned even when the
+//! balance is 0, and a reject of one already released takes no more than the balance, never
+//! another purchase's pending points (which the host would not let it take). Points from
+//! `point_add` are never held.
+//!
 //! # Config
 //!
 //! | key | default | meaning |
@@ -29,6 +60,8 @@
 //! | `rate` | `1` | points per currency unit of the total (a decimal, e.g. `0.1`) |
 //! | `tier_multipliers` | `{}` | tier name → multiplier of `rate`; tiers not listed get 1 |
 //! | `expires_in_days` | none | earned points expire this many days after the event |
+//! | `hold_days` | none | a checkout's points are pending this many days after it (the return window) |
+//! | `hold_until_accepted` | `false` | a checkout's points are pending until its `checkout_accept` (or `hold_days`, whichever first) |
 //! | `remember_transactions` | `1000` | transactions kept per customer for corrections; the oldest are forgotten first |
 //! | `allow_negative_balance` | `false` | let `point_sub` and reversals take the balance below zero (the tenant must allow it too) |
 //!
@@ -36,6 +69,8 @@
 //! { "rate": 0.1,
 //!   "tier_multipliers": { "silver": 1.25, "gold": 1.5 },
 //!   "expires_in_days": 365,
+//!   "hold_days": 30,
+//!   "hold_until_accepted": true,
 //!   "remember_transactions": 500,
 //!   "allow_negative_balance": false }
 //! ```
@@ -46,10 +81,15 @@
 //! # State
 //!
 //! Per customer, the transactions it remembers: id, points currently held from it, the
-//! points-per-unit factor its checkout used, and whether it was rejected. Stored as columns,
+//! points-per-unit factor its checkout used, whether it was rejected, and its hold. Stored as
+//! columns,
 //! `{"ids": ["T-1", "T-2"], "points": [200, 0], "factors": ["1", "1.5"], "rejected": ["T-2"]}`,
-//! roughly 10 bytes plus the id per transaction. The array of objects this plugin wrote
-//! before (`{"transactions": [{"id": "T-1", "points": 200, "factor": "1"}]}`) is still read.
+//! roughly 10 bytes plus the id per transaction. `holds` is there when a remembered
+//! transaction is held: one element per transaction, `null` (not held, or accepted), the
+//! moment its hold ends (`"2026-12-23T10:00:00Z"`), or `"accept"` (held until accepted),
+//! `{"ids": ["T-1", "T-2"], "points": [200, 50], "factors": ["1", "1"], "holds": [null,
+//! "2026-12-23T10:00:00Z"]}`. The array of objects this plugin wrote before
+//! (`{"transactions": [{"id": "T-1", "points": 200, "factor": "1"}]}`) is still read.
 //!
 //! A checkout of a transaction not seen before, the common event, appends to the state's
 //! text without parsing it (the `appending` module), which costs well under half of parsing
@@ -64,7 +104,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_sdk::wire::MAX_NAME_LEN;
 use tally_sdk::{
-    Decimal, Decision, Error, Event, Input, PointEntry, PointKind, RawJson, log, plugin,
+    Decimal, Decision, Error, Event, Input, PointEntry, PointKind, RawJson, Timestamp, log, plugin,
 };
 
 use crate::appending::ColumnsText;
@@ -79,6 +119,10 @@ pub struct Config {
     pub tier_multipliers: BTreeMap<String, Decimal>,
     /// Days until earned points expire; `None` means they never do.
     pub expires_in_days: Option<u32>,
+    /// Days a checkout's points are pending (the return window); `None` means not held.
+    pub hold_days: Option<u32>,
+    /// Whether a checkout's points are pending until its `checkout_accept`.
+    pub hold_until_accepted: bool,
     /// How many transactions per customer are remembered for corrections.
     pub remember_transactions: usize,
     /// Whether `point_sub` may take the balance below zero.
@@ -91,6 +135,8 @@ impl Default for Config {
             rate: Decimal::from_int(1),
             tier_multipliers: BTreeMap::new(),
             expires_in_days: None,
+            hold_days: None,
+            hold_until_accepted: false,
             remember_transactions: 1000,
             allow_negative_balance: false,
         }
@@ -120,6 +166,21 @@ impl Config {
                  leave it out for points that never expire",
             ));
         }
+        if self.hold_days == Some(0) {
+            return Err(Error::new(
+                "plugin config: hold_days is 0, so points would be released as they are earned; \
+                 leave it out for points that are not held",
+            ));
+        }
+        if let (Some(hold), Some(expiry)) = (self.hold_days, self.expires_in_days)
+            && expiry <= hold
+        {
+            return Err(Error::new(format!(
+                "plugin config: expires_in_days is {expiry} and hold_days is {hold}, so points \
+                 would expire before or as they are released; hold them for fewer days than \
+                 they last"
+            )));
+        }
         if self.remember_transactions == 0 {
             return Err(Error::new(
                 "plugin config: remember_transactions is 0, so no checkout could ever be \
@@ -127,6 +188,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The hold on what a checkout at `at` earns, if the config holds it.
+    fn hold(&self, at: Timestamp) -> Option<Hold> {
+        match (self.hold_days, self.hold_until_accepted) {
+            (Some(days), _) => Some(Hold::Until(at.plus_days(i64::from(days)))),
+            (None, true) => Some(Hold::Accept),
+            (None, false) => None,
+        }
     }
 
     /// Points per currency unit for this customer now.
@@ -148,7 +218,8 @@ impl Config {
 /// ..}`, a dozen tokens) costs about 6,200 wasm instructions per remembered transaction per
 /// event where three plain array elements cost 3,500 (`tally eval` fuel with a hundred
 /// remembered; see docs/performance.md). The shape written before, `{"transactions":
-/// [{...}]}`, is still read.
+/// [{...}]}`, is still read. A `holds` column, one element per transaction, is written only
+/// when some remembered transaction has a hold, so a state without holds is what it was.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(try_from = "StoredState")]
 pub struct State {
@@ -169,6 +240,66 @@ pub struct Award {
     /// Whether the transaction was rejected (its points reversed).
     #[serde(default)]
     pub rejected: bool,
+    /// How its points are held, when they were earned held and not accepted since.
+    #[serde(default)]
+    pub hold: Option<Hold>,
+}
+
+/// How a transaction's points are held. Every hold also ends with the transaction's
+/// `checkout_accept`, which the host releases them on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Until the transaction is accepted; stored as `"accept"`.
+    Accept,
+    /// Until this moment (or an accept sooner); stored as the moment.
+    Until(Timestamp),
+}
+
+impl Hold {
+    /// Whether the points are still held at `at`, as far as this plugin knows: the host
+    /// releases them at the hold's end, or sooner on an accept (which the plugin records).
+    fn holds_at(self, at: Timestamp) -> bool {
+        match self {
+            Hold::Accept => true,
+            Hold::Until(until) => until > at,
+        }
+    }
+
+    /// `entry` held this way; `accept` also marks it held until accepted (which the host
+    /// releases a hold on anyway, so it only says what the config asked for).
+    fn apply(self, entry: PointEntry, accept: bool) -> PointEntry {
+        match self {
+            Hold::Accept => entry.pending_until_accepted(),
+            Hold::Until(until) if accept => entry.pending_until(until).pending_until_accepted(),
+            Hold::Until(until) => entry.pending_until(until),
+        }
+    }
+}
+
+/// The text a hold is stored as.
+const ACCEPT: &str = "accept";
+
+impl Serialize for Hold {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Hold::Accept => serializer.serialize_str(ACCEPT),
+            Hold::Until(until) => until.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Hold {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Hold, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == ACCEPT {
+            return Ok(Hold::Accept);
+        }
+        text.parse().map(Hold::Until).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{text:?} is neither \"accept\" nor the moment a hold ends"
+            ))
+        })
+    }
 }
 
 /// The state as written, borrowed from a [`State`].
@@ -179,6 +310,8 @@ struct Columns<'a> {
     factors: Vec<Decimal>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rejected: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holds: Option<Vec<Option<Hold>>>,
 }
 
 impl Serialize for State {
@@ -193,6 +326,10 @@ impl Serialize for State {
                 .filter(|award| award.rejected)
                 .map(|award| award.id.as_str())
                 .collect(),
+            holds: awards
+                .iter()
+                .any(|award| award.hold.is_some())
+                .then(|| awards.iter().map(|award| award.hold).collect()),
         }
         .serialize(serializer)
     }
@@ -206,6 +343,7 @@ struct StoredState {
     points: Vec<i64>,
     factors: Vec<Decimal>,
     rejected: Vec<String>,
+    holds: Option<Vec<Option<Hold>>>,
     transactions: VecDeque<Award>,
 }
 
@@ -218,6 +356,7 @@ impl TryFrom<StoredState> for State {
             points,
             factors,
             rejected,
+            holds,
             mut transactions,
         } = stored;
         if ids.len() != points.len() || ids.len() != factors.len() {
@@ -228,14 +367,26 @@ impl TryFrom<StoredState> for State {
                 factors.len()
             ));
         }
+        let holds = match holds {
+            Some(holds) if holds.len() != ids.len() => {
+                return Err(format!(
+                    "the columns differ in length: {} ids, {} holds",
+                    ids.len(),
+                    holds.len()
+                ));
+            }
+            Some(holds) => holds,
+            None => vec![None; ids.len()],
+        };
         // A set, so that a state with many rejections is not read in quadratic time.
         let rejected: BTreeSet<String> = rejected.into_iter().collect();
-        transactions.extend(ids.into_iter().zip(points).zip(factors).map(
-            |((id, points), factor)| Award {
+        transactions.extend(ids.into_iter().zip(points).zip(factors).zip(holds).map(
+            |(((id, points), factor), hold)| Award {
                 rejected: rejected.contains(&id),
                 id,
                 points,
                 factor,
+                hold,
             },
         ));
         Ok(State { transactions })
@@ -261,7 +412,12 @@ pub fn rule(input: &Input) -> Result<Decision, Error> {
     let action = input.event.action.as_str();
     if !matches!(
         action,
-        "checkout" | "checkout_update" | "checkout_reject" | "point_add" | "point_sub"
+        "checkout"
+            | "checkout_update"
+            | "checkout_reject"
+            | "checkout_accept"
+            | "point_add"
+            | "point_sub"
     ) {
         return Ok(Decision::new());
     }
@@ -271,6 +427,7 @@ pub fn rule(input: &Input) -> Result<Decision, Error> {
         "checkout" => checkout(input, &config),
         "checkout_update" => checkout_update(input, &config),
         "checkout_reject" => checkout_reject(input, &config),
+        "checkout_accept" => checkout_accept(input),
         "point_add" => point_add(input, &config),
         _ => point_sub(input, &config),
     }
@@ -286,8 +443,16 @@ fn checkout(input: &Input, config: &Config) -> Result<Decision, Error> {
         .and_then(|state| ColumnsText::find(state.get()));
     if let Some(columns) = columns.filter(|columns| columns.contains(&id) == Some(false)) {
         let (points, factor) = checkout_points(input, config)?;
-        if let Some(text) = columns.appended(&id, points, factor, config.remember_transactions) {
-            let mut decision = earn(input, config, points, "checkout");
+        let hold = config.hold(input.event.timestamp);
+        let appended = columns.appended(
+            &id,
+            points,
+            factor,
+            hold_text(hold).as_deref(),
+            config.remember_transactions,
+        );
+        if let Some(text) = appended {
+            let mut decision = earn(input, config, points, "checkout", hold);
             // The text is the stored state with one transaction spliced in; the host checks
             // it, and checking it here as well would add ~37 instructions a byte.
             decision.state = Some(RawJson::from_text_unchecked(text));
@@ -309,16 +474,27 @@ fn checkout_parsed(input: &Input, config: &Config, id: String) -> Result<Decisio
         return Ok(Decision::new());
     }
     let (points, factor) = checkout_points(input, config)?;
+    let hold = config.hold(input.event.timestamp);
     state.remember(
         Award {
             id,
             points,
             factor,
             rejected: false,
+            hold,
         },
         config.remember_transactions,
     );
-    earn(input, config, points, "checkout").state(&state)
+    earn(input, config, points, "checkout", hold).state(&state)
+}
+
+/// A hold as the text of its element in the `holds` column (`None` for `null`), as serde
+/// writes it, for the text path (`appending`).
+fn hold_text(hold: Option<Hold>) -> Option<String> {
+    match hold? {
+        Hold::Accept => Some(format!("\"{ACCEPT}\"")),
+        Hold::Until(until) => Some(format!("\"{until}\"")),
+    }
 }
 
 /// What a checkout earns, and the points-per-unit factor it earns at.
@@ -349,34 +525,56 @@ fn checkout_update(input: &Input, config: &Config) -> Result<Decision, Error> {
     if difference == 0 {
         return Ok(Decision::new());
     }
+    let pending = pending_of(input, award);
     award.points = points;
     let decision = if difference > 0 {
-        earn(input, config, difference, "checkout_update")
+        // Held the same way as the purchase while it still is: the extra is part of it.
+        let hold = award
+            .hold
+            .filter(|hold| hold.holds_at(input.event.timestamp));
+        earn(input, config, difference, "checkout_update", hold)
     } else {
         take_back(
             input,
             config,
             difference.saturating_neg(),
+            pending,
             "checkout_update",
         )
     };
     decision.state(&state)
 }
 
-/// Reverses `points`, but no more than the customer holds unless `allow_negative_balance`
-/// is set: a customer who spent what a purchase earned and then returns it keeps a balance
-/// of zero, not a debt (the host refuses a decision that would go below zero unless the
-/// tenant allows it).
-fn take_back(input: &Input, config: &Config, points: i64, reason: &str) -> Decision {
+/// How many of the customer's pending points are `award`'s, as far as this plugin knows:
+/// all it holds from the transaction while its hold lasts (the host takes those first in a
+/// reversal of the transaction), never more than the customer has pending.
+fn pending_of(input: &Input, award: &Award) -> i64 {
+    let held = award
+        .hold
+        .is_some_and(|hold| hold.holds_at(input.event.timestamp));
+    if held {
+        award.points.min(input.customer.points.pending).max(0)
+    } else {
+        0
+    }
+}
+
+/// Reverses `points`, but no more than the customer can give back unless
+/// `allow_negative_balance` is set: the balance, plus `pending`, the transaction's own
+/// points still pending, which the host cancels first. A customer who spent what a purchase
+/// earned and then returns it keeps a balance of zero, not a debt (the host refuses a
+/// decision that would go below zero unless the tenant allows it).
+fn take_back(input: &Input, config: &Config, points: i64, pending: i64, reason: &str) -> Decision {
     let balance = input.customer.points.balance.max(0);
     let taken = if config.allow_negative_balance {
         points
     } else {
-        points.min(balance)
+        points.min(balance.saturating_add(pending))
     };
     if taken < points {
         log::info(&format!(
-            "{reason}: {points} points to take back, the balance holds {balance}: taking {taken}"
+            "{reason}: {points} points to take back, the balance holds {balance} and \
+             {pending} of the transaction's are pending: taking {taken}"
         ));
     }
     if taken > 0 {
@@ -402,15 +600,40 @@ fn checkout_reject(input: &Input, config: &Config) -> Result<Decision, Error> {
         return Ok(Decision::new());
     }
     let points = award.points;
+    let pending = pending_of(input, award);
     award.rejected = true;
     award.points = 0;
-    take_back(input, config, points, "checkout_reject").state(&state)
+    award.hold = None;
+    take_back(input, config, points, pending, "checkout_reject").state(&state)
+}
+
+/// Records that the transaction's hold has ended: the host released its pending points
+/// before this plugin ran, so a later raise of it is not held again.
+fn checkout_accept(input: &Input) -> Result<Decision, Error> {
+    let id = transaction_id(&input.event)?;
+    // Without a `holds` column no remembered transaction is held: nothing to parse.
+    let holds = input
+        .state
+        .as_ref()
+        .is_some_and(|state| state.get().contains(r#""holds""#));
+    if !holds {
+        return Ok(Decision::new());
+    }
+    let mut state: State = input.state()?;
+    match state.find_mut(&id) {
+        Some(award) if award.hold.is_some() => {
+            award.hold = None;
+            Decision::new().state(&state)
+        }
+        // Not held, or not remembered: nothing to record.
+        _ => Ok(Decision::new()),
+    }
 }
 
 fn point_add(input: &Input, config: &Config) -> Result<Decision, Error> {
     let points = adjustment_points(&input.event)?;
     let reason = adjustment_reason(&input.event, "point_add")?;
-    Ok(earn(input, config, points, reason))
+    Ok(earn(input, config, points, reason, None))
 }
 
 fn point_sub(input: &Input, config: &Config) -> Result<Decision, Error> {
@@ -425,15 +648,18 @@ fn point_sub(input: &Input, config: &Config) -> Result<Decision, Error> {
     Ok(Decision::new().spend(points, reason))
 }
 
-/// Adds an earn entry (expiring as configured), or nothing for zero points: an entry must
-/// move points.
-fn earn(input: &Input, config: &Config, points: i64, reason: &str) -> Decision {
+/// Adds an earn entry (expiring as configured, pending under `hold`), or nothing for zero
+/// points: an entry must move points.
+fn earn(input: &Input, config: &Config, points: i64, reason: &str, hold: Option<Hold>) -> Decision {
     if points <= 0 {
         return Decision::new();
     }
     let mut entry = PointEntry::new(points, reason).with_kind(PointKind::Earn);
     if let Some(days) = config.expires_in_days {
         entry = entry.expiring(input.event.timestamp.plus_days(i64::from(days)));
+    }
+    if let Some(hold) = hold {
+        entry = hold.apply(entry, config.hold_until_accepted);
     }
     Decision::new().points_entry(entry)
 }
@@ -1087,28 +1313,54 @@ mod tests {
             json!("q\"uote"),
             json!("back\\slash"),
         ];
+        // Holds: none, by date (short enough to end within a run), until accepted, both.
+        let holds = [
+            json!({}),
+            json!({"hold_days": 2}),
+            json!({"hold_until_accepted": true}),
+            json!({"hold_days": 1, "hold_until_accepted": true}),
+        ];
         let mut appended = 0;
         let mut checkouts = 0;
+        let mut held = 0;
+        let mut appended_to_holds = 0;
         // A state holding an escaped id is never appended to, so some runs leave them out.
         let plain = ids.len() - 2;
-        for (seed, limit, escapes) in [
+        for ((seed, limit, escapes), hold) in [
             (1, 1, false),
             (2, 2, false),
             (3, 3, true),
             (4, 5, false),
             (5, 1000, false),
             (6, 1000, true),
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|run| holds.iter().map(move |hold| (run, hold)))
+        {
             let drawn_from = if escapes { ids.len() } else { plain } as u64;
             let mut draws = Draws(0x9E37_79B9_7F4A_7C15 ^ seed);
-            let config_json = json!({
-                "rate": "0.5",
-                "tier_multipliers": {"silver": "1.25"},
-                "remember_transactions": limit,
-            });
-            let config: Config = serde_json::from_value(config_json.clone()).expect("config");
+            let config_for = |hold: &Value| {
+                let mut config = json!({
+                    "rate": "0.5",
+                    "tier_multipliers": {"silver": "1.25"},
+                    "remember_transactions": limit,
+                });
+                for (key, value) in hold.as_object().expect("an object") {
+                    config[key] = value.clone();
+                }
+                config
+            };
             let mut state: Option<RawJson> = None;
+            let start: Timestamp = "2026-11-23T10:00:00Z".parse().expect("valid");
             for step in 0..400 {
+                // Now and then a checkout without holds, so that a state with holds takes
+                // transactions that have none.
+                let config_json = match draws.below(5) {
+                    0 => config_for(&json!({})),
+                    _ => config_for(hold),
+                };
+                let config: Config = serde_json::from_value(config_json.clone()).expect("config");
+                let at = start.plus_seconds(step * 5 * 3600);
                 // Half the events are for a purchase not seen before, as in real traffic.
                 let fresh = json!(format!("n-{step}"));
                 let id = match draws.below(2) {
@@ -1119,11 +1371,13 @@ mod tests {
                 let action = match draws.below(10) {
                     0..=5 => "checkout",
                     6..=7 => "checkout_update",
-                    _ => "checkout_reject",
+                    8 => "checkout_reject",
+                    _ => "checkout_accept",
                 };
                 let mut builder =
                     testing::input(action, json!({"transaction_id": id, "total": total}))
                         .config(config_json.clone())
+                        .timestamp(&at.to_string())
                         .customer_points(1_000_000, 1_000_000);
                 if draws.below(2) == 0 {
                     builder = builder.tier("silver");
@@ -1139,12 +1393,20 @@ mod tests {
                     let text = input.state.as_ref().map(RawJson::get);
                     if let Some(columns) = text.and_then(ColumnsText::find)
                         && columns.contains(&id) == Some(false)
-                        && columns.appended(&id, 1, Decimal::ZERO, limit).is_some()
+                        && columns
+                            .appended(&id, 1, Decimal::ZERO, None, limit)
+                            .is_some()
                     {
                         appended += 1;
+                        if text.is_some_and(|text| text.contains(r#""holds":"#)) {
+                            appended_to_holds += 1;
+                        }
                     }
                     let parsed = checkout_parsed(&input, &config, id.clone()).expect("accepted");
                     assert_eq!(decision, parsed, "seed {seed}, step {step}: {action} {id}");
+                    if decision.points.iter().any(PointEntry::is_pending) {
+                        held += 1;
+                    }
                 }
                 if let Some(written) = decision.state {
                     state = Some(written);
@@ -1156,6 +1418,11 @@ mod tests {
         assert!(
             appended > checkouts / 3 && appended < checkouts,
             "{appended} of {checkouts} checkouts appended to the text"
+        );
+        assert!(
+            held > checkouts / 3 && appended_to_holds > appended / 4,
+            "{held} of {checkouts} checkouts held, {appended_to_holds} of {appended} appended \
+             to a state with holds"
         );
     }
 
@@ -1170,6 +1437,11 @@ mod tests {
             r#"{"ids":["\u0061"],"points":[1],"factors":["1"]}"#,
             r#"{"ids":["a","b"],"points":[1],"factors":["1","1"]}"#,
             r#"{"ids":["a"],"points":[1],"factors":["1"]} "#,
+            // Holds uneven, misspelt, or before the rejected column.
+            r#"{"ids":["a"],"points":[1],"factors":["1"],"holds":[null,null]}"#,
+            r#"{"ids":["a"],"points":[1],"factors":["1"],"holds":[nul]}"#,
+            r#"{"ids":["a"],"points":[1],"factors":["1"],"holds":[1]}"#,
+            r#"{"ids":["a"],"points":[1],"factors":["1"],"holds":["accept"],"rejected":["a"]}"#,
         ] {
             assert!(ColumnsText::find(text).is_none(), "{text}");
         }
@@ -1178,5 +1450,371 @@ mod tests {
         assert_eq!(columns.contains("a"), Some(true));
         assert_eq!(columns.contains("b"), Some(false));
         assert_eq!(columns.contains("b\""), None, "an id that needs escapes");
+        let held = ColumnsText::find(
+            r#"{"ids":["a","b"],"points":[1,2],"factors":["1","1"],"rejected":["a"],"holds":[null,"accept"]}"#,
+        )
+        .expect("the form the plugin writes, with holds");
+        assert_eq!(held.contains("b"), Some(true));
+    }
+
+    const HELD_AT: &str = "2026-11-23T10:00:00Z";
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().expect("valid")
+    }
+
+    /// An input for `action` of transaction `t` at `timestamp`, for a customer with `balance`
+    /// spendable and `pending` held points.
+    fn held_input(
+        action: &str,
+        data: Value,
+        timestamp: &str,
+        (balance, pending): (i64, i64),
+    ) -> InputBuilder {
+        testing::input(action, data)
+            .timestamp(timestamp)
+            .customer(tally_sdk::Customer {
+                id: "customer-1".to_owned(),
+                points: tally_sdk::Points {
+                    balance,
+                    lifetime: balance + pending,
+                    pending,
+                },
+                ..tally_sdk::Customer::default()
+            })
+    }
+
+    /// Runs `events` (action, data, timestamp, (balance, pending)) in order, threading the
+    /// state, as the host would.
+    fn replay_held(events: &[(&str, Value, &str, (i64, i64))], config: &Value) -> Vec<Decision> {
+        let mut state: Option<RawJson> = None;
+        events
+            .iter()
+            .map(|(action, data, timestamp, points)| {
+                let mut builder =
+                    held_input(action, data.clone(), timestamp, *points).config(config.clone());
+                if let Some(state) = &state {
+                    builder = builder.state(state);
+                }
+                let decision = run(builder);
+                if let Some(written) = &decision.state {
+                    state = Some(written.clone());
+                }
+                decision
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hold_days_obeyed() {
+        let decision = run(checkout_input(json!({"total": 100, "transaction_id": "t"}))
+            .timestamp(HELD_AT)
+            .config(json!({"hold_days": 30, "expires_in_days": 365})));
+        assert_eq!(entries(&decision), vec![(100, PointKind::Earn, "checkout")]);
+        let entry = &decision.points[0];
+        assert_eq!(entry.pending_until, Some(at("2026-12-23T10:00:00Z")));
+        assert!(!entry.pending, "not held until accepted unless configured");
+        assert_eq!(entry.expires_at, Some(at("2027-11-23T10:00:00Z")));
+        assert_eq!(
+            decision.state.map(|state| state.to_value()),
+            Some(json!({"ids": ["t"], "points": [100], "factors": ["1"],
+                        "holds": ["2026-12-23T10:00:00Z"]}))
+        );
+        // Adjustments are never held.
+        let add =
+            run(testing::input("point_add", json!({"points": 5})).config(json!({"hold_days": 30})));
+        assert!(!add.points[0].is_pending());
+    }
+
+    #[test]
+    fn hold_days_violated() {
+        let refused = |config: Value| {
+            run_err(checkout_input(json!({"total": 1, "transaction_id": "t"})).config(config))
+        };
+        assert!(refused(json!({"hold_days": 0})).contains("hold_days is 0"));
+        assert!(
+            refused(json!({"hold_days": 30, "expires_in_days": 30}))
+                .contains("would expire before or as they are released")
+        );
+        assert!(refused(json!({"hold_days": -1})).contains("hold_days"));
+        assert!(refused(json!({"hold_until_accepted": "yes"})).contains("hold_until_accepted"));
+    }
+
+    #[test]
+    fn hold_until_accepted_obeyed() {
+        let checkout = |config: Value| {
+            run(checkout_input(json!({"total": 100, "transaction_id": "t"}))
+                .timestamp(HELD_AT)
+                .config(config))
+        };
+        let alone = checkout(json!({"hold_until_accepted": true}));
+        assert!(alone.points[0].pending);
+        assert_eq!(alone.points[0].pending_until, None);
+        assert_eq!(
+            alone.state.map(|state| state.to_value()["holds"].clone()),
+            Some(json!(["accept"]))
+        );
+        // With hold_days, whichever comes first.
+        let both = checkout(json!({"hold_until_accepted": true, "hold_days": 14}));
+        assert!(both.points[0].pending);
+        assert_eq!(
+            both.points[0].pending_until,
+            Some(at("2026-12-07T10:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn hold_until_accepted_violated() {
+        // Without holds configured nothing is pending and the state has no holds column.
+        let decision = run(checkout_input(json!({"total": 100, "transaction_id": "t"})));
+        assert!(!decision.points[0].is_pending());
+        assert_eq!(
+            decision
+                .state
+                .map(|state| state.to_value().get("holds").is_none()),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn a_raise_of_a_held_purchase_is_held_the_same_way_obeyed() {
+        let config = json!({"hold_days": 30});
+        let checkout = (
+            "checkout",
+            json!({"total": 100, "transaction_id": "t"}),
+            HELD_AT,
+            (0, 0),
+        );
+        let raise = |timestamp| {
+            (
+                "checkout_update",
+                json!({"total": 150, "transaction_id": "t"}),
+                timestamp,
+                (0, 100),
+            )
+        };
+        // Ten days later: held until the purchase's hold ends, not thirty days from the raise.
+        let decisions = replay_held(&[checkout.clone(), raise("2026-12-03T10:00:00Z")], &config);
+        assert_eq!(
+            entries(&decisions[1]),
+            vec![(50, PointKind::Earn, "checkout_update")]
+        );
+        assert_eq!(
+            decisions[1].points[0].pending_until,
+            Some(at("2026-12-23T10:00:00Z"))
+        );
+        // Held until accepted: so is the raise.
+        let decisions = replay_held(
+            &[checkout.clone(), raise("2026-12-03T10:00:00Z")],
+            &json!({"hold_until_accepted": true}),
+        );
+        assert!(decisions[1].points[0].pending);
+    }
+
+    #[test]
+    fn a_raise_of_a_held_purchase_is_held_the_same_way_violated() {
+        let config = json!({"hold_days": 30});
+        let checkout = (
+            "checkout",
+            json!({"total": 100, "transaction_id": "t"}),
+            HELD_AT,
+            (0, 0),
+        );
+        let raise = |timestamp| {
+            (
+                "checkout_update",
+                json!({"total": 150, "transaction_id": "t"}),
+                timestamp,
+                (100, 0),
+            )
+        };
+        // After the hold ended, or once the purchase was accepted, the extra is spendable.
+        let late = replay_held(&[checkout.clone(), raise("2026-12-23T10:00:00Z")], &config);
+        assert_eq!(late[1].points_total(), 50);
+        assert!(!late[1].points[0].is_pending());
+        let accepted = replay_held(
+            &[
+                checkout.clone(),
+                (
+                    "checkout_accept",
+                    json!({"transaction_id": "t"}),
+                    "2026-11-25T10:00:00Z",
+                    (100, 0),
+                ),
+                raise("2026-11-26T10:00:00Z"),
+            ],
+            &json!({"hold_until_accepted": true}),
+        );
+        assert_eq!(
+            accepted[1].state.as_ref().map(RawJson::to_value),
+            Some(json!({"ids": ["t"], "points": [100], "factors": ["1"]})),
+            "the accept ends the hold, and the holds column goes with it"
+        );
+        assert_eq!(accepted[2].points_total(), 50);
+        assert!(!accepted[2].points[0].is_pending());
+    }
+
+    #[test]
+    fn a_reject_of_a_held_purchase_reverses_it_all_obeyed() {
+        // Nothing spendable: the 100 points are all pending, and the host cancels them first.
+        let decisions = replay_held(
+            &[
+                (
+                    "checkout",
+                    json!({"total": 100, "transaction_id": "t"}),
+                    HELD_AT,
+                    (0, 0),
+                ),
+                (
+                    "checkout_reject",
+                    json!({"transaction_id": "t"}),
+                    "2026-11-30T10:00:00Z",
+                    (0, 100),
+                ),
+            ],
+            &json!({"hold_days": 30}),
+        );
+        assert_eq!(
+            entries(&decisions[1]),
+            vec![(-100, PointKind::Reverse, "checkout_reject")]
+        );
+        assert_eq!(
+            decisions[1].state.as_ref().map(RawJson::to_value),
+            Some(json!({"ids": ["t"], "points": [0], "factors": ["1"], "rejected": ["t"]}))
+        );
+        // A lower update of a held purchase likewise takes from its pending points.
+        let decisions = replay_held(
+            &[
+                (
+                    "checkout",
+                    json!({"total": 100, "transaction_id": "t"}),
+                    HELD_AT,
+                    (0, 0),
+                ),
+                (
+                    "checkout_update",
+                    json!({"total": 40, "transaction_id": "t"}),
+                    "2026-11-30T10:00:00Z",
+                    (0, 100),
+                ),
+            ],
+            &json!({"hold_until_accepted": true}),
+        );
+        assert_eq!(
+            entries(&decisions[1]),
+            vec![(-60, PointKind::Reverse, "checkout_update")]
+        );
+    }
+
+    #[test]
+    fn a_reject_of_a_held_purchase_reverses_it_all_violated() {
+        // t1's hold ended (its points were released and spent); t2's 50 are pending. A reject
+        // of t1 may not count t2's pending points as its own: the host would take them from
+        // the balance, below zero.
+        let decisions = replay_held(
+            &[
+                (
+                    "checkout",
+                    json!({"total": 100, "transaction_id": "t1"}),
+                    HELD_AT,
+                    (0, 0),
+                ),
+                (
+                    "checkout",
+                    json!({"total": 50, "transaction_id": "t2"}),
+                    "2026-11-28T10:00:00Z",
+                    (0, 0),
+                ),
+                (
+                    "checkout_reject",
+                    json!({"transaction_id": "t1"}),
+                    "2026-11-29T10:00:00Z",
+                    (0, 50),
+                ),
+                (
+                    "checkout_reject",
+                    json!({"transaction_id": "t2"}),
+                    "2026-11-29T11:00:00Z",
+                    (0, 50),
+                ),
+            ],
+            &json!({"hold_days": 2}),
+        );
+        assert!(decisions[2].points.is_empty(), "{:?}", decisions[2].points);
+        assert_eq!(
+            entries(&decisions[3]),
+            vec![(-50, PointKind::Reverse, "checkout_reject")]
+        );
+        // Never more than the customer has pending, whatever the plugin remembers.
+        let short = replay_held(
+            &[
+                (
+                    "checkout",
+                    json!({"total": 100, "transaction_id": "t"}),
+                    HELD_AT,
+                    (0, 0),
+                ),
+                (
+                    "checkout_reject",
+                    json!({"transaction_id": "t"}),
+                    "2026-11-24T10:00:00Z",
+                    (10, 30),
+                ),
+            ],
+            &json!({"hold_days": 30}),
+        );
+        assert_eq!(short[1].points_total(), -40);
+    }
+
+    #[test]
+    fn checkout_accept_records_only_what_it_ends() {
+        let config = json!({"hold_days": 30});
+        let accept = |state: Option<&RawJson>, id: &str| {
+            let mut builder = held_input(
+                "checkout_accept",
+                json!({"transaction_id": id}),
+                "2026-11-24T10:00:00Z",
+                (0, 0),
+            )
+            .config(config.clone());
+            if let Some(state) = state {
+                builder = builder.state(state);
+            }
+            run(builder)
+        };
+        let plain = run(checkout_input(json!({"total": 100, "transaction_id": "t"})));
+        assert_eq!(
+            accept(plain.state.as_ref(), "t"),
+            Decision::new(),
+            "not held"
+        );
+        assert_eq!(accept(None, "t"), Decision::new(), "not remembered");
+        assert!(run_err(testing::input("checkout_accept", json!({}))).contains("transaction_id"));
+    }
+
+    #[test]
+    fn internal_actions_are_not_this_plugins_business() {
+        for action in tally_sdk::INTERNAL_ACTIONS {
+            let mut input = testing::input(action, json!({"transaction_id": "t"}))
+                .config(json!({"rate": "not a number"}))
+                .build();
+            input.event.source = "system".to_owned();
+            assert_eq!(rule(&input), Ok(Decision::new()), "{action}");
+        }
+    }
+
+    #[test]
+    fn a_state_with_uneven_holds_is_refused() {
+        let error = run_err(
+            checkout_input(json!({"total": 10, "transaction_id": "t"})).state(
+                &json!({"ids": ["a"], "points": [1], "factors": ["1"], "holds": [null, null]}),
+            ),
+        );
+        assert!(error.contains("1 ids, 2 holds"), "{error}");
+        let error = run_err(
+            checkout_input(json!({"total": 10, "transaction_id": "t"}))
+                .state(&json!({"ids": ["a"], "points": [1], "factors": ["1"], "holds": ["soon"]})),
+        );
+        assert!(error.contains("neither"), "{error}");
     }
 }
