@@ -1,11 +1,15 @@
-//! Tiers from lifetime points, with Yotpo-style tier notifications.
+//! Tiers from lifetime points, or from the points earned in a rolling window with periodic
+//! reviews, with Yotpo-style tier notifications.
 //!
 //! # What it does
 //!
-//! On every event, whatever its action, the customer's tier is the highest configured tier
-//! whose `min_lifetime` their lifetime points reach. Run it after the plugins that award
-//! points: it reads `customer.points.lifetime` as they left it, so a purchase that crosses a
-//! threshold promotes the customer in the same event.
+//! With `qualify_by: "lifetime"` (the default), on every event, whatever its action, the
+//! customer's tier is the highest configured tier whose `min_lifetime` their lifetime points
+//! reach. Run it after the plugins that award points: it reads `customer.points.lifetime` as
+//! they left it, so a purchase that crosses a threshold promotes the customer in the same
+//! event. The host's `tier_review` events change nothing in this mode: lifetime tiers never
+//! lapse (only reversals, which lower lifetime points, move a customer down). With
+//! `qualify_by: "window"` tiers are kept or lost at each review; see *Window tiers*.
 //!
 //! - When that tier differs from `customer.tier`, the decision sets it and sends `TierEarned`
 //!   (moved up) or `TierLost` (moved down: reversals lower lifetime points):
@@ -40,6 +44,49 @@
 //!   is there for consumers built on Yotpo's fields); `points_above_tier_minimum` is what
 //!   reversals could take before the customer drops a tier.
 //!
+//! # Window tiers
+//!
+//! With `qualify_by: "window"`, the points that count are those earned (lifetime points
+//! gained, less reversals) in the last `review_window_days` days: the calendar days (UTC) up
+//! to and including the event's. `min_lifetime` is then the threshold for those points. Set
+//! `review_window_days` to the tenant's `tier_review_days` (both 365 by default), so that a
+//! review looks at the period since the last one.
+//!
+//! - On every event the customer moves *up* to the highest tier their window points reach
+//!   (`TierEarned`, as above, with `points_in_window` added), and never down: points leaving
+//!   the window, and reversals, count at the next review only.
+//! - On `tier_review` (written by the host `tier_review_days` after the customer reached their
+//!   tier, and as often again while they keep it), a customer whose window points fall short
+//!   of their tier's threshold is demoted to the highest tier those points reach, with
+//!   `TierLost`:
+//!
+//!   ```json
+//!   { "tier": "gold", "new_tier": "silver", "points_in_window": 1200, "needed": 2000,
+//!     "review_window_days": 365, "next_tier": "gold", "points_needed_for_next_tier": 800 }
+//!   ```
+//!
+//!   `needed` is the threshold of the tier lost; `next_tier` and
+//!   `points_needed_for_next_tier` are counted from the new tier (null at the top). A
+//!   customer who keeps their tier gets `TierKept` (not for the lowest tier, which every
+//!   customer keeps):
+//!
+//!   ```json
+//!   { "tier": "gold", "points_in_window": 2300, "needed": 2000, "review_window_days": 365,
+//!     "window_complete": true, "next_tier": "platinum",
+//!     "points_needed_for_next_tier": 2700 }
+//!   ```
+//!
+//!   A review whose window the plugin saw only part of (`window_complete: false`: it started
+//!   counting after the customer's history began, as when a tenant moves from lifetime to
+//!   window tiers or installs the plugin for existing customers) never demotes: the customer
+//!   keeps their tier until a review whose whole window it counted.
+//! - `TierStatusChanged` (sent when lifetime points change) counts from the window:
+//!   `points_in_window` is added, and `points_needed_to_maintain_tier` is what the customer
+//!   must still earn for their window to reach their tier's threshold, were the review today;
+//!   `points_above_tier_minimum`, `points_needed_for_next_tier` and `progress_percent` are
+//!   counted from the window's points too. `current_points` and `previous_points` stay
+//!   lifetime points.
+//!
 //! # Config
 //!
 //! `tiers`: the tiers in ascending order, each `{name, min_lifetime, multiplier?,
@@ -58,13 +105,42 @@
 //! `multiplier` is informational here (sent as `points_multiplier`); the points plugin has
 //! its own `tier_multipliers`.
 //!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `tiers` | above | the tiers, lowest first |
+//! | `qualify_by` | `"lifetime"` | what `min_lifetime` is compared with: `"lifetime"` points (tiers never lapse) or the points earned in the review `"window"` (tiers are reviewed) |
+//! | `review_window_days` | `365` | with `"window"`, how many days of points count (at least 1) |
+//!
+//! ```json
+//! { "qualify_by": "window", "review_window_days": 365,
+//!   "tiers": [ { "name": "member", "min_lifetime": 0 },
+//!              { "name": "gold", "min_lifetime": 2000 } ] }
+//! ```
+//!
 //! # State
 //!
-//! `{"lifetime": n}`: the lifetime points this plugin last saw for the customer.
+//! With `"lifetime"`, `{"lifetime": n}`: the lifetime points this plugin last saw for the
+//! customer. With `"window"`, also the points earned per day (UTC days since 1970-01-01,
+//! net of reversals, only the days inside the window kept) and the tier figures as of the
+//! last event that wrote the state:
+//!
+//! ```json
+//! { "lifetime": 2300, "days": [20415, 20500], "earned": [300, 2000],
+//!   "as_of": "2026-02-16T10:00:00Z", "points_in_window": 2300,
+//!   "points_needed_to_maintain_tier": 0, "next_tier": "platinum",
+//!   "points_needed_for_next_tier": 2700 }
+//! ```
+//!
+//! `tracked_from` (a day) is there while the window is not whole: the first day the plugin
+//! counted in full, for a customer who had history before it started counting.
+
+mod window;
 
 use serde::{Deserialize, Serialize};
 use tally_sdk::wire::MAX_NAME_LEN;
 use tally_sdk::{Decimal, Decision, Error, Input, log, plugin};
+
+use crate::window::{Earned, WindowState, day_of};
 
 /// The plugin's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +148,21 @@ use tally_sdk::{Decimal, Decision, Error, Input, log, plugin};
 pub struct Config {
     /// Tiers in ascending order of `min_lifetime`.
     pub tiers: Vec<Tier>,
+    /// What the thresholds are compared with.
+    pub qualify_by: QualifyBy,
+    /// With [`QualifyBy::Window`], how many days of points count.
+    pub review_window_days: u32,
+}
+
+/// What a tier's threshold is compared with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualifyBy {
+    /// Lifetime points: tiers never lapse.
+    #[default]
+    Lifetime,
+    /// Points earned in the last `review_window_days` days: tiers are reviewed.
+    Window,
 }
 
 /// One tier.
@@ -110,12 +201,20 @@ impl Default for Config {
                 Tier::new("gold", 2000, "2,000 lifetime points"),
                 Tier::new("platinum", 5000, "5,000 lifetime points"),
             ],
+            qualify_by: QualifyBy::Lifetime,
+            review_window_days: 365,
         }
     }
 }
 
 impl Config {
     fn validate(&self) -> Result<(), Error> {
+        if self.review_window_days == 0 {
+            return Err(Error::new(
+                "plugin config: review_window_days is 0, so no points would ever count toward \
+                 a tier; it must be at least 1",
+            ));
+        }
         let Some(lowest) = self.tiers.first() else {
             return Err(Error::new("plugin config: tiers is empty"));
         };
@@ -178,17 +277,31 @@ impl Config {
         }
     }
 
-    /// A move from `old_tier` to the tier at `index`, with the customer's lifetime points.
+    /// A move from `old_tier` to the tier at `index`, with the customer's lifetime points
+    /// (and window points, with window tiers).
     fn change<'a>(
         &'a self,
         index: usize,
         old_tier: Option<Described<'a>>,
         points_earned: i64,
+        points_in_window: Option<i64>,
     ) -> TierChange<'a> {
         TierChange {
             new_tier: self.describe(index),
             old_tier,
             points_earned,
+            points_in_window,
+        }
+    }
+
+    /// The tier above the one at `index` and what `points` still lack to reach it.
+    fn next(&self, index: usize, points: i64) -> (Option<&str>, Option<i64>) {
+        match self.tiers.get(index + 1) {
+            Some(next) => (
+                Some(next.name.as_str()),
+                Some(next.min_lifetime.saturating_sub(points).max(0)),
+            ),
+            None => (None, None),
         }
     }
 }
@@ -210,12 +323,39 @@ struct Described<'a> {
     rank: Option<usize>,
 }
 
-/// The data of `TierEarned` and `TierLost`.
+/// The data of `TierEarned`, and of `TierLost` with lifetime tiers.
 #[derive(Debug, Serialize)]
 struct TierChange<'a> {
     new_tier: Described<'a>,
     old_tier: Option<Described<'a>>,
     points_earned: i64,
+    /// With window tiers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points_in_window: Option<i64>,
+}
+
+/// The data of `TierLost` at a review of window tiers.
+#[derive(Debug, Serialize)]
+struct TierReviewLost<'a> {
+    tier: &'a str,
+    new_tier: &'a str,
+    points_in_window: i64,
+    needed: i64,
+    review_window_days: u32,
+    next_tier: Option<&'a str>,
+    points_needed_for_next_tier: Option<i64>,
+}
+
+/// The data of `TierKept` at a review of window tiers.
+#[derive(Debug, Serialize)]
+struct TierReviewKept<'a> {
+    tier: &'a str,
+    points_in_window: i64,
+    needed: i64,
+    review_window_days: u32,
+    window_complete: bool,
+    next_tier: Option<&'a str>,
+    points_needed_for_next_tier: Option<i64>,
 }
 
 /// The data of `TierStatusChanged`.
@@ -224,6 +364,9 @@ struct TierStatus<'a> {
     current_points: i64,
     next_tier: Option<&'a str>,
     points_above_tier_minimum: i64,
+    /// With window tiers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points_in_window: Option<i64>,
     points_needed_for_next_tier: Option<i64>,
     points_needed_to_maintain_tier: i64,
     previous_points: i64,
@@ -244,17 +387,52 @@ pub struct State {
 fn rule(input: &Input) -> Result<Decision, Error> {
     let config: Config = input.config()?;
     config.validate()?;
+    match config.qualify_by {
+        QualifyBy::Lifetime => lifetime_rule(input, &config),
+        QualifyBy::Window => window_rule(input, &config),
+    }
+}
+
+/// Tiers from lifetime points.
+fn lifetime_rule(input: &Input, config: &Config) -> Result<Decision, Error> {
     let state: State = input.state()?;
     let lifetime = input.customer.points.lifetime;
     let index = config.tier_for(lifetime);
-    let new_tier = &config.tiers[index];
+    let decision = move_to(config, Decision::new(), input, index, None)?;
 
-    let mut decision = Decision::new();
+    // A customer this plugin has not seen had, as far as it knows, no points: one migrated
+    // with points gets a status on their first event, a new one with none does not.
+    let previous = state.lifetime.unwrap_or(0);
+    if lifetime != previous {
+        return decision
+            .trigger_as(
+                "TierStatusChanged",
+                &status(config, index, lifetime, previous, None),
+            )?
+            .state(&State {
+                lifetime: Some(lifetime),
+            });
+    }
+    Ok(decision)
+}
+
+/// Moves the customer to the tier at `index` from the tier they are in: sets it, and sends
+/// `TierEarned` (up, or into the program above its lowest tier) or `TierLost` (down). The
+/// same tier changes nothing. `window` is the window's points, with window tiers.
+fn move_to(
+    config: &Config,
+    mut decision: Decision,
+    input: &Input,
+    index: usize,
+    window: Option<i64>,
+) -> Result<Decision, Error> {
+    let lifetime = input.customer.points.lifetime;
+    let new_tier = &config.tiers[index];
     match input.customer.tier.as_deref() {
         Some(current) if current == new_tier.name => {}
         Some(current) => {
             decision = decision.tier(&new_tier.name);
-            let change = |old_tier| config.change(index, Some(old_tier), lifetime);
+            let change = |old_tier| config.change(index, Some(old_tier), lifetime, window);
             match config.position(current) {
                 Some(old) if old < index => {
                     decision = decision.trigger_as("TierEarned", &change(config.describe(old)))?;
@@ -283,37 +461,166 @@ fn rule(input: &Input) -> Result<Decision, Error> {
         None => {
             decision = decision.tier(&new_tier.name);
             if index > 0 {
-                decision =
-                    decision.trigger_as("TierEarned", &config.change(index, None, lifetime))?;
+                decision = decision
+                    .trigger_as("TierEarned", &config.change(index, None, lifetime, window))?;
             }
         }
-    }
-
-    // A customer this plugin has not seen had, as far as it knows, no points: one migrated
-    // with points gets a status on their first event, a new one with none does not.
-    let previous = state.lifetime.unwrap_or(0);
-    if lifetime != previous {
-        decision = decision
-            .trigger_as(
-                "TierStatusChanged",
-                &status(&config, index, lifetime, previous),
-            )?
-            .state(&State {
-                lifetime: Some(lifetime),
-            })?;
     }
     Ok(decision)
 }
 
-fn status(config: &Config, index: usize, lifetime: i64, previous: i64) -> TierStatus<'_> {
+/// Tiers from the points earned in the review window: up on any event, down only at a
+/// `tier_review`.
+fn window_rule(input: &Input, config: &Config) -> Result<Decision, Error> {
+    let mut state: WindowState = input.state()?;
+    let window_days = config.review_window_days;
+    let today = day_of(input.event.timestamp);
+    let lifetime = input.customer.points.lifetime;
+    let previous = state.lifetime;
+    let mut changed = previous != Some(lifetime);
+
+    let mut earned = match state.earned()? {
+        Some(earned) => earned,
+        None => {
+            // Counting starts. For a customer new to the program it covers everything;
+            // for one with history (points this plugin saw in lifetime mode, or events
+            // before it ran) today is not whole and the days before are unknown.
+            changed = true;
+            let new = previous.is_none() && input.customer.stats.events.values().all(|n| *n == 0);
+            Earned {
+                tracked_from: (!new).then_some(today.saturating_add(1)),
+                ..Earned::default()
+            }
+        }
+    };
+    let gained = match previous {
+        Some(previous) => lifetime.saturating_sub(previous),
+        // Unseen and new: whatever they have, they earned in this event.
+        None if earned.tracked_from.is_none() => lifetime,
+        // Unseen with history: those points were not earned today.
+        None => 0,
+    };
+    earned.add(today, gained);
+    earned.forget_before(today, window_days);
+    let in_window = earned.in_window(today, window_days);
+    let qualified = config.tier_for(in_window);
+
+    let current = input
+        .customer
+        .tier
+        .as_deref()
+        .and_then(|tier| config.position(tier));
+    let (mut decision, index) = match current {
+        Some(old) if input.event.action == "tier_review" => {
+            changed = true;
+            let whole = earned.whole(today, window_days);
+            review(config, input, old, in_window, whole)?
+        }
+        // Between reviews a customer only moves up.
+        Some(old) if qualified <= old => (Decision::new(), old),
+        // Up, into the program, or out of a tier the config does not have.
+        _ => (
+            move_to(config, Decision::new(), input, qualified, Some(in_window))?,
+            qualified,
+        ),
+    };
+    changed |= decision.tier.is_some();
+
+    let seen = previous.unwrap_or(0);
+    if lifetime != seen {
+        decision = decision.trigger_as(
+            "TierStatusChanged",
+            &status(config, index, lifetime, seen, Some(in_window)),
+        )?;
+    }
+    if !changed {
+        return Ok(decision);
+    }
+    let (next_tier, for_next) = config.next(index, in_window);
+    state.lifetime = Some(lifetime);
+    state.set_earned(&earned);
+    state.as_of = Some(input.event.timestamp);
+    state.points_in_window = Some(in_window);
+    state.points_needed_to_maintain_tier = Some(
+        config.tiers[index]
+            .min_lifetime
+            .saturating_sub(in_window)
+            .max(0),
+    );
+    state.next_tier = next_tier.map(str::to_owned);
+    state.points_needed_for_next_tier = for_next;
+    decision.state(&state)
+}
+
+/// A `tier_review` of a customer in the tier at `old` whose window holds `in_window` points
+/// (`whole` when every day of it was counted): the decision, and the tier they end in.
+fn review(
+    config: &Config,
+    input: &Input,
+    old: usize,
+    in_window: i64,
+    whole: bool,
+) -> Result<(Decision, usize), Error> {
+    let qualified = config.tier_for(in_window);
+    // A window partly unknown may hold more than was counted: it never demotes.
+    let index = if whole { qualified } else { qualified.max(old) };
+    let tier = &config.tiers[old];
+    let (next_tier, points_needed_for_next_tier) = config.next(index, in_window);
+    let review_window_days = config.review_window_days;
+    let decision = if index < old {
+        let new_tier = &config.tiers[index];
+        Decision::new().tier(&new_tier.name).trigger_as(
+            "TierLost",
+            &TierReviewLost {
+                tier: &tier.name,
+                new_tier: &new_tier.name,
+                points_in_window: in_window,
+                needed: tier.min_lifetime,
+                review_window_days,
+                next_tier,
+                points_needed_for_next_tier,
+            },
+        )?
+    } else if index > old {
+        move_to(config, Decision::new(), input, index, Some(in_window))?
+    } else if old > 0 {
+        Decision::new().trigger_as(
+            "TierKept",
+            &TierReviewKept {
+                tier: &tier.name,
+                points_in_window: in_window,
+                needed: tier.min_lifetime,
+                review_window_days,
+                window_complete: whole,
+                next_tier,
+                points_needed_for_next_tier,
+            },
+        )?
+    } else {
+        // The lowest tier is every customer's: nothing to keep.
+        Decision::new()
+    };
+    Ok((decision, index))
+}
+
+/// The customer's standing in the tier at `index`: counted from `window` points with window
+/// tiers, from `lifetime` points otherwise.
+fn status(
+    config: &Config,
+    index: usize,
+    lifetime: i64,
+    previous: i64,
+    window: Option<i64>,
+) -> TierStatus<'_> {
     let tier = &config.tiers[index];
     let next = config.tiers.get(index + 1);
+    let counted = window.unwrap_or(lifetime);
     let progress = match next {
         None => 100,
         Some(next) => {
             // i128: thresholds and points are i64, and their differences and products must
             // not overflow on a hostile config.
-            let done = i128::from(lifetime) - i128::from(tier.min_lifetime);
+            let done = i128::from(counted) - i128::from(tier.min_lifetime);
             let span = i128::from(next.min_lifetime) - i128::from(tier.min_lifetime);
             // Clamped to 0..=100, so it fits.
             i64::try_from((done * 100 / span).clamp(0, 100)).unwrap_or(100)
@@ -322,10 +629,11 @@ fn status(config: &Config, index: usize, lifetime: i64, previous: i64) -> TierSt
     TierStatus {
         current_points: lifetime,
         next_tier: next.map(|next| next.name.as_str()),
-        points_above_tier_minimum: lifetime.saturating_sub(tier.min_lifetime).max(0),
+        points_above_tier_minimum: counted.saturating_sub(tier.min_lifetime).max(0),
+        points_in_window: window,
         points_needed_for_next_tier: next
-            .map(|next| next.min_lifetime.saturating_sub(lifetime).max(0)),
-        points_needed_to_maintain_tier: tier.min_lifetime.saturating_sub(lifetime).max(0),
+            .map(|next| next.min_lifetime.saturating_sub(counted).max(0)),
+        points_needed_to_maintain_tier: tier.min_lifetime.saturating_sub(counted).max(0),
         previous_points: previous,
         progress_percent: progress,
         tier: &tier.name,
@@ -592,5 +900,290 @@ mod tests {
             trigger(&decision, "TierStatusChanged").data.to_value()["progress_percent"],
             99
         );
+    }
+
+    /// One customer's events through the plugin, carrying what the host would: the tier
+    /// the decisions set, the state, the count of events before each.
+    struct Journey {
+        config: Value,
+        tier: Option<String>,
+        state: Option<tally_sdk::RawJson>,
+        events: u64,
+    }
+
+    impl Journey {
+        fn window() -> Journey {
+            Journey {
+                config: json!({"qualify_by": "window"}),
+                tier: None,
+                state: None,
+                events: 0,
+            }
+        }
+
+        /// An event of `action` at `at`, the customer's lifetime points being `lifetime`
+        /// once the plugins before this one ran.
+        fn event(&mut self, action: &str, at: &str, lifetime: i64) -> Decision {
+            let mut customer = tally_sdk::Customer {
+                id: "customer-1".to_owned(),
+                points: tally_sdk::Points {
+                    balance: lifetime,
+                    lifetime,
+                    pending: 0,
+                },
+                tier: self.tier.clone(),
+                ..tally_sdk::Customer::default()
+            };
+            if self.events > 0 {
+                customer
+                    .stats
+                    .events
+                    .insert("checkout".to_owned(), self.events);
+            }
+            let mut builder = testing::input(action, json!({}))
+                .timestamp(at)
+                .customer(customer)
+                .config(self.config.clone());
+            if let Some(state) = &self.state {
+                builder = builder.state(state);
+            }
+            let mut input = builder.build();
+            if tally_sdk::is_internal_action(action) {
+                input.event.source = "system".to_owned();
+            }
+            let decision = rule(&input).expect("the rule accepts the event");
+            decision.check().expect("the decision keeps the rules");
+            if let Some(tier) = &decision.tier {
+                self.tier = Some(tier.clone());
+            }
+            if let Some(state) = &decision.state {
+                self.state = Some(state.clone());
+            }
+            self.events += 1;
+            decision
+        }
+
+        fn state(&self) -> Value {
+            self.state
+                .as_ref()
+                .map_or(Value::Null, tally_sdk::RawJson::to_value)
+        }
+    }
+
+    fn day(date: &str) -> i64 {
+        window::day_of(date.parse().expect("valid"))
+    }
+
+    #[test]
+    fn a_review_demotes_a_customer_short_of_their_tier() {
+        let mut journey = Journey::window();
+        let joined = journey.event("checkout", "2026-01-10T10:00:00Z", 2500);
+        assert_eq!(joined.tier.as_deref(), Some("gold"));
+        assert_eq!(
+            trigger(&joined, "TierEarned").data.to_value()["points_in_window"],
+            2500
+        );
+        let later = journey.event("checkout", "2026-07-01T10:00:00Z", 2800);
+        assert_eq!(later.tier, None);
+        let status = trigger(&later, "TierStatusChanged").data.to_value();
+        assert_eq!(status["points_in_window"], 2800);
+        assert_eq!(status["points_needed_to_maintain_tier"], 0);
+        // A year after reaching gold: the purchase that earned it is out of the window.
+        let review = journey.event("tier_review", "2027-01-10T10:00:00Z", 2800);
+        assert_eq!(review.tier.as_deref(), Some("bronze"));
+        assert_eq!(names(&review), ["TierLost"]);
+        assert_eq!(
+            trigger(&review, "TierLost").data.to_value(),
+            json!({"tier": "gold", "new_tier": "bronze", "points_in_window": 300,
+                   "needed": 2000, "review_window_days": 365,
+                   "next_tier": "silver", "points_needed_for_next_tier": 200})
+        );
+        assert_eq!(
+            journey.state(),
+            json!({"lifetime": 2800, "days": [day("2026-07-01T00:00:00Z")], "earned": [300],
+                   "as_of": "2027-01-10T10:00:00Z", "points_in_window": 300,
+                   "points_needed_to_maintain_tier": 0, "next_tier": "silver",
+                   "points_needed_for_next_tier": 200})
+        );
+    }
+
+    #[test]
+    fn a_review_demotes_only_as_far_as_the_window_reaches() {
+        let mut journey = Journey::window();
+        journey.event("checkout", "2026-01-10T10:00:00Z", 6000);
+        assert_eq!(journey.tier.as_deref(), Some("platinum"));
+        journey.event("checkout", "2026-09-01T10:00:00Z", 6900);
+        let review = journey.event("tier_review", "2027-01-10T10:00:00Z", 6900);
+        assert_eq!(review.tier.as_deref(), Some("silver"));
+        let lost = trigger(&review, "TierLost").data.to_value();
+        assert_eq!(lost["points_in_window"], 900);
+        assert_eq!(lost["needed"], 5000);
+        assert_eq!(lost["next_tier"], "gold");
+        assert_eq!(lost["points_needed_for_next_tier"], 1100);
+    }
+
+    #[test]
+    fn a_review_keeps_a_customer_who_earned_enough() {
+        let mut journey = Journey::window();
+        journey.event("checkout", "2026-01-10T10:00:00Z", 2500);
+        journey.event("checkout", "2026-07-01T10:00:00Z", 4600);
+        let review = journey.event("tier_review", "2027-01-10T10:00:00Z", 4600);
+        assert_eq!(review.tier, None);
+        assert_eq!(names(&review), ["TierKept"]);
+        assert_eq!(
+            trigger(&review, "TierKept").data.to_value(),
+            json!({"tier": "gold", "points_in_window": 2100, "needed": 2000,
+                   "review_window_days": 365, "window_complete": true,
+                   "next_tier": "platinum", "points_needed_for_next_tier": 2900})
+        );
+        assert_eq!(journey.state()["as_of"], "2027-01-10T10:00:00Z");
+        // The lowest tier is kept without a word.
+        let mut bronze = Journey::window();
+        bronze.event("checkout", "2026-01-10T10:00:00Z", 100);
+        let review = bronze.event("tier_review", "2027-01-10T10:00:00Z", 100);
+        assert_eq!(review.tier, None);
+        assert!(review.triggers.is_empty());
+    }
+
+    #[test]
+    fn window_tiers_only_move_down_at_a_review() {
+        let mut journey = Journey::window();
+        journey.event("checkout", "2026-01-10T10:00:00Z", 2500);
+        // A return takes 1,500 of the points back: the window no longer reaches gold, but the
+        // customer keeps it until the review.
+        let reversal = journey.event("checkout_reject", "2026-02-01T10:00:00Z", 1000);
+        assert_eq!(reversal.tier, None);
+        let status = trigger(&reversal, "TierStatusChanged").data.to_value();
+        assert_eq!(status["tier"], "gold");
+        assert_eq!(status["points_in_window"], 1000);
+        assert_eq!(status["points_needed_to_maintain_tier"], 1000);
+        assert_eq!(status["points_above_tier_minimum"], 0);
+        assert_eq!(
+            status["current_points"], 1000,
+            "current_points stays lifetime"
+        );
+        // Points leaving the window do not demote either.
+        let quiet = journey.event("opt_in", "2027-03-01T10:00:00Z", 1000);
+        assert_eq!(quiet, Decision::new());
+        // With lifetime tiers the same return demotes at once.
+        let lifetime = run(customer(1000, Some("gold"), Some(2500)));
+        assert_eq!(lifetime.tier.as_deref(), Some("silver"));
+    }
+
+    #[test]
+    fn window_tiers_move_up_on_window_points() {
+        let mut journey = Journey::window();
+        journey.event("checkout", "2026-01-10T10:00:00Z", 400);
+        assert_eq!(journey.tier.as_deref(), Some("bronze"));
+        // Lifetime 2,100, but only 1,700 of it in the window: silver, not gold.
+        let up = journey.event("checkout", "2027-02-01T10:00:00Z", 2100);
+        assert_eq!(up.tier.as_deref(), Some("silver"));
+        let earned = trigger(&up, "TierEarned").data.to_value();
+        assert_eq!(earned["old_tier"]["name"], "bronze");
+        assert_eq!(earned["points_earned"], 2100);
+        assert_eq!(earned["points_in_window"], 1700);
+    }
+
+    #[test]
+    fn a_new_customer_is_counted_from_the_start() {
+        let mut journey = Journey::window();
+        let first = journey.event("opt_in", "2026-01-10T10:00:00Z", 0);
+        assert_eq!(first.tier.as_deref(), Some("bronze"));
+        assert!(first.triggers.is_empty());
+        assert_eq!(
+            journey.state(),
+            json!({"lifetime": 0, "days": [], "earned": [],
+                   "as_of": "2026-01-10T10:00:00Z", "points_in_window": 0,
+                   "points_needed_to_maintain_tier": 0, "next_tier": "silver",
+                   "points_needed_for_next_tier": 500})
+        );
+        assert_eq!(
+            journey.event("opt_in", "2026-01-11T10:00:00Z", 0),
+            Decision::new()
+        );
+    }
+
+    #[test]
+    fn a_partly_counted_window_never_demotes_obeyed() {
+        // A gold customer of the lifetime days: the plugin starts counting at the review.
+        let mut journey = Journey::window();
+        journey.tier = Some("gold".to_owned());
+        journey.state = Some(tally_sdk::RawJson::from_value(&json!({"lifetime": 3000})));
+        journey.events = 12;
+        let review = journey.event("tier_review", "2026-06-01T10:00:00Z", 3000);
+        assert_eq!(review.tier, None);
+        let kept = trigger(&review, "TierKept").data.to_value();
+        assert_eq!(kept["window_complete"], false);
+        assert_eq!(kept["points_in_window"], 0);
+        assert_eq!(
+            journey.state()["tracked_from"],
+            json!(day("2026-06-02T00:00:00Z"))
+        );
+        // A year on, the window was counted whole: 100 points do not keep gold.
+        journey.event("checkout", "2026-08-01T10:00:00Z", 3100);
+        let review = journey.event("tier_review", "2027-06-02T10:00:00Z", 3100);
+        assert_eq!(review.tier.as_deref(), Some("bronze"));
+        assert_eq!(
+            trigger(&review, "TierLost").data.to_value()["points_in_window"],
+            100
+        );
+        assert_eq!(journey.state().get("tracked_from"), None);
+    }
+
+    #[test]
+    fn a_partly_counted_window_never_demotes_violated() {
+        // Seen before (events, but no state): what they have was not earned today.
+        let mut journey = Journey::window();
+        journey.tier = Some("gold".to_owned());
+        journey.events = 3;
+        let first = journey.event("checkout", "2026-06-01T10:00:00Z", 3000);
+        assert_eq!(first.tier, None);
+        assert_eq!(journey.state()["days"], json!([]));
+        assert_eq!(journey.state()["points_in_window"], 0);
+        let review = journey.event("tier_review", "2026-12-01T10:00:00Z", 3000);
+        assert_eq!(review.tier, None, "not a whole window: kept");
+        assert_eq!(names(&review), ["TierKept"]);
+    }
+
+    #[test]
+    fn lifetime_tiers_are_not_reviewed() {
+        let review = rule(
+            &customer(2500, Some("gold"), Some(2500))
+                .config(json!({"qualify_by": "lifetime", "review_window_days": 30}))
+                .build(),
+        )
+        .expect("accepted");
+        assert_eq!(review, Decision::new());
+        let mut input = customer(2500, Some("gold"), Some(2500)).build();
+        input.event.action = "tier_review".to_owned();
+        input.event.source = "system".to_owned();
+        assert_eq!(rule(&input), Ok(Decision::new()));
+    }
+
+    #[test]
+    fn bad_window_configs_are_refused() {
+        let refused = |config: Value| {
+            rule(&customer(0, None, None).config(config).build())
+                .expect_err("a bad config is refused")
+                .message()
+                .to_owned()
+        };
+        assert!(
+            refused(json!({"qualify_by": "window", "review_window_days": 0}))
+                .contains("review_window_days is 0")
+        );
+        assert!(refused(json!({"qualify_by": "rolling"})).contains("qualify_by"));
+        assert!(
+            refused(json!({"qualify_by": "window", "review_window": 30}))
+                .contains("unknown field `review_window`")
+        );
+        let error = rule(
+            &customer(0, None, None)
+                .config(json!({"qualify_by": "window"}))
+                .state(&json!({"lifetime": 0, "days": [1, 2], "earned": [5]}))
+                .build(),
+        )
+        .expect_err("uneven columns are refused");
+        assert!(error.message().contains("2 days but 1 earned"), "{error}");
     }
 }
