@@ -633,7 +633,17 @@ fn checkout_accept(input: &Input) -> Result<Decision, Error> {
 fn point_add(input: &Input, config: &Config) -> Result<Decision, Error> {
     let points = adjustment_points(&input.event)?;
     let reason = adjustment_reason(&input.event, "point_add")?;
-    Ok(earn(input, config, points, reason, None))
+    let mut decision = earn(input, config, points, reason, None);
+    // The event's own `expires_at` (Antavo's point_add) wins over `expires_in_days`.
+    if let Some(text) = input.event.str_opt("expires_at")? {
+        let expires_at: Timestamp = text
+            .parse()
+            .map_err(|error| Error::new(format!("event data.expires_at: {error}")))?;
+        for entry in &mut decision.points {
+            entry.expires_at = Some(expires_at);
+        }
+    }
+    Ok(decision)
 }
 
 fn point_sub(input: &Input, config: &Config) -> Result<Decision, Error> {
@@ -1158,6 +1168,17 @@ mod tests {
         let sub =
             run(testing::input("point_sub", json!({"points": 100})).customer_points(100, 500));
         assert_eq!(entries(&sub), vec![(-100, PointKind::Spend, "point_sub")]);
+    }
+
+    #[test]
+    fn point_add_honours_its_own_expires_at() {
+        let add = run(testing::input(
+            "point_add",
+            json!({"points": 5, "expires_at": "2027-01-31T00:00:00Z"}),
+        )
+        .config(json!({"expires_in_days": 1})));
+        let expected: Timestamp = "2027-01-31T00:00:00Z".parse().expect("valid");
+        assert_eq!(add.points[0].expires_at, Some(expected));
     }
 
     #[test]
