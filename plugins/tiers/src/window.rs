@@ -1,7 +1,5 @@
 //! Window tiers: the points a customer earned per day, kept for the review window.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use tally_sdk::{Error, Timestamp};
 
@@ -34,26 +32,32 @@ pub struct WindowState {
     /// counting: until the window begins on or after it, the window is not whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracked_from: Option<i64>,
-    /// When the figures below were worked out.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When the figures below were worked out. They are written for whoever reads the state
+    /// and never read back (every write works them out again), which spares the plugin the
+    /// code to read them.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub as_of: Option<Timestamp>,
     /// Points earned in the window ending `as_of`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub points_in_window: Option<i64>,
     /// What the window still needed to reach the customer's tier's threshold.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub points_needed_to_maintain_tier: Option<i64>,
     /// The tier above the customer's; `None` at the top.
+    #[serde(skip_deserializing)]
     pub next_tier: Option<String>,
     /// What the window still needed to reach the next tier; `None` at the top.
+    #[serde(skip_deserializing)]
     pub points_needed_for_next_tier: Option<i64>,
 }
 
 /// Points earned per day, and whether they go back far enough.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Earned {
-    /// Day → net lifetime points gained that day.
-    pub by_day: BTreeMap<i64, i64>,
+    /// (day, net lifetime points gained that day), by day, no day twice, none of 0. A sorted
+    /// vector rather than a map: a few hundred days at most, and a map's code would add a
+    /// sixth to the plugin's wasm.
+    pub by_day: Vec<(i64, i64)>,
     /// See [`WindowState::tracked_from`].
     pub tracked_from: Option<i64>,
 }
@@ -71,21 +75,20 @@ impl WindowState {
                 earned.len()
             )));
         }
-        let mut by_day = BTreeMap::new();
-        for (&day, &points) in days.iter().zip(earned) {
-            let total: &mut i64 = by_day.entry(day).or_default();
-            *total = total.saturating_add(points);
-        }
-        Ok(Some(Earned {
-            by_day,
+        let mut counted = Earned {
+            by_day: Vec::with_capacity(days.len()),
             tracked_from: self.tracked_from,
-        }))
+        };
+        for (&day, &points) in days.iter().zip(earned) {
+            counted.add(day, points);
+        }
+        Ok(Some(counted))
     }
 
     /// Writes `earned` back into the columns.
     pub(crate) fn set_earned(&mut self, earned: &Earned) {
-        self.days = Some(earned.by_day.keys().copied().collect());
-        self.earned = Some(earned.by_day.values().copied().collect());
+        self.days = Some(earned.by_day.iter().map(|(day, _)| *day).collect());
+        self.earned = Some(earned.by_day.iter().map(|(_, points)| *points).collect());
         self.tracked_from = earned.tracked_from;
     }
 }
@@ -103,10 +106,17 @@ impl Earned {
         if points == 0 {
             return;
         }
-        let total = self.by_day.entry(day).or_default();
-        *total = total.saturating_add(points);
-        if *total == 0 {
-            self.by_day.remove(&day);
+        // Days come in order (events do), so the search usually ends at the last one.
+        match self.by_day.binary_search_by_key(&day, |(day, _)| *day) {
+            Ok(at) => {
+                let total = self.by_day[at].1.saturating_add(points);
+                if total == 0 {
+                    self.by_day.remove(at);
+                } else {
+                    self.by_day[at].1 = total;
+                }
+            }
+            Err(at) => self.by_day.insert(at, (day, points)),
         }
     }
 
@@ -114,7 +124,7 @@ impl Earned {
     /// window lies wholly after it.
     pub(crate) fn forget_before(&mut self, today: i64, window_days: u32) {
         let start = Earned::window_start(today, window_days);
-        self.by_day = self.by_day.split_off(&start);
+        self.by_day.retain(|(day, _)| *day >= start);
         if self.tracked_from.is_some_and(|from| from <= start) {
             self.tracked_from = None;
         }
@@ -125,7 +135,8 @@ impl Earned {
     pub(crate) fn in_window(&self, today: i64, window_days: u32) -> i64 {
         let start = Earned::window_start(today, window_days);
         self.by_day
-            .range(start..=today)
+            .iter()
+            .filter(|(day, _)| (start..=today).contains(day))
             .map(|(_, points)| *points)
             .fold(0_i64, i64::saturating_add)
             .max(0)
@@ -135,5 +146,39 @@ impl Earned {
     pub(crate) fn whole(&self, today: i64, window_days: u32) -> bool {
         self.tracked_from
             .is_none_or(|from| from <= Earned::window_start(today, window_days))
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    reason = "tests fail loudly on a broken expectation"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_stay_sorted_and_net() {
+        let state = WindowState {
+            days: Some(vec![30, 10, 20, 10]),
+            earned: Some(vec![5, 1, 2, 3]),
+            ..WindowState::default()
+        };
+        let mut earned = state.earned().expect("even columns").expect("counting");
+        assert_eq!(earned.by_day, [(10, 4), (20, 2), (30, 5)]);
+        // A backdated event, a return that nets a day to nothing, a new day.
+        earned.add(15, 7);
+        earned.add(20, -2);
+        earned.add(40, -1);
+        assert_eq!(earned.by_day, [(10, 4), (15, 7), (30, 5), (40, -1)]);
+        // The 10-day window ending on day 40 holds days 31 to 40.
+        assert_eq!(earned.in_window(40, 10), 0, "never below zero");
+        assert_eq!(earned.in_window(39, 10), 5);
+        earned.forget_before(40, 30);
+        assert_eq!(earned.by_day, [(15, 7), (30, 5), (40, -1)]);
+        let mut written = WindowState::default();
+        written.set_earned(&earned);
+        assert_eq!(written.days, Some(vec![15, 30, 40]));
+        assert_eq!(written.earned, Some(vec![7, 5, -1]));
     }
 }
