@@ -15,7 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugin crates built to wasm: the reference plugins, then the test fixtures.
-const PLUGINS: &[&str] = &["points", "tiers", "circular", "engagement", "hostile"];
+const PLUGINS: &[&str] = &[
+    "points",
+    "tiers",
+    "circular",
+    "engagement",
+    "birthday",
+    "hostile",
+];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Flags for the plugins' build.

@@ -29,14 +29,17 @@ pub struct Plugin {
 }
 
 plugins! {
-    /// Points for checkouts, with tier multipliers, reversals and updates.
+    /// Points for checkouts, with tier multipliers, reversals, updates and return-window holds.
     POINTS => "points",
-    /// Tiers from lifetime points, with `TierEarned`, `TierLost` and `TierStatusChanged`.
+    /// Tiers from lifetime points or reviewed window points, with `TierEarned`, `TierLost`,
+    /// `TierKept` and `TierStatusChanged`.
     TIERS => "tiers",
     /// Rewards for repairs, pre-owned, recycling and wholesale purchases.
     CIRCULAR => "circular",
     /// Engagement values, personal-record swims, reviews and referrals.
     ENGAGEMENT => "engagement",
+    /// Birthday perks, anniversary points and reminders, on the host's internal events.
+    BIRTHDAY => "birthday",
     /// Test fixture: misbehaves as its config says.
     HOSTILE => "hostile",
 }
