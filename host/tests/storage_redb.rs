@@ -714,9 +714,10 @@ mod storage {
                 let error = txn.append(wrong).unwrap_err();
                 assert_eq!(
                     error.to_string(),
-                    "inconsistent append refused: customer c1 of tenant acme has balance 100 and \
-                 lifetime 100 stored; event e2's 1 ledger entries take them to balance 150 and \
-                 lifetime 150, but the new customer state says balance 50 and lifetime 50"
+                    "inconsistent append refused: customer c1 of tenant acme has balance 100, \
+                 pending 0 and lifetime 100 stored; event e2's 1 ledger entries take them to \
+                 balance 150, pending 0 and lifetime 150, but the new customer state says \
+                 balance 50, pending 0 and lifetime 50"
                 );
 
                 let mut wrong_net =
@@ -1247,7 +1248,7 @@ mod storage {
         assert!(
             error
                 .to_string()
-                .ends_with("has storage format 99; this build reads format 6"),
+                .ends_with("has storage format 99; this build reads format 7"),
             "{error}"
         );
     }
@@ -1293,14 +1294,14 @@ mod storage {
             assert!(
                 matches!(
                     &error,
-                    StoreError::UnsupportedFormat { path: named, found: Some(5), expected: 6 }
+                    StoreError::UnsupportedFormat { path: named, found: Some(5), expected: 7 }
                         if *named == path
                 ),
                 "{opening}: {error:?}"
             );
             let message = error.to_string();
             assert!(
-                message.contains("storage format 5") && message.contains("reads format 6"),
+                message.contains("storage format 5") && message.contains("reads format 7"),
                 "{opening}: {message}"
             );
             assert!(file_state(&path) == before, "{opening}: the file changed");
@@ -1328,7 +1329,7 @@ mod storage {
                 &error,
                 StoreError::UnsupportedFormat {
                     found: None,
-                    expected: 6,
+                    expected: 7,
                     ..
                 }
             ),
@@ -1336,7 +1337,7 @@ mod storage {
         );
         let message = error.to_string();
         assert!(
-            message.contains("no storage format") && message.contains("reads format 6"),
+            message.contains("no storage format") && message.contains("reads format 7"),
             "{message}"
         );
         assert!(file_state(&path) == before, "the file changed");
@@ -1369,7 +1370,7 @@ mod storage {
                 &error,
                 StoreError::UnsupportedFormat {
                     found: Some(5),
-                    expected: 6,
+                    expected: 7,
                     ..
                 }
             ),
@@ -1390,7 +1391,7 @@ mod storage {
         drop(redb::Database::create(&bare).unwrap());
         for path in [absent, empty, bare] {
             drop(RedbStore::open(&path).unwrap());
-            assert_eq!(stored_format(&path), Some(6), "{}", path.display());
+            assert_eq!(stored_format(&path), Some(7), "{}", path.display());
             drop(RedbStore::open(&path).unwrap());
         }
     }

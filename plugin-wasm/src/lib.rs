@@ -45,4 +45,4 @@ plugins! {
 }
 
 /// The reference plugins, the ones `tally serve --demo` installs.
-pub const REFERENCE: &[Plugin] = &[POINTS, TIERS, CIRCULAR, ENGAGEMENT];
+pub const REFERENCE: &[Plugin] = &[POINTS, TIERS, CIRCULAR, ENGAGEMENT, BIRTHDAY];

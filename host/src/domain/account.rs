@@ -13,11 +13,12 @@ use super::records::{CustomerRecord, NewLedgerEntry, NewTrigger};
 /// host expires and releases points itself, whatever the plugins do.
 pub const SYSTEM: &str = "system";
 
-/// Earned points that are still held, one lot per earning entry: what spending, reversals
-/// and expiry take from. `amount` is what is left of it.
+/// Earned points that are still held: what spending, reversals and expiry take from. One lot
+/// per earning entry, but spendable points of one expiry share a lot. `amount` is what is
+/// left of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
-    /// The event that earned it.
+    /// The (first) event that earned it.
     pub event_id: String,
     /// Points left in it, above zero.
     pub amount: i64,
@@ -242,13 +243,20 @@ impl Account {
                     // What pays back a debt is not a lot: it is spent already.
                     entry.amount.saturating_sub(debt(points))
                 };
-                if amount > 0 {
-                    lots.push(Lot {
+                // Spendable points of one expiry are one lot: what never expires does not
+                // grow the record by a lot per purchase.
+                let same = lots.iter_mut().find(|lot| {
+                    pending.is_none() && lot.pending.is_none() && lot.expires_at == entry.expires_at
+                });
+                match same {
+                    Some(lot) => lot.amount = lot.amount.saturating_add(amount),
+                    None if amount > 0 => lots.push(Lot {
                         event_id: event.id.to_string(),
                         amount,
                         expires_at: entry.expires_at,
                         pending,
-                    });
+                    }),
+                    None => {}
                 }
             }
             PointKind::Reverse => {
@@ -416,5 +424,242 @@ fn transaction_of(event: &NewEvent) -> Option<String> {
         serde_json::Value::String(text) => Some(text),
         serde_json::Value::Number(number) => Some(number.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failing test should panic")]
+mod tests {
+    use serde_json::json;
+    use tally_sdk::PointEntry;
+
+    use super::*;
+    use crate::domain::testing::event;
+    use crate::domain::{CustomerId, PointsExpiry, new_account};
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    /// Ada's account after `entries`, each decided on a checkout of `transaction` at `when`.
+    fn account_after(steps: &[(&str, &str, Decision)], policy: &Policy) -> CustomerRecord {
+        let mut record = new_account(
+            &CustomerId::parse("ada").unwrap(),
+            at("2026-01-01T00:00:00Z"),
+        );
+        for (index, (action, when, decision)) in steps.iter().enumerate() {
+            let mut new = event(action, when, json!({"transaction_id": "T1"}));
+            new.id = crate::domain::EventId::parse(format!("e{index}")).unwrap();
+            let mut account = Account::open(&record, &new, policy);
+            account.apply_decision("p", decision, &new, policy).unwrap();
+            record.customer = account.customer;
+            record.lots = account.lots;
+        }
+        record
+    }
+
+    #[test]
+    fn spending_takes_the_soonest_expiring_lot_first() {
+        let soon = PointEntry::new(100, "a").expiring(at("2026-03-01T00:00:00Z"));
+        let late = PointEntry::new(100, "b").expiring(at("2026-06-01T00:00:00Z"));
+        let never = PointEntry::new(100, "c");
+        let record = account_after(
+            &[
+                (
+                    "checkout",
+                    "2026-01-02T00:00:00Z",
+                    Decision::new().points_entry(late),
+                ),
+                (
+                    "checkout",
+                    "2026-01-03T00:00:00Z",
+                    Decision::new().points_entry(never),
+                ),
+                (
+                    "checkout",
+                    "2026-01-04T00:00:00Z",
+                    Decision::new().points_entry(soon),
+                ),
+                (
+                    "point_sub",
+                    "2026-01-05T00:00:00Z",
+                    Decision::new().spend(150, "reward"),
+                ),
+            ],
+            &Policy::DEFAULT,
+        );
+        let left: Vec<(i64, Option<Timestamp>)> = record
+            .lots
+            .iter()
+            .map(|lot| (lot.amount, lot.expires_at))
+            .collect();
+        assert_eq!(
+            left,
+            vec![(50, Some(at("2026-06-01T00:00:00Z"))), (100, None)],
+            "the March lot went first, then half the June one; the one that never expires stays"
+        );
+        assert_eq!(record.customer.points.balance, 150);
+    }
+
+    #[test]
+    fn a_return_cancels_its_own_pending_points_before_the_balance_obeyed() {
+        let held = PointEntry::new(80, "buy").pending_until(at("2026-01-20T00:00:00Z"));
+        let record = account_after(
+            &[
+                (
+                    "point_add",
+                    "2026-01-01T00:00:00Z",
+                    Decision::new().earn(30, "gift"),
+                ),
+                (
+                    "checkout",
+                    "2026-01-02T00:00:00Z",
+                    Decision::new().points_entry(held),
+                ),
+                (
+                    "checkout_reject",
+                    "2026-01-03T00:00:00Z",
+                    Decision::new().reverse(80, "return"),
+                ),
+            ],
+            &Policy::DEFAULT,
+        );
+        let points = record.customer.points;
+        assert_eq!(
+            (points.balance, points.pending, points.lifetime),
+            (30, 0, 30)
+        );
+    }
+
+    #[test]
+    fn a_return_past_its_pending_points_takes_from_the_balance_violated() {
+        let held = PointEntry::new(80, "buy").pending_until_accepted();
+        let mut record = account_after(
+            &[(
+                "checkout",
+                "2026-01-02T00:00:00Z",
+                Decision::new().points_entry(held),
+            )],
+            &Policy::DEFAULT,
+        );
+        // 100 back of 80 held and nothing spendable: refused, nothing changes.
+        let reject = event(
+            "checkout_reject",
+            "2026-01-03T00:00:00Z",
+            json!({"transaction_id": "T1"}),
+        );
+        let mut account = Account::open(&record, &reject, &Policy::DEFAULT);
+        let refusal = account
+            .apply_decision(
+                "p",
+                &Decision::new().reverse(100, "return"),
+                &reject,
+                &Policy::DEFAULT,
+            )
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::InsufficientPoints {
+                balance: 0,
+                after: -20
+            }
+        );
+        assert_eq!(account.customer.points.pending, 80);
+        record.lots = account.lots;
+        assert_eq!(record.lots[0].amount, 80);
+    }
+
+    #[test]
+    fn an_accept_releases_its_transaction_and_the_release_pays_a_debt_first() {
+        let allowed = Policy {
+            allow_negative_balance: true,
+            ..Policy::DEFAULT
+        };
+        let held = PointEntry::new(50, "buy").pending_until_accepted();
+        let mut record = account_after(
+            &[
+                (
+                    "checkout",
+                    "2026-01-02T00:00:00Z",
+                    Decision::new().points_entry(held),
+                ),
+                (
+                    "point_sub",
+                    "2026-01-03T00:00:00Z",
+                    Decision::new().spend(20, "reward"),
+                ),
+            ],
+            &allowed,
+        );
+        assert_eq!(record.customer.points.balance, -20);
+        let accept = event(
+            "checkout_accept",
+            "2026-01-04T00:00:00Z",
+            json!({"transaction_id": "T1"}),
+        );
+        let account = Account::open(&record, &accept, &allowed);
+        assert_eq!(account.ledger.len(), 1);
+        assert_eq!(account.ledger[0].entry.kind(), PointKind::Release);
+        assert_eq!(account.triggers[0].trigger.name, "PointsReleased");
+        record.customer = account.customer;
+        record.lots = account.lots;
+        assert_eq!(
+            (
+                record.customer.points.balance,
+                record.customer.points.pending
+            ),
+            (30, 0)
+        );
+        assert_eq!(
+            record.lots.iter().map(|lot| lot.amount).sum::<i64>(),
+            30,
+            "the debt is paid first"
+        );
+    }
+
+    #[test]
+    fn points_expire_on_their_day_and_not_before() {
+        let policy = Policy {
+            expiry: PointsExpiry::DaysAfterEarning { days: 10 },
+            ..Policy::DEFAULT
+        };
+        let record = account_after(
+            &[(
+                "checkout",
+                "2026-01-01T00:00:00Z",
+                Decision::new().earn(40, "buy"),
+            )],
+            &policy,
+        );
+        assert_eq!(record.lots[0].expires_at, Some(at("2026-01-11T00:00:00Z")));
+        let early = event("point_expire", "2026-01-10T23:59:59Z", json!({}));
+        assert!(Account::open(&record, &early, &policy).ledger.is_empty());
+        let due = event("point_expire", "2026-01-11T00:00:00Z", json!({}));
+        let account = Account::open(&record, &due, &policy);
+        assert_eq!(account.ledger[0].entry.amount, -40);
+        assert_eq!(account.ledger[0].entry.kind(), PointKind::Expire);
+        assert_eq!(account.customer.points.balance, 0);
+        assert!(account.lots.is_empty());
+    }
+
+    #[test]
+    fn points_that_never_expire_share_one_lot() {
+        let record = account_after(
+            &[
+                (
+                    "checkout",
+                    "2026-01-01T00:00:00Z",
+                    Decision::new().earn(40, "a"),
+                ),
+                (
+                    "checkout",
+                    "2026-01-02T00:00:00Z",
+                    Decision::new().earn(2, "b"),
+                ),
+            ],
+            &Policy::DEFAULT,
+        );
+        assert_eq!(record.lots.len(), 1);
+        assert_eq!(record.lots[0].amount, 42);
     }
 }

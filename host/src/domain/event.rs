@@ -80,9 +80,7 @@ pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
 }
 
 /// What one plugin made of an event, as the account's rules take it: its decision, or why it
-/// failed (its own error, a sandbox limit, a refusal by [`apply_decision`]).
-///
-/// [`apply_decision`]: super::apply_decision
+/// failed (its own error, a sandbox limit, a refusal by [`Account::apply_decision`]).
 #[derive(Debug, Clone)]
 pub struct PluginOutcome {
     /// The plugin's name.

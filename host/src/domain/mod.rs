@@ -1,17 +1,21 @@
 //! The loyalty account's rules, as pure functions: no I/O, no threads, no wasm, no HTTP.
 //!
-//! A customer's account is the stored [`CustomerRecord`]: points balance and lifetime, tier,
-//! perks, profile attributes, statistics, contact card. It changes in two steps, both here:
+//! A customer's account is the stored [`CustomerRecord`]: points balance, pending and
+//! lifetime and the lots behind them, tier, perks, profile attributes, statistics, contact
+//! card, and what the clock is to write for it next. It changes in three steps, all here:
 //!
-//! - while the plugins run, each successful decision is applied with [`apply_decision`],
-//!   which moves points ([`move_points`], the one points rule) and refuses a decision that
-//!   would break the balance rule, so each plugin sees the customer as the ones before left it;
+//! - before the plugins, [`Account::open`] applies the host's own rules for the event
+//!   (expiring, releasing);
+//! - while the plugins run, each successful decision is applied with
+//!   [`Account::apply_decision`], which places its entries in the lots and moves points
+//!   ([`move_points`], the one points rule) and refuses a decision that would break the
+//!   balance rule, so each plugin sees the customer as the ones before left it;
 //! - once they have run, [`apply_event`] says everything the event changes: the stored event
 //!   with its outcome, the ledger entries, the triggers, the plugin states, the statistics and
-//!   profile fields the host keeps itself, or the event's refusal when a plugin set to reject
-//!   failed.
+//!   profile fields the host keeps itself, what is due next ([`schedule::schedule`]), or the
+//!   event's refusal when a plugin set to reject failed.
 //!
-//! The writer, `simulate` and `tally eval` all go through these two functions, so a simulated
+//! The writer, `simulate` and `tally eval` all go through these functions, so a simulated
 //! event and a posted one cannot disagree, and the store checks every append against
 //! [`points_after`], so a ledger cannot disagree with its balances.
 //!
