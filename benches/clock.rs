@@ -195,7 +195,11 @@ fn start_host(data: &std::path::Path) -> Host {
     let base = loop {
         let line = lines.next().expect("an address line").expect("stdout");
         if let Some(rest) = line.strip_prefix("tally listening on ") {
-            break rest.split_whitespace().next().expect("an address").to_owned();
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("an address")
+                .to_owned();
         }
     };
     std::thread::spawn(move || for _ in lines {});
