@@ -153,6 +153,14 @@ id_type!(
     |text| check_external(text, MAX_EVENT_ID_LEN)
 );
 
+impl EventId {
+    /// An id the host made itself (an internal event's), printable and within the length by
+    /// construction.
+    pub(crate) fn internal(text: String) -> EventId {
+        EventId(text)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "a failing test should panic")]
 mod tests {
@@ -206,13 +214,5 @@ mod tests {
         assert_eq!(id, *"ada");
         let error = serde_json::from_str::<CustomerId>("\"\"").unwrap_err();
         assert!(error.to_string().contains("must not be empty"), "{error}");
-    }
-}
-
-impl EventId {
-    /// An id the host made itself (an internal event's), printable and within the length by
-    /// construction.
-    pub(crate) fn internal(text: String) -> EventId {
-        EventId(text)
     }
 }
