@@ -709,3 +709,57 @@ async fn a_tier_is_lost_at_its_review_when_the_window_falls_short_and_kept_when_
     assert_eq!(hal["tier"], "gold", "2,100 earned in the window: {hal}");
     host.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_later_reach_the_customers_already_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(dir.path(), &options());
+    clock(&host, &day(1, 1, "00:00:00")).await;
+    let key = host.tenant("acme").await;
+    for customer in ["kim", "lea", "max"] {
+        post(
+            &host,
+            &key,
+            &format!("join-{customer}"),
+            customer,
+            "opt_in",
+            &day(1, 1, "00:00:00"),
+            json!({"birthday": "04-02"}),
+        )
+        .await;
+    }
+    let (_, kim) = host.get("/v1/customers/kim", &key).await;
+    assert_eq!(kim["scheduled"], json!([]), "birthdays are off: {kim}");
+
+    let (status, body) = host
+        .patch(
+            "/v1/tenant",
+            &key,
+            &json!({"schedule": {"daily_at": "10:00", "birthday": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The walk over the tenant's customers runs in the background.
+    let wanted = json!([{"action": "birthday", "kind": "birthday", "at": day(4, 2, "10:00:00")}]);
+    for customer in ["kim", "lea", "max"] {
+        let mut seen = Value::Null;
+        for _ in 0..200 {
+            seen =
+                host.get(&format!("/v1/customers/{customer}"), &key).await.1["scheduled"].clone();
+            if seen == wanted {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert_eq!(seen, wanted, "{customer}");
+    }
+    clock(&host, &day(4, 3, "00:00:00")).await;
+    for customer in ["kim", "lea", "max"] {
+        assert_eq!(
+            birthdays(&host, &key, customer).await.len(),
+            1,
+            "{customer}"
+        );
+    }
+    host.stop();
+}

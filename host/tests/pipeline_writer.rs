@@ -140,6 +140,7 @@ impl Store for Flaky {
         ledger(tenant: &str, customer: &str, limit: usize, cursor: Option<&str>) -> Result<tally_host::storage::Page<tally_host::storage::LedgerEntry>, StoreError>;
         outbox(tenant: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::OutboxTrigger>, StoreError>;
         due(tenant: &str, until: Timestamp, limit: usize) -> Result<Vec<tally_host::storage::DueWork>, StoreError>;
+        reschedule(tenant: &str) -> Result<usize, StoreError>;
         read_batch(work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>) -> Result<(), StoreError>;
     }
 

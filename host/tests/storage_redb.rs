@@ -1025,6 +1025,61 @@ mod storage {
         }
     }
 
+    /// Every customer of a tenant is rescheduled, across several transactions, and the
+    /// clock's index follows; another tenant's customers are left alone.
+    #[test]
+    fn a_reschedule_reaches_every_customer_of_the_tenant_only() {
+        let (_dir, store) = with_tenants(&["acme", "other"]);
+        let customers = 1_234;
+        for tenant in ["acme", "other"] {
+            store
+                .write_batch(&mut |txn: &mut dyn BatchTxn| {
+                    for n in 0..customers {
+                        let customer = format!("c{n:05}");
+                        let mut append =
+                            evaluate(txn, tenant, &format!("e{n}"), &customer, "opt_in", T0, &[]);
+                        append
+                            .customer
+                            .customer
+                            .attributes
+                            .insert("birthday".to_owned(), json!("1990-12-24"));
+                        txn.append(append)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let far = at("2030-01-01T00:00:00Z");
+        assert!(
+            store.due("acme", far, 10).unwrap().is_empty(),
+            "birthdays are off"
+        );
+
+        let mut acme = store.tenant("acme").unwrap().unwrap();
+        acme.schedule.birthday = true;
+        store.update_tenant(&acme).unwrap();
+        assert_eq!(store.reschedule("acme").unwrap(), customers);
+        let due = store.due("acme", far, 10_000).unwrap();
+        assert_eq!(due.len(), customers);
+        assert!(
+            due.iter()
+                .all(|work| work.due.at == at("2026-12-24T09:00:00Z"))
+        );
+        assert_eq!(
+            store.customer("acme", "c00777").unwrap().unwrap().due.len(),
+            1,
+            "the record and the index agree"
+        );
+        assert!(store.due("other", far, 10).unwrap().is_empty());
+        // Nothing changed since: a second walk changes nothing.
+        assert_eq!(store.reschedule("acme").unwrap(), 0);
+        // Turned off again: the index empties.
+        acme.schedule.birthday = false;
+        store.update_tenant(&acme).unwrap();
+        assert_eq!(store.reschedule("acme").unwrap(), customers);
+        assert!(store.due("acme", far, 10).unwrap().is_empty());
+    }
+
     #[test]
     fn ledgers_page_and_sum_to_the_balance() {
         let (_dir, store) = with_tenants(&["acme"]);

@@ -163,9 +163,9 @@ impl Tenants {
         Ok(self.store.tenant(id)?)
     }
 
-    /// Changes a tenant's settings. A new expiry policy or schedule applies to each customer
-    /// from their next event on: what is due is worked out when an event changes the
-    /// account, never by scanning customers.
+    /// Changes a tenant's settings. A new expiry policy or schedule is applied to every
+    /// customer's schedule by a walk over the tenant's customers in the background (the one
+    /// walk over customers; the clock never makes one).
     pub fn update_tenant(
         &self,
         tenant: &str,
@@ -184,6 +184,7 @@ impl Tenants {
         if let Some(allow) = patch.allow_untyped_events {
             record.allow_untyped_events = allow;
         }
+        let policy_before = record.policy();
         if let Some(expiry) = patch.points_expiry {
             record.points_expiry = expiry;
         }
@@ -195,7 +196,32 @@ impl Tenants {
         }
         self.store.update_tenant(&record)?;
         self.forget_principals();
+        if record.policy() != policy_before {
+            self.reschedule_in_background(&record.id);
+        }
         Ok(record)
+    }
+
+    /// Works out again what is due for every customer of `tenant` on a thread of its own: a
+    /// tenant that turns birthdays on expects them for the customers it has, not only for
+    /// those with an event from now on. Each step reads the settings as stored, so the last
+    /// change wins whatever order two walks end in.
+    fn reschedule_in_background(&self, tenant: &TenantId) {
+        let store = self.store.clone();
+        let tenant = tenant.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("tally-reschedule".to_owned())
+            .spawn(move || match store.reschedule(&tenant) {
+                Ok(changed) => {
+                    tracing::info!(%tenant, changed, "customers rescheduled after the tenant's settings changed");
+                }
+                Err(error) => {
+                    tracing::error!(%tenant, %error, "rescheduling customers failed; each is rescheduled by its next event");
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start rescheduling customers; each is rescheduled by its next event");
+        }
     }
 
     /// Gives a tenant a new API key; the old one stops working at once.

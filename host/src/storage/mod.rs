@@ -294,6 +294,12 @@ pub trait Store: BatchRead + Send + Sync {
     fn due(&self, tenant: &str, until: Timestamp, limit: usize)
     -> Result<Vec<DueWork>, StoreError>;
 
+    /// Works out again what is due for every customer of `tenant`, with the tenant's settings
+    /// as stored (after they changed), keeping the clock's index in step; returns how many
+    /// customers' moments changed. The one walk over a tenant's customers, run when its
+    /// settings change, never by the clock; in short transactions, so events keep flowing.
+    fn reschedule(&self, tenant: &str) -> Result<usize, StoreError>;
+
     /// Runs `work` on one snapshot of what is committed, with the tables it reads opened
     /// once: the pipeline reads a whole batch's replays, customers and plugin states this
     /// way rather than opening a transaction per read.

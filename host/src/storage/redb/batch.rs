@@ -214,8 +214,7 @@ impl<'txn> RedbBatch<'txn> {
         Ok(())
     }
 
-    /// The clock's index moved from what was due for the customer to what is due now; an
-    /// event that changes neither writes nothing here.
+    /// The clock's index moved from what was due for the customer to what is due now.
     fn write_due(
         &mut self,
         tenant: &str,
@@ -223,27 +222,7 @@ impl<'txn> RedbBatch<'txn> {
         before: &[Due],
         after: &[Due],
     ) -> Result<(), StoreError> {
-        for old in before {
-            if !after
-                .iter()
-                .any(|new| new.kind == old.kind && new.at == old.at)
-            {
-                self.due
-                    .remove((tenant, old.at.unix_seconds(), customer, old.kind.as_str()))?;
-            }
-        }
-        for new in after {
-            if !before.contains(new) {
-                let data = encode(&new.data, || {
-                    format!("due {} of customer {customer} of tenant {tenant}", new.kind)
-                })?;
-                self.due.insert(
-                    (tenant, new.at.unix_seconds(), customer, new.kind.as_str()),
-                    data.as_slice(),
-                )?;
-            }
-        }
-        Ok(())
+        move_due(&mut self.due, tenant, customer, before, after)
     }
 
     /// The event's ledger entries, each with the points after it.
@@ -342,6 +321,37 @@ impl<'txn> RedbBatch<'txn> {
         }
         Ok(first)
     }
+}
+
+/// Moves a customer's rows in the clock's index from what was due (`before`) to what is due
+/// now (`after`); a change that moves nothing writes nothing.
+pub(super) fn move_due(
+    table: &mut Table<'_, (&'static str, i64, &'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    customer: &str,
+    before: &[Due],
+    after: &[Due],
+) -> Result<(), StoreError> {
+    for old in before {
+        if !after
+            .iter()
+            .any(|new| new.kind == old.kind && new.at == old.at)
+        {
+            table.remove((tenant, old.at.unix_seconds(), customer, old.kind.as_str()))?;
+        }
+    }
+    for new in after {
+        if !before.contains(new) {
+            let data = encode(&new.data, || {
+                format!("due {} of customer {customer} of tenant {tenant}", new.kind)
+            })?;
+            table.insert(
+                (tenant, new.at.unix_seconds(), customer, new.kind.as_str()),
+                data.as_slice(),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The new customer state counts one event more than the stored one.

@@ -73,6 +73,7 @@ mod cursor;
 mod format;
 mod pages;
 mod read;
+mod reschedule;
 mod tables;
 
 use std::path::Path;
@@ -299,6 +300,19 @@ impl Store for RedbStore {
         limit: usize,
     ) -> Result<Vec<DueWork>, StoreError> {
         pages::due(&self.db, tenant, until, limit)
+    }
+
+    fn reschedule(&self, tenant: &str) -> Result<usize, StoreError> {
+        let mut after: Option<String> = None;
+        let mut changed = 0;
+        loop {
+            let step = self.write(|txn| reschedule::step(txn, tenant, after.as_deref()))?;
+            changed += step.changed;
+            match step.last {
+                Some(last) => after = Some(last),
+                None => return Ok(changed),
+            }
+        }
     }
 
     fn read_batch(
