@@ -705,8 +705,21 @@ async fn a_tier_is_lost_at_its_review_when_the_window_falls_short_and_kept_when_
         (Some("gold"), Some("bronze")),
         "{lost}"
     );
+    // The plugin shows its figures on the profile: what the window holds, what is needed.
+    let shown = &gus["plugins"]["tiers"];
+    assert_eq!(
+        (&shown["tier"], &shown["points_in_window"]),
+        (&json!("bronze"), &json!(0)),
+        "{gus}"
+    );
+    assert_eq!(shown["next_tier"], "silver", "{gus}");
     let (_, hal) = host.get("/v1/customers/hal", &key).await;
     assert_eq!(hal["tier"], "gold", "2,100 earned in the window: {hal}");
+    assert_eq!(hal["plugins"]["tiers"]["points_in_window"], 2100, "{hal}");
+    assert_eq!(
+        hal["plugins"]["tiers"]["points_needed_to_maintain_tier"], 0,
+        "{hal}"
+    );
     host.stop();
 }
 

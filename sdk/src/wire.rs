@@ -705,6 +705,16 @@ pub struct Decision {
     /// Outbound notifications such as `TierEarned` or `CouponAwarded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
+    /// What this plugin shows on the customer's profile, under `plugins.<its name>` there, as
+    /// JSON text (set it with [`Decision::profile`]): figures for people and other systems,
+    /// such as the points needed to keep a tier. `None` keeps what it showed; an object
+    /// replaces it; `null` removes it. Plugins never read it back: that is what state is for.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub profile: Option<RawJson>,
     /// The plugin's new private state for this customer, as JSON text (set it with
     /// [`Decision::state`]): `None` keeps the old state, `Some` of JSON `null` clears it.
     #[serde(
@@ -926,6 +936,15 @@ impl Decision {
         Ok(self)
     }
 
+    /// Shows `figures` (serialized to a JSON object) on the customer's profile under this
+    /// plugin's name, replacing what it showed before.
+    pub fn profile<T: Serialize>(mut self, figures: &T) -> Result<Decision, Error> {
+        let text = RawJson::to_json(figures)
+            .map_err(|why| Error::new(format!("plugin profile: {}", why.message())))?;
+        self.profile = Some(text);
+        Ok(self)
+    }
+
     /// The sum of all points entries.
     pub fn points_total(&self) -> i64 {
         self.points
@@ -1004,6 +1023,20 @@ impl Decision {
         if let Some(tier) = &self.tier {
             check_name("tier", tier, MAX_NAME_LEN)?;
         }
+        if let Some(profile) = &self.profile {
+            let text = profile.get().trim_start();
+            if !(text.starts_with('{') || text.starts_with("null")) {
+                return violation(
+                    "profile must be a JSON object (or null to remove it)".to_owned(),
+                );
+            }
+            if profile.get().len() > MAX_PROFILE_BYTES {
+                return violation(format!(
+                    "profile is {} bytes of JSON, more than the {MAX_PROFILE_BYTES} allowed",
+                    profile.get().len()
+                ));
+            }
+        }
         if self.triggers.len() > MAX_DECISION_ENTRIES {
             return violation(format!(
                 "triggers has {} entries, more than the {MAX_DECISION_ENTRIES} allowed",
@@ -1027,6 +1060,8 @@ pub const MAX_POINTS_AMOUNT: u64 = 1_000_000_000_000;
 pub const MAX_DECISION_ENTRIES: usize = 1000;
 /// The longest reason, perk kind or id, tier or trigger name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
+/// The most JSON a plugin may show on a profile, in bytes: figures, not a store.
+pub const MAX_PROFILE_BYTES: usize = 4096;
 
 fn check_name(field: &str, value: &str, max: usize) -> Result<(), DecisionViolation> {
     if value.trim().is_empty() {
@@ -1234,6 +1269,12 @@ struct OutputFields {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
+    profile: Option<RawJson>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     state: Option<RawJson>,
 }
 
@@ -1248,6 +1289,7 @@ impl Serialize for Output {
                     perks: Vec::new(),
                     tier: None,
                     triggers: Vec::new(),
+                    profile: None,
                     state: None,
                 };
                 fields.serialize(serializer)
@@ -1298,6 +1340,7 @@ impl<'de> Deserialize<'de> for Output {
                 perks: fields.perks,
                 tier: fields.tier,
                 triggers: fields.triggers,
+                profile: fields.profile,
                 state: fields.state,
             }),
         })
@@ -1425,7 +1468,10 @@ mod tests {
             .reverse(5, "b")
             .spend(1, "c")
             .tier("gold")
-            .trigger("TierEarned", json!({}));
+            .trigger("TierEarned", json!({}))
+            .points_entry(PointEntry::new(3, "held").pending_until_accepted())
+            .profile(&json!({"points_to_keep_gold": 120}))
+            .expect("serializable");
         assert_eq!(decision.check(), Ok(()));
     }
 
@@ -1446,6 +1492,28 @@ mod tests {
             (
                 Decision::new().trigger("", Value::Null),
                 "triggers[0].name is empty",
+            ),
+            (
+                Decision::new().points_entry(PointEntry::new(-5, "x").with_kind(PointKind::Expire)),
+                "points[0] has kind expire, which only the host writes",
+            ),
+            (
+                Decision::new().points_entry(
+                    PointEntry::new(-5, "x").pending_until(Timestamp::from_unix_seconds(0)),
+                ),
+                "points[0] is pending but has kind spend",
+            ),
+            (
+                Decision::new()
+                    .profile(&json!([1, 2]))
+                    .expect("serializable"),
+                "profile must be a JSON object",
+            ),
+            (
+                Decision::new()
+                    .profile(&json!({"big": "x".repeat(5000)}))
+                    .expect("serializable"),
+                "more than the 4096 allowed",
             ),
         ];
         for (decision, expected) in cases {

@@ -246,6 +246,7 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
                 perks: outcome.perks,
                 tier: outcome.tier,
                 triggers: outcome.triggers,
+                profile: None,
                 state: None,
             };
             (decision, append.customer.customer)

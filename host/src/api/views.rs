@@ -7,7 +7,10 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tally_sdk::{Perk, PointEntry, Stats, Timestamp, Trigger};
 
+use std::collections::BTreeMap;
+
 use crate::domain::Policy;
+use crate::domain::records::RawJson;
 use crate::domain::schedule::expiring;
 
 use crate::schema::EventType;
@@ -35,6 +38,9 @@ pub struct CustomerView<'a> {
     updated_at: Timestamp,
     /// What the host's clock is to write for the customer next.
     scheduled: Vec<ScheduledView>,
+    /// What each plugin shows (a tier's figures, ...), by plugin.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    plugins: &'a BTreeMap<String, RawJson>,
 }
 
 /// A customer's points: spendable, pending, lifetime, and what expires next.
@@ -97,6 +103,7 @@ pub fn customer<'a>(record: &'a CustomerRecord, policy: &Policy) -> CustomerView
                 at: due.at,
             })
             .collect(),
+        plugins: &record.plugin_profiles,
         perks: &customer.perks,
         attributes: &customer.attributes,
         stats: &customer.stats,

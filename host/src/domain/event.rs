@@ -76,6 +76,7 @@ pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
         tier_since: None,
         done: std::collections::BTreeMap::new(),
         due: Vec::new(),
+        plugin_profiles: std::collections::BTreeMap::new(),
     }
 }
 
@@ -145,7 +146,14 @@ pub fn apply_event(
         tier_since: account.tier_since,
         done,
         due: Vec::new(),
+        plugin_profiles: before.plugin_profiles.clone(),
     };
+    for (plugin, profile) in decided.profiles {
+        match profile {
+            Some(profile) => record.plugin_profiles.insert(plugin, profile),
+            None => record.plugin_profiles.remove(&plugin),
+        };
+    }
     // Time passing is not activity: an internal event counts, but moves neither the first
     // nor the last event time (inactivity and last-activity expiry read the last).
     record_stats(
@@ -203,6 +211,8 @@ fn rejection(plugins: &[PluginOutcome]) -> Option<Rejection> {
 struct Decided {
     outcome: EventOutcome,
     triggers: Vec<NewTrigger>,
+    /// What each plugin shows on the profile now: `None` removes what it showed.
+    profiles: Vec<(String, Option<RawJson>)>,
     plugin_states: Vec<(String, Option<RawJson>)>,
 }
 
@@ -214,6 +224,7 @@ impl Decided {
         let mut decided = Decided {
             outcome: EventOutcome::default(),
             triggers: Vec::new(),
+            profiles: Vec::new(),
             plugin_states: Vec::new(),
         };
         for plugin in plugins {
@@ -240,6 +251,10 @@ impl Decided {
                 plugin: plugin.to_owned(),
                 trigger: trigger.clone(),
             });
+        }
+        if let Some(profile) = decision.profile {
+            let kept = (!profile.is_null()).then_some(profile);
+            self.profiles.push((plugin.to_owned(), kept));
         }
         if let Some(state) = decision.state {
             // `null` clears the state; anything else replaces it.

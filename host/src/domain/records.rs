@@ -257,6 +257,9 @@ pub struct CustomerRecord {
     /// indexes it by time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub due: Vec<Due>,
+    /// What each plugin shows on the profile (a decision's `profile`), by plugin.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugin_profiles: BTreeMap<String, RawJson>,
 }
 
 /// One entry of a customer's points ledger. Append-only.

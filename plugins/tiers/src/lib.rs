@@ -87,6 +87,13 @@
 //!   counted from the window's points too. `current_points` and `previous_points` stay
 //!   lifetime points.
 //!
+//! # Profile
+//!
+//! Whenever it sends `TierStatusChanged`, and at each review in window mode, the plugin shows
+//! the same figures on the customer's profile (`plugins.tiers` in `GET /v1/customers/{id}`):
+//! the points needed to keep the tier and to reach the next one, the progress, the points in
+//! the window.
+//!
 //! # Config
 //!
 //! `tiers`: the tiers in ascending order, each `{name, min_lifetime, multiplier?,
@@ -404,11 +411,10 @@ fn lifetime_rule(input: &Input, config: &Config) -> Result<Decision, Error> {
     // with points gets a status on their first event, a new one with none does not.
     let previous = state.lifetime.unwrap_or(0);
     if lifetime != previous {
+        let figures = status(config, index, lifetime, previous, None);
         return decision
-            .trigger_as(
-                "TierStatusChanged",
-                &status(config, index, lifetime, previous, None),
-            )?
+            .trigger_as("TierStatusChanged", &figures)?
+            .profile(&figures)?
             .state(&State {
                 lifetime: Some(lifetime),
             });
@@ -527,11 +533,14 @@ fn window_rule(input: &Input, config: &Config) -> Result<Decision, Error> {
     changed |= decision.tier.is_some();
 
     let seen = previous.unwrap_or(0);
+    let figures = status(config, index, lifetime, seen, Some(in_window));
     if lifetime != seen {
-        decision = decision.trigger_as(
-            "TierStatusChanged",
-            &status(config, index, lifetime, seen, Some(in_window)),
-        )?;
+        decision = decision.trigger_as("TierStatusChanged", &figures)?;
+    }
+    // The profile shows the figures as of the last event that moved them (a review moves
+    // the window without moving lifetime points).
+    if lifetime != seen || changed {
+        decision = decision.profile(&figures)?;
     }
     if !changed {
         return Ok(decision);
@@ -992,6 +1001,18 @@ mod tests {
         let review = journey.event("tier_review", "2027-01-10T10:00:00Z", 2800);
         assert_eq!(review.tier.as_deref(), Some("bronze"));
         assert_eq!(names(&review), ["TierLost"]);
+        // The profile shows the figures after the review.
+        let shown = review.profile.as_ref().expect("a profile").to_value();
+        assert_eq!(
+            (
+                &shown["tier"],
+                &shown["points_in_window"],
+                &shown["next_tier"],
+                &shown["points_needed_for_next_tier"]
+            ),
+            (&json!("bronze"), &json!(300), &json!("silver"), &json!(200)),
+            "{shown}"
+        );
         assert_eq!(
             trigger(&review, "TierLost").data.to_value(),
             json!({"tier": "gold", "new_tier": "bronze", "points_in_window": 300,
