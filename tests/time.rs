@@ -251,9 +251,8 @@ async fn points_are_held_released_cancelled_spent_soonest_first_and_expire_on_th
         .expect("an expiry event");
     assert_eq!(expire_event["timestamp"], day(4, 1, "00:00:00"));
     assert_eq!(
-        expire_event["outcome"]["triggers"],
-        json!([]),
-        "plugins sent nothing"
+        expire_event["outcome"]["triggers"][0]["name"], "PointsExpired",
+        "the host's own trigger is in the outcome: {expire_event}"
     );
     let (_, triggers) = host.get("/v1/triggers?limit=500", &key).await;
     assert!(
@@ -774,5 +773,107 @@ async fn settings_changed_later_reach_the_customers_already_there() {
             "{customer}"
         );
     }
+    host.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_perk_is_redeemed_once_and_never_after_it_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(dir.path(), &options());
+    clock(&host, &day(1, 1, "00:00:00")).await;
+    let key = host.tenant("acme").await;
+    let welcome = support::answering(&format!(
+        r#"{{"perks": [{{"kind": "coupon", "id": "WELCOME10", "value": 10, "valid_until": "{}"}}]}}"#,
+        day(1, 31, "23:59:59")
+    ));
+    let (status, body) = host.put_wasm("welcome", &key, &welcome).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    host.patch("/v1/plugins/welcome", &key, &json!({"actions": ["opt_in"]}))
+        .await;
+    for customer in ["ann", "ben"] {
+        post(
+            &host,
+            &key,
+            &format!("join-{customer}"),
+            customer,
+            "opt_in",
+            &day(1, 1, "00:00:00"),
+            json!({}),
+        )
+        .await;
+    }
+    let (_, ann) = host.get("/v1/customers/ann", &key).await;
+    assert_eq!(
+        ann["perks"][0]["status"],
+        Value::Null,
+        "active is the default: {ann}"
+    );
+    assert_eq!(ann["perks"][0]["issued_at"], day(1, 1, "00:00:00"));
+
+    // Redeemed once; a retry with the same Idempotency-Key is that redemption again.
+    let redeem = |customer: &str, code: &str, idempotency: Option<&str>| {
+        let mut request = host.request(
+            reqwest::Method::POST,
+            &format!("/v1/customers/{customer}/perks/{code}/redeem"),
+            Some(&key),
+        );
+        if let Some(idempotency) = idempotency {
+            request = request.header("idempotency-key", idempotency);
+        }
+        request.send()
+    };
+    let (status, body) =
+        support::answer(redeem("ann", "WELCOME10", Some("till-1")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["customer"]["perks"][0]["status"], "redeemed", "{body}");
+    assert_eq!(body["triggers"][0]["name"], "CouponRedeemed", "{body}");
+    assert_eq!(body["triggers"][0]["data"]["value"], 10, "{body}");
+    let (status, _) =
+        support::answer(redeem("ann", "WELCOME10", Some("till-1")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "the same redemption, replayed");
+    let (status, body) = support::answer(redeem("ann", "WELCOME10", None).await.unwrap()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::CONFLICT, "perk_redeemed"),
+        "{body}"
+    );
+    let (status, body) = support::answer(redeem("ann", "NOPE", None).await.unwrap()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "perk_not_found"),
+        "{body}"
+    );
+    let (_, ann) = host.get("/v1/customers/ann", &key).await;
+    assert_eq!(ann["event_count"], 2, "refusals store nothing: {ann}");
+
+    // Ben's expires after its last moment, through the clock.
+    clock(&host, &day(2, 2, "00:00:00")).await;
+    let (_, ben) = host.get("/v1/customers/ben", &key).await;
+    assert_eq!(ben["perks"][0]["status"], "expired", "{ben}");
+    let (status, body) = support::answer(redeem("ben", "WELCOME10", None).await.unwrap()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "perk_expired"),
+        "{body}"
+    );
+    let (status, body) = host
+        .event(
+            &key,
+            &json!({"customer": "ben", "action": "perk_redeem", "data": {"code": "WELCOME10"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "perk_expired"),
+        "{body}"
+    );
+    let (_, triggers) = host.get("/v1/triggers?limit=500", &key).await;
+    let names: Vec<&str> = triggers["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|trigger| trigger["name"].as_str())
+        .collect();
+    assert_eq!(names, ["CouponRedeemed", "PerkExpired"], "{triggers}");
     host.stop();
 }

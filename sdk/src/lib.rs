@@ -68,7 +68,8 @@ pub use tally_sdk_macros::plugin;
 pub use time::{Timestamp, TimestampError};
 pub use wire::{
     ABI_VERSION, Customer, Decision, DecisionViolation, Event, INTERNAL_ACTIONS, Input, Output,
-    Perk, PluginInfo, PointEntry, PointKind, Points, RawJson, Stats, Trigger, is_internal_action,
+    Perk, PerkStatus, PluginInfo, PointEntry, PointKind, Points, RawJson, Stats, Trigger,
+    is_internal_action,
 };
 
 /// On wasm32 every allocation goes to a bump allocator: an instance lives for one

@@ -1019,6 +1019,13 @@ impl Decision {
         for (index, perk) in self.perks.iter().enumerate() {
             check_name(&format!("perks[{index}].kind"), &perk.kind, MAX_NAME_LEN)?;
             check_name(&format!("perks[{index}].id"), &perk.id, MAX_NAME_LEN)?;
+            if perk.status != PerkStatus::Active || perk.closed_at.is_some() {
+                return violation(format!(
+                    "perks[{index}] is granted as {:?}: a decision grants active perks; the \
+                     host redeems and expires them",
+                    perk.status
+                ));
+            }
         }
         if let Some(tier) = &self.tier {
             check_name("tier", tier, MAX_NAME_LEN)?;
@@ -1199,17 +1206,53 @@ impl fmt::Display for PointKind {
     }
 }
 
-/// A perk granted to a customer: a coupon, a reward, a free repair.
+/// A perk granted to a customer: a coupon, a reward, a free repair. A plugin grants it with
+/// a kind, a code (`id`) and optionally a value and a last day; the host keeps its life:
+/// when it was issued, whether it was redeemed (`perk_redeem`) or expired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Perk {
     /// What sort of perk (`coupon`, `reward`, ...).
     pub kind: String,
-    /// Its id or code.
+    /// Its code, unique among the customer's perks: what a redemption names.
     pub id: String,
     /// Anything else about it.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub data: Value,
+    /// What it is worth, as the tenant counts it (`10` for 10 %, `"5 EUR"`, ...).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub value: Value,
+    /// The last moment it can be redeemed; the host expires it then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<Timestamp>,
+    /// Active, redeemed or expired. Set by the host; a decision may only grant active perks.
+    #[serde(default, skip_serializing_if = "PerkStatus::is_active")]
+    pub status: PerkStatus,
+    /// When it was granted (the event's time). Set by the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Timestamp>,
+    /// When it was redeemed or expired. Set by the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<Timestamp>,
+}
+
+/// Where a perk is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PerkStatus {
+    /// It can be redeemed.
+    #[default]
+    Active,
+    /// It was redeemed, once.
+    Redeemed,
+    /// Its `valid_until` passed before it was redeemed.
+    Expired,
+}
+
+impl PerkStatus {
+    fn is_active(&self) -> bool {
+        *self == PerkStatus::Active
+    }
 }
 
 impl Perk {
@@ -1219,6 +1262,11 @@ impl Perk {
             kind: kind.into(),
             id: id.into(),
             data: Value::Null,
+            value: Value::Null,
+            valid_until: None,
+            status: PerkStatus::Active,
+            issued_at: None,
+            closed_at: None,
         }
     }
 
@@ -1226,6 +1274,23 @@ impl Perk {
     pub fn with_data(mut self, data: Value) -> Perk {
         self.data = data;
         self
+    }
+
+    /// The same perk worth `value`.
+    pub fn with_value(mut self, value: Value) -> Perk {
+        self.value = value;
+        self
+    }
+
+    /// The same perk, redeemable until `at`.
+    pub fn valid_until(mut self, at: Timestamp) -> Perk {
+        self.valid_until = Some(at);
+        self
+    }
+
+    /// Whether it can be redeemed at `at`.
+    pub fn is_redeemable_at(&self, at: Timestamp) -> bool {
+        self.status == PerkStatus::Active && self.valid_until.is_none_or(|until| at <= until)
     }
 }
 

@@ -4,19 +4,21 @@
 //!   the contact card (fields marked `showInContactCard`, from recent events)
 //! - `GET /v1/customers/{id}/events?action=a,b&from=&to=&order=newest|oldest&limit=&cursor=`
 //! - `GET /v1/customers/{id}/ledger?limit=&cursor=`: entries, oldest first, each with its event
+//! - `POST /v1/customers/{id}/perks/{code}/redeem`: redeems a perk once (`perk_redeem`)
 //! - `GET /v1/triggers?after=&limit=`: the outbound triggers plugins sent, oldest first
 
 use axum::Router;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_sdk::Timestamp;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{QueryParams, Tenant, blocking};
+use super::extract::{QueryParams, RequestOrigin, Tenant, blocking};
 use super::views;
 use crate::service::ErrorKind;
 use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery};
@@ -31,6 +33,30 @@ pub fn router() -> Router<AppState> {
         .route("/v1/customers/{id}", get(profile))
         .route("/v1/customers/{id}/events", get(events))
         .route("/v1/customers/{id}/ledger", get(ledger))
+        .route("/v1/customers/{id}/perks/{code}/redeem", post(redeem_perk))
+}
+
+/// Redeems a perk: a `perk_redeem` event for the customer, answered as a posted event. An
+/// `Idempotency-Key` header becomes the event's id, so a retried request redeems once.
+async fn redeem_perk(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(origin): RequestOrigin,
+    Path((id, code)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut input = json!({"customer": id, "action": "perk_redeem", "data": {"code": code}});
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key.to_str().map_err(|_| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                "invalid_request",
+                "the Idempotency-Key header must be printable text",
+            )
+        })?;
+        input["id"] = json!(key);
+    }
+    super::events::ingest_one(&state, tenant, origin, input).await
 }
 
 async fn profile(

@@ -38,6 +38,18 @@ async fn post_event(
     RequestOrigin(origin): RequestOrigin,
     super::extract::EventBody(input): super::extract::EventBody,
 ) -> Result<Response, ApiError> {
+    ingest_one(&state, tenant, origin, input).await
+}
+
+/// Checks one event as posted, stores it and answers with it: `201`, or `200` with
+/// `Tally-Replayed: true` for an id stored before. What `POST /v1/events` does, and the
+/// routes that are events in another shape (redeeming a perk).
+pub(super) async fn ingest_one(
+    state: &AppState,
+    tenant: TenantRecord,
+    origin: Origin,
+    input: Value,
+) -> Result<Response, ApiError> {
     let policy = tenant.policy();
     // Checking an event is quick computation once the tenant's types are cached; only the
     // first event after a type changed reads them from the store, off the async runtime.
@@ -45,7 +57,7 @@ async fn post_event(
         Checked::Ready(event) => event,
         Checked::Invalid(error) => return Err(error.into()),
         Checked::NeedsTypes(input) => {
-            blocking(&state, move |service| {
+            blocking(state, move |service| {
                 service.ingest.prepare_event(&tenant, input, &origin)
             })
             .await?

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points, RawJson, Timestamp, Trigger};
+use tally_sdk::{
+    Customer, Decision, PerkStatus, PointEntry, PointKind, Points, RawJson, Timestamp, Trigger,
+};
 
 use super::NewEvent;
 use super::policy::Policy;
@@ -137,7 +139,11 @@ impl Account {
     /// plugin sees it: a `point_expire` expires every lot due by its time, a
     /// `points_release` releases every hold that has ended, a `checkout_accept` releases its
     /// transaction's pending points.
-    pub fn open(before: &CustomerRecord, event: &NewEvent, policy: &Policy) -> Account {
+    pub fn open(
+        before: &CustomerRecord,
+        event: &NewEvent,
+        policy: &Policy,
+    ) -> Result<Account, EventRefusal> {
         let mut account = Account {
             customer: before.customer.clone(),
             lots: before.lots.clone(),
@@ -159,9 +165,72 @@ impl Account {
                     account.release(accepted, at);
                 }
             }
+            "perk_redeem" => account.redeem(event)?,
+            "perk_expire" => account.expire_perks(at),
             _ => {}
         }
-        account
+        Ok(account)
+    }
+
+    /// Redeems the perk `data.code` names, once, while it is valid: `CouponRedeemed`.
+    fn redeem(&mut self, event: &NewEvent) -> Result<(), EventRefusal> {
+        let code = code_of(event).unwrap_or_default();
+        let at = event.timestamp;
+        // The first of that code that can be redeemed; else the first of it, to say why not.
+        let index = self
+            .customer
+            .perks
+            .iter()
+            .position(|perk| perk.id == code && perk.is_redeemable_at(at))
+            .or_else(|| self.customer.perks.iter().position(|perk| perk.id == code))
+            .ok_or_else(|| EventRefusal::PerkNotFound { code: code.clone() })?;
+        let perk = &mut self.customer.perks[index];
+        match perk.status {
+            PerkStatus::Redeemed => {
+                return Err(EventRefusal::PerkRedeemed {
+                    code,
+                    at: perk.closed_at,
+                });
+            }
+            PerkStatus::Expired => {
+                return Err(EventRefusal::PerkExpired {
+                    code,
+                    at: perk.closed_at.or(perk.valid_until),
+                });
+            }
+            PerkStatus::Active if !perk.is_redeemable_at(at) => {
+                return Err(EventRefusal::PerkExpired {
+                    code,
+                    at: perk.valid_until,
+                });
+            }
+            PerkStatus::Active => {}
+        }
+        perk.status = PerkStatus::Redeemed;
+        perk.closed_at = Some(at);
+        let data = json!({
+            "code": perk.id, "kind": perk.kind, "value": perk.value, "redeemed_at": at,
+        });
+        self.host_trigger("CouponRedeemed", &data);
+        Ok(())
+    }
+
+    /// Expires every active perk whose last moment is before `at`: `PerkExpired` each.
+    fn expire_perks(&mut self, at: Timestamp) {
+        let mut expired = Vec::new();
+        for perk in &mut self.customer.perks {
+            if perk.status == PerkStatus::Active && perk.valid_until.is_some_and(|until| until < at)
+            {
+                perk.status = PerkStatus::Expired;
+                perk.closed_at = Some(at);
+                expired.push(
+                    json!({"code": perk.id, "kind": perk.kind, "valid_until": perk.valid_until}),
+                );
+            }
+        }
+        for data in expired {
+            self.host_trigger("PerkExpired", &data);
+        }
     }
 
     /// Applies one plugin's decision: points (each entry placed in the lots), then tier, then
@@ -205,7 +274,12 @@ impl Account {
             }
             self.customer.tier = Some(tier.clone());
         }
-        self.customer.perks.extend(decision.perks.iter().cloned());
+        self.customer
+            .perks
+            .extend(decision.perks.iter().cloned().map(|mut perk| {
+                perk.issued_at = Some(event.timestamp);
+                perk
+            }));
         Ok(())
     }
 
@@ -366,6 +440,59 @@ impl Account {
             .get_or_insert_with(|| transaction_of(event))
             .as_deref()
     }
+}
+
+/// Why the host refuses an event by its own rules, before any plugin runs; nothing of it is
+/// stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventRefusal {
+    /// The customer holds no perk with that code.
+    #[error("the customer has no perk with code {code:?}")]
+    PerkNotFound {
+        /// The code asked for.
+        code: String,
+    },
+    /// The perk was redeemed already.
+    #[error("perk {code:?} was redeemed already{}", since(*at))]
+    PerkRedeemed {
+        /// Its code.
+        code: String,
+        /// When it was redeemed.
+        at: Option<Timestamp>,
+    },
+    /// The perk expired before this redemption.
+    #[error("perk {code:?} expired{}", since(*at))]
+    PerkExpired {
+        /// Its code.
+        code: String,
+        /// When it expired.
+        at: Option<Timestamp>,
+    },
+}
+
+fn since(at: Option<Timestamp>) -> String {
+    at.map(|at| format!(" at {at}")).unwrap_or_default()
+}
+
+impl EventRefusal {
+    /// The stable code the refusal is answered with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventRefusal::PerkNotFound { .. } => "perk_not_found",
+            EventRefusal::PerkRedeemed { .. } => "perk_redeemed",
+            EventRefusal::PerkExpired { .. } => "perk_expired",
+        }
+    }
+}
+
+/// `data.code` of a `perk_redeem`.
+fn code_of(event: &NewEvent) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Code {
+        #[serde(default)]
+        code: Option<String>,
+    }
+    serde_json::from_str::<Code>(event.data.get()).ok()?.code
 }
 
 /// What a balance below zero owes.

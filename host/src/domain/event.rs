@@ -166,7 +166,14 @@ pub fn apply_event(
     record_contact_card(&mut record.contact_card, event);
     record.due = schedule(&record, policy);
 
+    // The host's own triggers come first, in the outbox and in the event's outcome alike.
+    let mut outcome = decided.outcome;
     let mut triggers = account.triggers;
+    if !triggers.is_empty() {
+        let plugins = std::mem::take(&mut outcome.triggers);
+        outcome.triggers = triggers.iter().map(|new| new.trigger.clone()).collect();
+        outcome.triggers.extend(plugins);
+    }
     triggers.extend(decided.triggers);
     Ok(AppendEvent {
         tenant: event.tenant.to_string(),
@@ -184,7 +191,7 @@ pub fn apply_event(
             user_agent: event.user_agent.clone(),
             data: event.data.clone(),
             received_at: event.received_at,
-            outcome: decided.outcome,
+            outcome,
         },
         customer: record,
         ledger: account.ledger,

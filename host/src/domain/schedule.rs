@@ -15,7 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tally_sdk::Timestamp;
+use tally_sdk::{PerkStatus, Timestamp};
 
 use super::NewEvent;
 use super::account::Lot;
@@ -45,11 +45,13 @@ pub enum DueKind {
     ExpiryReminder,
     /// The review of the customer's tier.
     TierReview,
+    /// A perk's last day passed.
+    PerkExpire,
 }
 
 impl DueKind {
     /// Every kind.
-    pub const ALL: [DueKind; 7] = [
+    pub const ALL: [DueKind; 8] = [
         DueKind::PointExpire,
         DueKind::PointsRelease,
         DueKind::Birthday,
@@ -57,6 +59,7 @@ impl DueKind {
         DueKind::InactivityReminder,
         DueKind::ExpiryReminder,
         DueKind::TierReview,
+        DueKind::PerkExpire,
     ];
 
     /// Its name, as in ids and the store's index.
@@ -69,6 +72,7 @@ impl DueKind {
             DueKind::InactivityReminder => "inactivity_reminder",
             DueKind::ExpiryReminder => "expiry_reminder",
             DueKind::TierReview => "tier_review",
+            DueKind::PerkExpire => "perk_expire",
         }
     }
 
@@ -194,6 +198,21 @@ pub fn schedule(account: &CustomerRecord, policy: &Policy) -> Vec<Due> {
                 }),
             });
         }
+    }
+    let next_perk_expiry = account
+        .customer
+        .perks
+        .iter()
+        .filter(|perk| perk.status == PerkStatus::Active)
+        .filter_map(|perk| perk.valid_until)
+        .min();
+    if let Some(last_day) = next_perk_expiry {
+        // A perk can be redeemed up to and including its `valid_until`.
+        due.push(Due {
+            kind: DueKind::PerkExpire,
+            at: clamp(DueKind::PerkExpire, last_day.plus_seconds(1)),
+            data: Value::Null,
+        });
     }
     if let Some(tier) = &account.customer.tier {
         let since = account.tier_since.unwrap_or(account.created_at);

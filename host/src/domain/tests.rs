@@ -182,7 +182,7 @@ proptest! {
                 event.due = Some(if action == "point_expire" { DueKind::PointExpire } else { DueKind::PointsRelease });
             }
             // As the pipeline runs the plugins: each decision applied on the one before.
-            let mut working = Account::open(&account, &event, &policy);
+            let mut working = Account::open(&account, &event, &policy).unwrap();
             let mut outcomes = Vec::new();
             for (plugin, answer) in answers.iter().enumerate() {
                 let name = format!("p{plugin}");
@@ -283,7 +283,7 @@ fn a_rejecting_plugin_refuses_the_event() {
         },
     ];
     let policy = Policy::DEFAULT;
-    let working = Account::open(&account, &event, &policy);
+    let working = Account::open(&account, &event, &policy).unwrap();
     let rejection = apply_event(&account, &event, outcomes, working, &policy).unwrap_err();
     assert_eq!((rejection.plugin.as_str(), rejection.version), ("fraud", 7));
     assert_eq!(rejection.error, failure);

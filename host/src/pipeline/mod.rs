@@ -21,7 +21,9 @@ use self::input::{InputRef, PluginInfoRef};
 use crate::domain::records::{
     AppendEvent, CustomerRecord, OnError, PluginErrorRecord, PluginRecord, RawJson,
 };
-use crate::domain::{self, Account, NewEvent, PluginOutcome, Policy, Refusal, Rejection};
+use crate::domain::{
+    self, Account, EventRefusal, NewEvent, PluginOutcome, Policy, Refusal, Rejection,
+};
 use crate::runtime::{EvalError, LogLine, Plugin};
 use crate::storage::StoreError;
 
@@ -201,6 +203,9 @@ pub enum NotApplied {
     /// A plugin set to reject failed on it.
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// The host's own rules refuse it (a perk redeemed twice, ...), before any plugin runs.
+    #[error(transparent)]
+    Refused(#[from] EventRefusal),
     /// Its data cannot be given to plugins (not a JSON object: the checks where events enter
     /// the host refuse that, so this is a bug).
     #[error("the event cannot be given to plugins: {0}")]
@@ -232,14 +237,15 @@ pub fn evaluate_event(
 
 /// [`evaluate_event`], also keeping each plugin's decision, logs and fuel, and handing `show`
 /// each plugin's index and its input JSON, exactly as the plugin gets it, before it runs:
-/// what `simulate` answers and `tally eval` prints.
+/// what `simulate` answers and `tally eval` prints. An event the host's own rules refuse runs
+/// no plugin and is the error.
 pub fn evaluate_event_reporting(
     policy: Policy,
     event: &NewEvent,
     before: &CustomerRecord,
     calls: &[PluginCall<'_>],
     show: impl FnMut(usize, &[u8]),
-) -> Result<EventEvaluation, tally_sdk::Error> {
+) -> Result<EventEvaluation, NotApplied> {
     let runs = run_plugins(&policy, event, before, calls, show)?;
     let outcomes = runs
         .results
@@ -259,9 +265,9 @@ fn run_plugins(
     before: &CustomerRecord,
     calls: &[PluginCall<'_>],
     mut show: impl FnMut(usize, &[u8]),
-) -> Result<PluginRuns, tally_sdk::Error> {
+) -> Result<PluginRuns, NotApplied> {
     let wire = event.wire()?;
-    let mut account = Account::open(before, event, policy);
+    let mut account = Account::open(before, event, policy)?;
     let mut results = Vec::with_capacity(calls.len());
     for (index, call) in calls.iter().enumerate() {
         let (outcome, logs, fuel_used) = match call.plugin {

@@ -20,11 +20,12 @@ use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
 
 /// The ids of the built-in event types, in the order [`builtins`] lists them.
-pub const BUILTIN_IDS: [&str; 8] = [
+pub const BUILTIN_IDS: [&str; 9] = [
     "checkout",
     "checkout_update",
     "checkout_reject",
     "checkout_accept",
+    "perk_redeem",
     "point_add",
     "point_sub",
     "opt_in",
@@ -86,6 +87,7 @@ pub fn builtin_documents() -> Vec<Value> {
         checkout_update(),
         checkout_reject(),
         checkout_accept(),
+        perk_redeem(),
         points(
             "point_add",
             "Points added",
@@ -230,6 +232,23 @@ fn checkout_accept() -> Value {
                 "transaction_id": {"$ref": "#/$defs/identifier", "displayName": "Transaction ID"}
             },
             "required": ["transaction_id"]
+        }),
+    )
+}
+
+fn perk_redeem() -> Value {
+    document(
+        "perk_redeem",
+        "Perk redeemed",
+        "The customer used a perk (a coupon at the till): the host marks the perk with this code redeemed, once, while it is valid, and sends CouponRedeemed. Redeeming it again is refused (409 perk_redeemed), as is redeeming it after its valid_until (422 perk_expired).",
+        json!({
+            "$schema": DRAFT_2020_12,
+            "$defs": defs(),
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "minLength": 1, "displayName": "Perk code"}
+            },
+            "required": ["code"]
         }),
     )
 }

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use crate::domain::EventRefusal;
 use crate::pipeline::writer::{IngestError, SubmitError};
 use crate::runtime::LoadError;
 use crate::schema::SchemaError;
@@ -171,6 +172,7 @@ impl From<IngestError> for ServiceError {
                     "code": code,
                     "message": plugin_message,
                 })),
+            IngestError::Refused(refusal) => refusal.into(),
             IngestError::Storage(_) => ServiceError::new(
                 ErrorKind::Unavailable,
                 "storage_unavailable",
@@ -178,6 +180,17 @@ impl From<IngestError> for ServiceError {
             ),
             IngestError::Internal(_) => ServiceError::internal(message),
         }
+    }
+}
+
+impl From<EventRefusal> for ServiceError {
+    fn from(refusal: EventRefusal) -> ServiceError {
+        let kind = match refusal {
+            EventRefusal::PerkNotFound { .. } => ErrorKind::NotFound,
+            EventRefusal::PerkRedeemed { .. } => ErrorKind::Conflict,
+            EventRefusal::PerkExpired { .. } => ErrorKind::Unprocessable,
+        };
+        ServiceError::new(kind, refusal.code(), refusal.to_string())
     }
 }
 

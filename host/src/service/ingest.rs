@@ -13,7 +13,7 @@ use super::events::{self, Origin};
 use crate::domain::new_account;
 use crate::domain::records::{RawJson, TenantRecord};
 use crate::pipeline::writer::{IngestError, Ingested, NewEvent, SubmitError, Writer};
-use crate::pipeline::{ActivePlugin, PluginFailure, evaluate_event_reporting};
+use crate::pipeline::{ActivePlugin, NotApplied, PluginFailure, evaluate_event_reporting};
 use crate::runtime::LogLine;
 use crate::storage::Store;
 
@@ -131,7 +131,10 @@ impl Ingest {
         call.version = version;
         let mut evaluation =
             evaluate_event_reporting(tenant.policy(), &event, &account, &[call], |_, _| {})
-                .map_err(|error| ServiceError::internal(error.to_string()))?;
+                .map_err(|error| match error {
+                    NotApplied::Refused(refusal) => refusal.into(),
+                    other => ServiceError::internal(other.to_string()),
+                })?;
         let result =
             evaluation.runs.results.pop().ok_or_else(|| {
                 ServiceError::internal("the pipeline ran no plugin for a simulation")

@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::progress::Progress;
 use super::{NotApplied, RuleSource};
+use crate::domain::EventRefusal;
 pub use crate::domain::NewEvent;
 use crate::domain::records::{CustomerRecord, StoredEvent};
 use crate::storage::{Store, StoreError};
@@ -88,6 +89,9 @@ pub enum IngestError {
         /// The plugin error's message.
         message: String,
     },
+    /// The host's own rules refuse it (a perk redeemed twice, ...); nothing was stored.
+    #[error(transparent)]
+    Refused(EventRefusal),
     /// The batch could not be committed; nothing of it was stored, and retrying may work.
     #[error("the event could not be stored: {0}")]
     Storage(StoreError),
@@ -105,6 +109,7 @@ impl From<NotApplied> for IngestError {
                 code: rejection.error.code,
                 message: rejection.error.message,
             },
+            NotApplied::Refused(refusal) => IngestError::Refused(refusal),
             NotApplied::Unreadable(error) => IngestError::Internal(error.to_string()),
         }
     }
