@@ -577,7 +577,7 @@ mod tests {
         for (index, (action, when, decision)) in steps.iter().enumerate() {
             let mut new = event(action, when, json!({"transaction_id": "T1"}));
             new.id = crate::domain::EventId::parse(format!("e{index}")).unwrap();
-            let mut account = Account::open(&record, &new, policy);
+            let mut account = Account::open(&record, &new, policy).unwrap();
             account.apply_decision("p", decision, &new, policy).unwrap();
             record.customer = account.customer;
             record.lots = account.lots;
@@ -675,7 +675,7 @@ mod tests {
             "2026-01-03T00:00:00Z",
             json!({"transaction_id": "T1"}),
         );
-        let mut account = Account::open(&record, &reject, &Policy::DEFAULT);
+        let mut account = Account::open(&record, &reject, &Policy::DEFAULT).unwrap();
         let refusal = account
             .apply_decision(
                 "p",
@@ -724,7 +724,7 @@ mod tests {
             "2026-01-04T00:00:00Z",
             json!({"transaction_id": "T1"}),
         );
-        let account = Account::open(&record, &accept, &allowed);
+        let account = Account::open(&record, &accept, &allowed).unwrap();
         assert_eq!(account.ledger.len(), 1);
         assert_eq!(account.ledger[0].entry.kind(), PointKind::Release);
         assert_eq!(account.triggers[0].trigger.name, "PointsReleased");
@@ -760,9 +760,14 @@ mod tests {
         );
         assert_eq!(record.lots[0].expires_at, Some(at("2026-01-11T00:00:00Z")));
         let early = event("point_expire", "2026-01-10T23:59:59Z", json!({}));
-        assert!(Account::open(&record, &early, &policy).ledger.is_empty());
+        assert!(
+            Account::open(&record, &early, &policy)
+                .unwrap()
+                .ledger
+                .is_empty()
+        );
         let due = event("point_expire", "2026-01-11T00:00:00Z", json!({}));
-        let account = Account::open(&record, &due, &policy);
+        let account = Account::open(&record, &due, &policy).unwrap();
         assert_eq!(account.ledger[0].entry.amount, -40);
         assert_eq!(account.ledger[0].entry.kind(), PointKind::Expire);
         assert_eq!(account.customer.points.balance, 0);
@@ -788,5 +793,61 @@ mod tests {
         );
         assert_eq!(record.lots.len(), 1);
         assert_eq!(record.lots[0].amount, 42);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failing test should panic")]
+mod perk_tests {
+    use serde_json::json;
+    use tally_sdk::Perk;
+
+    use super::*;
+    use crate::domain::testing::event;
+    use crate::domain::{CustomerId, new_account};
+
+    fn holding(perk: Perk) -> CustomerRecord {
+        let mut record = new_account(
+            &CustomerId::parse("ada").unwrap(),
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        );
+        record.customer.perks.push(perk);
+        record
+    }
+
+    fn redeem(record: &CustomerRecord, at: &str) -> Result<Account, EventRefusal> {
+        let redeem = event("perk_redeem", at, json!({"code": "C1"}));
+        Account::open(record, &redeem, &Policy::DEFAULT)
+    }
+
+    #[test]
+    fn a_perk_is_redeemed_up_to_its_last_moment_obeyed() {
+        let last = "2026-01-31T23:59:59Z".parse().unwrap();
+        let record = holding(Perk::new("coupon", "C1").valid_until(last));
+        let account = redeem(&record, "2026-01-31T23:59:59Z").unwrap();
+        assert_eq!(account.customer.perks[0].status, PerkStatus::Redeemed);
+        assert_eq!(account.triggers[0].trigger.name, "CouponRedeemed");
+    }
+
+    #[test]
+    fn a_perk_is_redeemed_up_to_its_last_moment_violated() {
+        let last = "2026-01-31T23:59:59Z".parse().unwrap();
+        let record = holding(Perk::new("coupon", "C1").valid_until(last));
+        let refusal = redeem(&record, "2026-02-01T00:00:00Z").unwrap_err();
+        assert_eq!(refusal.code(), "perk_expired");
+        let mut redeemed = holding(Perk::new("coupon", "C1"));
+        redeemed.customer.perks[0].status = PerkStatus::Redeemed;
+        assert_eq!(
+            redeem(&redeemed, "2026-01-02T00:00:00Z")
+                .unwrap_err()
+                .code(),
+            "perk_redeemed"
+        );
+        assert_eq!(
+            redeem(&holding(Perk::new("coupon", "C2")), "2026-01-02T00:00:00Z")
+                .unwrap_err()
+                .code(),
+            "perk_not_found"
+        );
     }
 }
