@@ -84,6 +84,8 @@ fn build(dir: &std::path::Path, customers: usize, due: usize, moment: Timestamp)
         points_expiry: Default::default(),
         schedule: Default::default(),
         future_tolerance_seconds: 300,
+        membership_required: false,
+        customer_schema: None,
     };
     store.create_tenant(&tenant, hash_key(TENANT_KEY)).unwrap();
     let earned = at("2030-06-01T00:00:00Z");

@@ -202,6 +202,8 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
                 points_expiry: Default::default(),
                 schedule: Default::default(),
                 future_tolerance_seconds: 300,
+                membership_required: false,
+                customer_schema: None,
             },
             [7; 32],
         )

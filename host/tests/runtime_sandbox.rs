@@ -167,6 +167,7 @@ fn abi_doc_example() -> (NewEvent, CustomerRecord, RawJson, RawJson) {
         },
         tier: Some("silver".to_owned()),
         perks: vec![Perk::new("coupon", "WELCOME10")],
+        member: true,
         attributes: object(json!({"email": "ada@example.com"})),
         stats: Stats {
             events: [("checkout".to_owned(), 4)].into_iter().collect(),

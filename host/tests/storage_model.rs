@@ -391,6 +391,8 @@ mod storage {
                 points_expiry: Default::default(),
                 schedule: Default::default(),
                 future_tolerance_seconds: 300,
+                membership_required: false,
+                customer_schema: None,
             };
             store.create_tenant(&record, [n; 32]).unwrap();
         }

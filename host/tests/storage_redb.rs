@@ -42,6 +42,8 @@ mod storage {
             points_expiry: Default::default(),
             schedule: Default::default(),
             future_tolerance_seconds: 300,
+            membership_required: false,
+            customer_schema: None,
         }
     }
 

@@ -626,6 +626,10 @@ pub struct Customer {
     /// Perks (coupons, rewards) the customer holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub perks: Vec<Perk>,
+    /// Whether the customer is a member of the loyalty program: `opt_in` makes them one,
+    /// `opt_out` ends it. A tenant may require it to earn.
+    #[serde(default)]
+    pub member: bool,
     /// Profile attributes the tenant sent (name, email, birthday, ...).
     #[serde(default)]
     pub attributes: Map<String, Value>,

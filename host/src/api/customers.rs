@@ -2,6 +2,8 @@
 //!
 //! - `GET /v1/customers/{id}`: balance, lifetime points, tier, perks, attributes, stats and
 //!   the contact card (fields marked `showInContactCard`, from recent events)
+//! - `PUT /v1/customers/{id}` (whole) and `PATCH` (merge patch) `{"attributes": {...}}`: a
+//!   `profile_update` event, checked against the tenant's customer schema
 //! - `GET /v1/customers/{id}/events?action=a,b&from=&to=&order=newest|oldest&limit=&cursor=`
 //! - `GET /v1/customers/{id}/ledger?limit=&cursor=`: entries, oldest first, each with its event
 //! - `POST /v1/customers/{id}/perks/{code}/redeem`: redeems a perk once (`perk_redeem`)
@@ -18,7 +20,7 @@ use tally_sdk::Timestamp;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{QueryParams, RequestOrigin, Tenant, blocking};
+use super::extract::{Json, QueryParams, RequestOrigin, Tenant, blocking};
 use super::views;
 use crate::service::ErrorKind;
 use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery};
@@ -30,10 +32,66 @@ pub const MAX_PAGE_LIMIT: usize = 500;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/triggers", get(triggers))
-        .route("/v1/customers/{id}", get(profile))
+        .route(
+            "/v1/customers/{id}",
+            get(profile).put(replace_profile).patch(merge_profile),
+        )
         .route("/v1/customers/{id}/events", get(events))
         .route("/v1/customers/{id}/ledger", get(ledger))
         .route("/v1/customers/{id}/perks/{code}/redeem", post(redeem_perk))
+}
+
+/// What `PUT` and `PATCH /v1/customers/{id}` take.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    attributes: serde_json::Map<String, Value>,
+    /// The event's id, to make a retried write idempotent.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Writes the profile whole: a `profile_update` event with `replace`.
+async fn replace_profile(
+    state: State<AppState>,
+    tenant: Tenant,
+    origin: RequestOrigin,
+    Path(id): Path<String>,
+    Json(body): Json<ProfileBody>,
+) -> Result<Response, ApiError> {
+    write_profile(state, tenant, origin, id, body, true).await
+}
+
+/// Merges into the profile: a `profile_update` event (JSON merge patch).
+async fn merge_profile(
+    state: State<AppState>,
+    tenant: Tenant,
+    origin: RequestOrigin,
+    Path(id): Path<String>,
+    Json(body): Json<ProfileBody>,
+) -> Result<Response, ApiError> {
+    write_profile(state, tenant, origin, id, body, false).await
+}
+
+/// A profile write is an event in the customer's history, so plugins may react to it and a
+/// replay sees it; answered as a posted event.
+async fn write_profile(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(origin): RequestOrigin,
+    id: String,
+    body: ProfileBody,
+    replace: bool,
+) -> Result<Response, ApiError> {
+    let mut input = json!({
+        "customer": id,
+        "action": "profile_update",
+        "data": {"attributes": body.attributes, "replace": replace},
+    });
+    if let Some(event_id) = body.id {
+        input["id"] = json!(event_id);
+    }
+    super::events::ingest_one(&state, tenant, origin, input).await
 }
 
 /// Redeems a perk: a `perk_redeem` event for the customer, answered as a posted event. An

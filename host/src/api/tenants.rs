@@ -121,6 +121,16 @@ struct TenantPatchBody {
     schedule: Option<Schedule>,
     #[serde(default)]
     future_tolerance_seconds: Option<u32>,
+    #[serde(default)]
+    membership_required: Option<bool>,
+    /// Present as `null` removes the schema, so it is read as a `Value` whatever it holds.
+    #[serde(default, deserialize_with = "present")]
+    customer_schema: Option<Value>,
+}
+
+/// Keeps a member given as `null` as `Some(Value::Null)`, apart from one left out.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 impl From<TenantPatchBody> for TenantPatch {
@@ -132,6 +142,8 @@ impl From<TenantPatchBody> for TenantPatch {
             points_expiry: body.points_expiry,
             schedule: body.schedule,
             future_tolerance_seconds: body.future_tolerance_seconds,
+            membership_required: body.membership_required,
+            customer_schema: body.customer_schema,
         }
     }
 }

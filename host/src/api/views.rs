@@ -30,6 +30,7 @@ pub struct CustomerView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     tier_since: Option<Timestamp>,
     perks: &'a [Perk],
+    member: bool,
     attributes: &'a Map<String, Value>,
     stats: &'a Stats,
     contact_card: &'a Map<String, Value>,
@@ -105,6 +106,7 @@ pub fn customer<'a>(record: &'a CustomerRecord, policy: &Policy) -> CustomerView
             .collect(),
         plugins: &record.plugin_profiles,
         perks: &customer.perks,
+        member: customer.member,
         attributes: &customer.attributes,
         stats: &customer.stats,
         contact_card: &record.contact_card,

@@ -55,6 +55,16 @@ impl Lot {
 /// failed with [`Refusal::code`], and its `on_error` decides what happens to the event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// The decision earns points for a customer who is not a member, and the tenant
+    /// requires membership to earn.
+    #[error(
+        "the decision earns {earned} points for a customer who is not a member, and the \
+         tenant requires membership to earn"
+    )]
+    NotAMember {
+        /// The points it would earn.
+        earned: i64,
+    },
     /// The decision would leave the balance below zero.
     #[error(
         "the decision would take the balance from {balance} to {after}, and the tenant does \
@@ -73,6 +83,7 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::InsufficientPoints { .. } => "insufficient_points",
+            Refusal::NotAMember { .. } => "not_a_member",
         }
     }
 }
@@ -166,10 +177,49 @@ impl Account {
                 }
             }
             "perk_redeem" => account.redeem(event)?,
+            "opt_in" => account.set_member(true, at),
+            "opt_out" => account.set_member(false, at),
+            "profile_update" => account.update_profile(event),
             "perk_expire" => account.expire_perks(at),
             _ => {}
         }
         Ok(account)
+    }
+
+    /// Makes the customer a member or ends it, before the plugins run (a welcome bonus on
+    /// `opt_in` is earned as a member): `LoyaltyOptIn` / `LoyaltyOptOut` when it changes.
+    fn set_member(&mut self, member: bool, at: Timestamp) {
+        if self.customer.member == member {
+            return;
+        }
+        self.customer.member = member;
+        let name = if member {
+            "LoyaltyOptIn"
+        } else {
+            "LoyaltyOptOut"
+        };
+        self.host_trigger(name, &json!({"member": member, "at": at}));
+    }
+
+    /// Writes the profile a `profile_update` carries: `data.attributes` merged into the
+    /// customer's (JSON merge patch: `null` removes a field, objects merge), or, with
+    /// `data.replace`, in place of them but for the host's own membership fields.
+    fn update_profile(&mut self, event: &NewEvent) {
+        #[derive(Deserialize)]
+        struct Update {
+            #[serde(default)]
+            attributes: serde_json::Map<String, serde_json::Value>,
+            #[serde(default)]
+            replace: bool,
+        }
+        let Ok(update) = serde_json::from_str::<Update>(event.data.get()) else {
+            return;
+        };
+        let attributes = &mut self.customer.attributes;
+        if update.replace {
+            attributes.retain(|field, _| HOST_ATTRIBUTES.contains(&field.as_str()));
+        }
+        merge_patch(attributes, update.attributes);
     }
 
     /// Redeems the perk `data.code` names, once, while it is valid: `CouponRedeemed`.
@@ -242,6 +292,17 @@ impl Account {
         event: &NewEvent,
         policy: &Policy,
     ) -> Result<(), Refusal> {
+        if policy.membership_required && !self.customer.member {
+            let earned: i64 = decision
+                .points
+                .iter()
+                .filter(|entry| entry.kind() == PointKind::Earn)
+                .map(|entry| entry.amount)
+                .fold(0, i64::saturating_add);
+            if earned > 0 {
+                return Err(Refusal::NotAMember { earned });
+            }
+        }
         if !decision.points.is_empty() {
             let before = self.customer.points;
             let mut lots = self.lots.clone();
@@ -493,6 +554,37 @@ fn code_of(event: &NewEvent) -> Option<String> {
         code: Option<String>,
     }
     serde_json::from_str::<Code>(event.data.get()).ok()?.code
+}
+
+/// The attributes the host keeps itself, which a profile written whole keeps.
+pub const HOST_ATTRIBUTES: [&str; 3] = ["opted_in", "opted_in_at", "opted_out_at"];
+
+/// RFC 7386 JSON merge patch of `patch` into `target`.
+fn merge_patch(
+    target: &mut serde_json::Map<String, serde_json::Value>,
+    patch: serde_json::Map<String, serde_json::Value>,
+) {
+    for (field, value) in patch {
+        match value {
+            serde_json::Value::Null => {
+                target.remove(&field);
+            }
+            serde_json::Value::Object(inner) => {
+                let slot = target
+                    .entry(field)
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                if !slot.is_object() {
+                    *slot = serde_json::Value::Object(serde_json::Map::new());
+                }
+                if let serde_json::Value::Object(existing) = slot {
+                    merge_patch(existing, inner);
+                }
+            }
+            other => {
+                target.insert(field, other);
+            }
+        }
+    }
 }
 
 /// What a balance below zero owes.

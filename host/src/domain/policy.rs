@@ -20,6 +20,9 @@ pub struct Policy {
     pub expiry: PointsExpiry,
     /// The daily moments the clock writes events for.
     pub schedule: Schedule,
+    /// Whether only members (customers who opted in and did not opt out) earn points: a
+    /// decision that would earn for anyone else is refused (`not_a_member`).
+    pub membership_required: bool,
 }
 
 impl Policy {
@@ -28,6 +31,7 @@ impl Policy {
         allow_negative_balance: false,
         expiry: PointsExpiry::None,
         schedule: Schedule::DEFAULT,
+        membership_required: false,
     };
 }
 

@@ -45,6 +45,13 @@ pub struct TenantRecord {
     /// it the event is refused with `timestamp_in_future`.
     #[serde(default = "default_future_tolerance")]
     pub future_tolerance_seconds: u32,
+    /// Whether only members earn points (see [`Policy`]).
+    #[serde(default)]
+    pub membership_required: bool,
+    /// The JSON Schema customer attributes are checked against when a profile is written,
+    /// `None` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_schema: Option<Value>,
 }
 
 /// Five minutes: more than honest clocks drift, less than a mistyped date.
@@ -61,6 +68,7 @@ impl TenantRecord {
             allow_negative_balance: self.allow_negative_balance,
             expiry: self.points_expiry,
             schedule: self.schedule,
+            membership_required: self.membership_required,
         }
     }
 }

@@ -20,12 +20,13 @@ use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
 
 /// The ids of the built-in event types, in the order [`builtins`] lists them.
-pub const BUILTIN_IDS: [&str; 9] = [
+pub const BUILTIN_IDS: [&str; 10] = [
     "checkout",
     "checkout_update",
     "checkout_reject",
     "checkout_accept",
     "perk_redeem",
+    "profile_update",
     "point_add",
     "point_sub",
     "opt_in",
@@ -88,6 +89,7 @@ pub fn builtin_documents() -> Vec<Value> {
         checkout_reject(),
         checkout_accept(),
         perk_redeem(),
+        profile_update(),
         points(
             "point_add",
             "Points added",
@@ -249,6 +251,24 @@ fn perk_redeem() -> Value {
                 "code": {"type": "string", "minLength": 1, "displayName": "Perk code"}
             },
             "required": ["code"]
+        }),
+    )
+}
+
+fn profile_update() -> Value {
+    document(
+        "profile_update",
+        "Profile updated",
+        "The customer's profile written (PUT or PATCH /v1/customers/{id} make one): attributes merged into the profile as a JSON merge patch (null removes a field), or, with replace, in place of it. Checked against the tenant's customer schema when it has one.",
+        json!({
+            "$schema": DRAFT_2020_12,
+            "type": "object",
+            "properties": {
+                "attributes": {"type": "object", "displayName": "Attributes"},
+                "replace": {"type": "boolean", "displayName": "Replace"}
+            },
+            "required": ["attributes"],
+            "additionalProperties": false
         }),
     )
 }

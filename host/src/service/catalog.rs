@@ -10,7 +10,7 @@ use super::cache::{StoreCache, read_lock, write_lock};
 use super::clock::Clock;
 use super::error::ServiceError;
 use crate::domain::records::{EventTypeRecord, OnError, PluginRecord, TenantRecord};
-use crate::domain::{PluginName, TenantId};
+use crate::domain::{NewEvent, PluginName, TenantId};
 use crate::pipeline::{ActivePlugin, RuleSource, TenantRules};
 use crate::runtime::{Plugin, Runtime};
 use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
@@ -61,7 +61,53 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+/// The reserved id the tenant's customer schema is compiled under.
+const CUSTOMER_SCHEMA_ID: &str = "customer_profile";
+
+/// The interaction-schema document the customer schema `schema` is checked as: whole for a
+/// profile written whole, without its top-level `required` for one merged in part.
+pub(super) fn customer_schema_document(schema: &Value, whole: bool) -> Value {
+    let mut schema = schema.clone();
+    if !whole && let Some(fields) = schema.as_object_mut() {
+        fields.remove("required");
+    }
+    let id = if whole {
+        CUSTOMER_SCHEMA_ID.to_owned()
+    } else {
+        format!("{CUSTOMER_SCHEMA_ID}_patch")
+    };
+    serde_json::json!({"id": id, "jsonSchema": schema})
+}
+
 impl Catalog {
+    /// Checks the attributes a `profile_update` writes against the tenant's customer schema:
+    /// all of it for a profile written whole, the fields given for one merged in part (a
+    /// `null`, which removes a field, is not checked).
+    pub fn check_profile(
+        &self,
+        tenant: &TenantRecord,
+        event: &NewEvent,
+    ) -> Result<(), ServiceError> {
+        if event.action != "profile_update" {
+            return Ok(());
+        }
+        let Some(schema) = &tenant.customer_schema else {
+            return Ok(());
+        };
+        let data = event.data.to_value();
+        let whole = data
+            .get("replace")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut attributes = data.get("attributes").cloned().unwrap_or(Value::Null);
+        if !whole && let Some(fields) = attributes.as_object_mut() {
+            fields.retain(|_, value| !value.is_null());
+        }
+        let document = customer_schema_document(schema, whole);
+        let compiled = self.schemas.get_or_compile(&tenant.id, &document)?;
+        Ok(compiled.check(&attributes)?)
+    }
+
     pub(super) fn new(store: Arc<dyn Store>, runtime: Runtime, clock: Clock) -> Catalog {
         let plugins = Arc::new(PluginCache {
             store: store.clone(),

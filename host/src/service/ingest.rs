@@ -162,7 +162,12 @@ impl Ingest {
     pub fn check_now(&self, tenant: &TenantRecord, input: Value, origin: &Origin) -> Checked {
         match self.catalog.cached_types(tenant) {
             Some(types) => {
-                match events::read_event(tenant, &types, input, origin, self.clock.now()) {
+                let read = events::read_event(tenant, &types, input, origin, self.clock.now())
+                    .and_then(|event| {
+                        self.catalog.check_profile(tenant, &event)?;
+                        Ok(event)
+                    });
+                match read {
                     Ok(event) => Checked::Ready(event),
                     Err(error) => Checked::Invalid(error),
                 }
@@ -179,7 +184,9 @@ impl Ingest {
         origin: &Origin,
     ) -> Result<NewEvent, ServiceError> {
         let types = self.catalog.types_of(tenant)?;
-        events::read_event(tenant, &types, input, origin, self.clock.now())
+        let event = events::read_event(tenant, &types, input, origin, self.clock.now())?;
+        self.catalog.check_profile(tenant, &event)?;
+        Ok(event)
     }
 
     /// Checks many events at once (a batch or an import), each on its own.
@@ -193,7 +200,11 @@ impl Ingest {
         let received = self.clock.now();
         Ok(inputs
             .into_iter()
-            .map(|input| events::read_event(tenant, &types, input, origin, received))
+            .map(|input| {
+                let event = events::read_event(tenant, &types, input, origin, received)?;
+                self.catalog.check_profile(tenant, &event)?;
+                Ok(event)
+            })
             .collect())
     }
 

@@ -48,6 +48,10 @@ pub struct TenantPatch {
     pub schedule: Option<Schedule>,
     /// A new tolerance for timestamps in the future, in seconds.
     pub future_tolerance_seconds: Option<u32>,
+    /// Requires membership to earn, or stops requiring it.
+    pub membership_required: Option<bool>,
+    /// A new customer schema (a JSON Schema for attributes); JSON `null` removes it.
+    pub customer_schema: Option<serde_json::Value>,
 }
 
 /// Tenants and keys.
@@ -146,6 +150,8 @@ impl Tenants {
             points_expiry: PointsExpiry::default(),
             schedule: Schedule::default(),
             future_tolerance_seconds: DEFAULT_FUTURE_TOLERANCE_SECONDS,
+            membership_required: false,
+            customer_schema: None,
         };
         let key = new_tenant_key()?;
         self.store.create_tenant(&tenant, auth::hash_key(&key))?;
@@ -193,6 +199,21 @@ impl Tenants {
         }
         if let Some(tolerance) = patch.future_tolerance_seconds {
             record.future_tolerance_seconds = tolerance;
+        }
+        if let Some(required) = patch.membership_required {
+            record.membership_required = required;
+        }
+        if let Some(schema) = patch.customer_schema {
+            if schema.is_null() {
+                record.customer_schema = None;
+            } else {
+                // Compiled once here so that a schema that cannot be used is refused now,
+                // with the path in it, not at the first profile written.
+                crate::schema::parse_document(&super::catalog::customer_schema_document(
+                    &schema, true,
+                ))?;
+                record.customer_schema = Some(schema);
+            }
         }
         self.store.update_tenant(&record)?;
         self.forget_principals();

@@ -116,9 +116,13 @@ fn event_of(cursor: &mut Cursor<'_>) -> Option<Event> {
 
 fn customer_of(cursor: &mut Cursor<'_>) -> Option<Customer> {
     let (mut id, mut points, mut tier, mut perks) = (None, None, None, None);
-    let (mut attributes, mut stats) = (None, None);
+    let (mut attributes, mut stats, mut member) = (None, None, None);
     plain_object(cursor, |cursor, key| match key {
         "id" => once(&mut id, cursor.string()?.to_owned()),
+        "member" => once(
+            &mut member,
+            serde_json::from_str::<bool>(cursor.value()?).ok()?,
+        ),
         "points" => once(&mut points, points_of(cursor)?),
         "tier" => once(&mut tier, cursor.optional_string()?),
         "perks" => once(&mut perks, list::<Perk>(cursor.value()?)?),
@@ -131,6 +135,7 @@ fn customer_of(cursor: &mut Cursor<'_>) -> Option<Customer> {
         points: points.unwrap_or_default(),
         tier: tier.flatten(),
         perks: perks.unwrap_or_default(),
+        member: member.unwrap_or_default(),
         attributes: attributes.unwrap_or_default(),
         stats: stats.unwrap_or_default(),
     })
