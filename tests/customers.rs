@@ -213,3 +213,90 @@ async fn only_members_earn_where_the_tenant_requires_membership() {
     assert_eq!(cat["points"]["balance"], 40, "{cat}");
     host.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_are_listed_by_condition_and_found_by_email() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let key = host.tenant("acme").await;
+    let other = host.tenant("other").await;
+    for (customer, email, language) in [
+        ("c1", "Ann@Example.com", "sv"),
+        ("c2", "bob@example.com", "en"),
+        ("c3", "ann@example.com ", "sv"),
+        ("c4", "dan@example.com", "sv"),
+    ] {
+        let (status, body) = write(
+            &host,
+            &key,
+            Method::PUT,
+            customer,
+            &json!({"attributes": {"email": email, "language": language}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    write(
+        &host,
+        &other,
+        Method::PUT,
+        "x1",
+        &json!({"attributes": {"email": "ann@example.com"}}),
+    )
+    .await;
+
+    // An email finds every customer that has it, whatever its case, in this tenant only.
+    let (status, body) = host.get("/v1/customers?email=ANN@example.com", &key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c1", "c3"], "{body}");
+    // An email changed leaves the index.
+    write(
+        &host,
+        &key,
+        Method::PATCH,
+        "c3",
+        &json!({"attributes": {"email": "cyd@example.com"}}),
+    )
+    .await;
+    let (_, body) = host.get("/v1/customers?email=ann@example.com", &key).await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 1, "{body}");
+    let (_, body) = host.get("/v1/customers?email=cyd@example.com", &key).await;
+    assert_eq!(body["items"][0]["id"], "c3", "{body}");
+
+    // Conditions and pages.
+    let (_, body) = host
+        .get("/v1/customers?attribute.language=sv&limit=2", &key)
+        .await;
+    let ids: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c1", "c3"], "{body}");
+    let cursor = body["next_cursor"]
+        .as_str()
+        .expect("another page")
+        .to_owned();
+    let (_, body) = host
+        .get(
+            &format!("/v1/customers?attribute.language=sv&limit=2&cursor={cursor}"),
+            &key,
+        )
+        .await;
+    assert_eq!(body["items"][0]["id"], "c4", "{body}");
+    assert_eq!(body["next_cursor"], Value::Null, "{body}");
+    let (status, body) = host.get("/v1/customers?colour=red", &key).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_query"),
+        "{body}"
+    );
+    host.stop();
+}

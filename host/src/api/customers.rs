@@ -1,5 +1,7 @@
 //! Customers: the profile, the event stream and the points ledger.
 //!
+//! - `GET /v1/customers?email=&tier=&member=&attribute.<name>=&limit=&cursor=`: customers,
+//!   in id order, by condition; by the email index when an email is given
 //! - `GET /v1/customers/{id}`: balance, lifetime points, tier, perks, attributes, stats and
 //!   the contact card (fields marked `showInContactCard`, from recent events)
 //! - `PUT /v1/customers/{id}` (whole) and `PATCH` (merge patch) `{"attributes": {...}}`: a
@@ -22,7 +24,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, QueryParams, RequestOrigin, Tenant, blocking};
 use super::views;
-use crate::service::ErrorKind;
+use crate::service::{CustomerFilter, ErrorKind};
 use crate::storage::{DEFAULT_PAGE_LIMIT, EventQuery};
 
 /// The most items one page may ask for.
@@ -32,6 +34,7 @@ pub const MAX_PAGE_LIMIT: usize = 500;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/triggers", get(triggers))
+        .route("/v1/customers", get(list))
         .route(
             "/v1/customers/{id}",
             get(profile).put(replace_profile).patch(merge_profile),
@@ -39,6 +42,64 @@ pub fn router() -> Router<AppState> {
         .route("/v1/customers/{id}/events", get(events))
         .route("/v1/customers/{id}/ledger", get(ledger))
         .route("/v1/customers/{id}/perks/{code}/redeem", post(redeem_perk))
+}
+
+/// `GET /v1/customers?email=&tier=&member=&attribute.<name>=&limit=&cursor=`: the tenant's
+/// customers, in id order, that meet every condition given.
+async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    QueryParams(params): QueryParams<Vec<(String, String)>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let mut filter = CustomerFilter::default();
+    let (mut limit, mut cursor) = (None, None);
+    for (name, value) in params {
+        match name.as_str() {
+            "email" => filter.email = Some(value),
+            "tier" => filter.tier = Some(value),
+            "member" => {
+                filter.member = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad_query(format!("member={value}: true or false")))?,
+                );
+            }
+            "limit" => {
+                limit =
+                    Some(value.parse().map_err(|_| {
+                        bad_query(format!("limit={value}: a whole number of items"))
+                    })?);
+            }
+            "cursor" => cursor = Some(value),
+            other => match other.strip_prefix("attribute.") {
+                Some(attribute) if !attribute.is_empty() => {
+                    filter.attributes.push((attribute.to_owned(), value));
+                }
+                _ => {
+                    return Err(bad_query(format!(
+                        "unknown parameter {other:?}: customers are filtered by email, tier, \
+                         member and attribute.<name>, and paged with limit and cursor"
+                    )));
+                }
+            },
+        }
+    }
+    let limit = page_limit(limit)?;
+    let policy = tenant.policy();
+    let page = blocking(&state, move |service| {
+        service
+            .queries
+            .customers(&tenant.id, &filter, cursor.as_deref(), limit)
+    })
+    .await?;
+    let items: Vec<_> = page
+        .items
+        .iter()
+        .map(|record| views::customer(record, &policy))
+        .collect();
+    Ok(axum::Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
 }
 
 /// What `PUT` and `PATCH /v1/customers/{id}` take.

@@ -35,7 +35,7 @@ pub use self::events::{
     MAX_CUSTOMER_LEN, MAX_EVENT_ID_LEN, MAX_LABEL_LEN, Origin, generate_id, kind_of,
 };
 pub use self::ingest::{Checked, Ingest, Simulation};
-pub use self::queries::{LedgerLine, Queries};
+pub use self::queries::{CustomerFilter, LedgerLine, Queries};
 pub use self::tenants::{NewTenant, Principal, TenantPatch, Tenants};
 use crate::config::Config;
 use crate::pipeline::writer::Writer;

@@ -46,6 +46,32 @@ impl Queries {
             .ok_or_else(|| ServiceError::not_found(format!("no customer {id:?}")))
     }
 
+    /// A page of `tenant`'s customers that `filter` keeps, after the customer `after`; by the
+    /// email index when the filter names an email.
+    pub fn customers(
+        &self,
+        tenant: &str,
+        filter: &CustomerFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CustomerRecord>, ServiceError> {
+        let keep = |record: &CustomerRecord| filter.keeps(record);
+        if let Some(email) = &filter.email {
+            let mut items: Vec<CustomerRecord> = self
+                .store
+                .customers_by_email(tenant, email)?
+                .into_iter()
+                .filter(|record| keep(record))
+                .filter(|record| after.is_none_or(|after| record.customer.id.as_str() > after))
+                .collect();
+            items.sort_by(|a, b| a.customer.id.cmp(&b.customer.id));
+            let next_cursor = (items.len() > limit).then(|| items[limit - 1].customer.id.clone());
+            items.truncate(limit);
+            return Ok(Page { items, next_cursor });
+        }
+        Ok(self.store.customers(tenant, after, limit, &keep)?)
+    }
+
     /// A page of a customer's events.
     pub fn customer_events(
         &self,
@@ -92,5 +118,46 @@ impl Queries {
         limit: usize,
     ) -> Result<Vec<OutboxTrigger>, ServiceError> {
         Ok(self.store.outbox(tenant, after, limit)?)
+    }
+}
+
+/// Which customers a listing keeps: every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerFilter {
+    /// The `email` attribute, compared trimmed and without case.
+    pub email: Option<String>,
+    /// The tier.
+    pub tier: Option<String>,
+    /// Members only, or non-members only.
+    pub member: Option<bool>,
+    /// Top-level attributes and the values they must have (a string compares with a string
+    /// attribute, or with the JSON text of any other).
+    pub attributes: Vec<(String, String)>,
+}
+
+impl CustomerFilter {
+    /// Whether `record` meets every condition.
+    pub fn keeps(&self, record: &CustomerRecord) -> bool {
+        let customer = &record.customer;
+        let email_matches = self.email.as_ref().is_none_or(|email| {
+            customer
+                .attributes
+                .get("email")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|own| own.trim().eq_ignore_ascii_case(email.trim()))
+        });
+        let attribute_matches =
+            |(name, wanted): &(String, String)| match customer.attributes.get(name) {
+                Some(serde_json::Value::String(text)) => text == wanted,
+                Some(other) => other.to_string() == *wanted,
+                None => false,
+            };
+        email_matches
+            && self
+                .tier
+                .as_ref()
+                .is_none_or(|tier| customer.tier.as_ref() == Some(tier))
+            && self.member.is_none_or(|member| customer.member == member)
+            && self.attributes.iter().all(attribute_matches)
     }
 }

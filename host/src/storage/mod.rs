@@ -294,6 +294,26 @@ pub trait Store: BatchRead + Send + Sync {
     fn due(&self, tenant: &str, until: Timestamp, limit: usize)
     -> Result<Vec<DueWork>, StoreError>;
 
+    /// Up to `limit` of `tenant`'s customers after the customer `after` (from the first when
+    /// `None`), in id order, that `keep` keeps. A page looks at a bounded number of customers,
+    /// so it may hold fewer than `limit` and still have a `next_cursor` (the last id looked
+    /// at, to pass as `after`).
+    fn customers(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&CustomerRecord) -> bool,
+    ) -> Result<Page<CustomerRecord>, StoreError>;
+
+    /// The customers of `tenant` whose `email` attribute is `email`, compared trimmed and
+    /// without case, from an index the append keeps.
+    fn customers_by_email(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Vec<CustomerRecord>, StoreError>;
+
     /// Works out again what is due for every customer of `tenant`, with the tenant's settings
     /// as stored (after they changed), keeping the clock's index in step; returns how many
     /// customers' moments changed. The one walk over a tenant's customers, run when its

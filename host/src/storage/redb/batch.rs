@@ -11,8 +11,8 @@ use tally_sdk::Points;
 use super::codec::{LedgerRow, encode, encode_event_row, encode_history, len_u64};
 use super::read::{get_customer, get_event, get_plugin_state, require_tenant};
 use super::tables::{
-    CUSTOMER_DATA, CustomerKey, DUE, EVENTS, OUTBOX, SEQ_EVENT, SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES,
-    TENANTS, history_key, ledger_key, record_key, state_key,
+    CUSTOMER_DATA, CUSTOMER_INDEX, CustomerKey, DUE, EVENTS, OUTBOX, SEQ_EVENT, SEQ_LEDGER,
+    SEQ_OUTBOX, SEQUENCES, TENANTS, history_key, ledger_key, record_key, state_key,
 };
 use crate::storage::{
     AppendEvent, Appended, BatchRead, BatchTxn, CustomerRecord, NewLedgerEntry, NewTrigger,
@@ -53,6 +53,7 @@ struct RedbBatch<'txn> {
     customer_data: Table<'txn, CustomerKey<'static>, &'static [u8]>,
     outbox: Table<'txn, (&'static str, u64), &'static [u8]>,
     due: Table<'txn, (&'static str, i64, &'static str, &'static str), &'static [u8]>,
+    index: Table<'txn, (&'static str, &'static str, &'static str, &'static str), ()>,
     /// Set when a write failed halfway through an append: the transaction then holds part of
     /// an event, so it must not commit, whatever `work` does with the error.
     poisoned: Option<StoreError>,
@@ -82,6 +83,20 @@ struct StoredCounters {
 #[derive(Deserialize)]
 struct StoredPoints {
     points: Points,
+    #[serde(default)]
+    attributes: StoredEmail,
+}
+
+#[derive(Deserialize, Default)]
+struct StoredEmail {
+    #[serde(default)]
+    email: Option<serde_json::Value>,
+}
+
+/// The customer's email as the index keeps it: trimmed and lowercased; `None` for none.
+pub(crate) fn email_key(email: Option<&serde_json::Value>) -> Option<String> {
+    let email = email?.as_str()?.trim();
+    (!email.is_empty()).then(|| email.to_lowercase())
 }
 
 /// What an append's checks worked out, for its writes.
@@ -90,6 +105,8 @@ struct Checked {
     points_after: Vec<Points>,
     /// What the clock was to write for the customer before this event.
     due_before: Vec<Due>,
+    /// The customer's email before this event, as the index keeps it.
+    email_before: Option<String>,
 }
 
 impl BatchTxn for RedbBatch<'_> {
@@ -116,6 +133,7 @@ impl<'txn> RedbBatch<'txn> {
             customer_data: txn.open_table(CUSTOMER_DATA)?,
             outbox: txn.open_table(OUTBOX)?,
             due: txn.open_table(DUE)?,
+            index: txn.open_table(CUSTOMER_INDEX)?,
             poisoned: None,
             sequence_cache: HashMap::new(),
             known_tenants: HashSet::new(),
@@ -136,9 +154,10 @@ impl<'txn> RedbBatch<'txn> {
         let tenant = append.tenant.as_str();
         let previous: Option<StoredCounters> =
             get_customer(&self.customer_data, tenant, &append.event.customer)?;
-        let (count_before, points_before, due_before) = previous
-            .map_or((0, Points::default(), Vec::new()), |p| {
-                (p.event_count, p.customer.points, p.due)
+        let (count_before, points_before, due_before, email_before) =
+            previous.map_or((0, Points::default(), Vec::new(), None), |p| {
+                let email = email_key(p.customer.attributes.email.as_ref());
+                (p.event_count, p.customer.points, p.due, email)
             });
         check_count(append, count_before)?;
         let points_after = replay(points_before, append);
@@ -147,6 +166,7 @@ impl<'txn> RedbBatch<'txn> {
         Ok(Checked {
             points_after,
             due_before,
+            email_before,
         })
     }
 
@@ -193,6 +213,17 @@ impl<'txn> RedbBatch<'txn> {
         self.customer_data
             .insert(record_key(tenant, &event.customer), bytes.as_slice())?;
         self.write_due(tenant, &event.customer, &checked.due_before, &customer.due)?;
+        let email_after = email_key(customer.customer.attributes.get("email"));
+        if email_after != checked.email_before {
+            if let Some(old) = &checked.email_before {
+                self.index
+                    .remove((tenant, "email", old.as_str(), event.customer.as_str()))?;
+            }
+            if let Some(new) = &email_after {
+                self.index
+                    .insert((tenant, "email", new.as_str(), event.customer.as_str()), ())?;
+            }
+        }
         self.write_ledger(tenant, &event, &ledger, checked.points_after)?;
         self.write_states(tenant, &event.customer, plugin_states)?;
         self.write_triggers(tenant, &event, triggers)?;

@@ -70,6 +70,7 @@ mod admin;
 mod batch;
 mod codec;
 mod cursor;
+mod customers;
 mod format;
 mod pages;
 mod read;
@@ -300,6 +301,24 @@ impl Store for RedbStore {
         limit: usize,
     ) -> Result<Vec<DueWork>, StoreError> {
         pages::due(&self.db, tenant, until, limit)
+    }
+
+    fn customers(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&CustomerRecord) -> bool,
+    ) -> Result<Page<CustomerRecord>, StoreError> {
+        customers::customers(&self.db, tenant, after, limit, keep)
+    }
+
+    fn customers_by_email(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Vec<CustomerRecord>, StoreError> {
+        customers::customers_by_email(&self.db, tenant, email)
     }
 
     fn reschedule(&self, tenant: &str) -> Result<usize, StoreError> {

@@ -2,6 +2,7 @@
 //! snapshot: each takes the table it reads, whatever transaction opened it.
 
 use std::borrow::Borrow;
+use std::ops::Bound;
 
 use ::redb::{Key, ReadableTable};
 use serde::de::DeserializeOwned;
@@ -102,4 +103,26 @@ pub(super) fn tenant_records<T: DeserializeOwned>(
         })?);
     }
     Ok(records)
+}
+
+/// The first customer of `tenant` after `after` (from the first when `None`), in id order:
+/// one seek past every row of the last customer, whatever their history holds.
+pub(super) fn next_customer(
+    table: &impl ReadableTable<CustomerKey<'static>, &'static [u8]>,
+    tenant: &str,
+    after: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let lower = match after {
+        None => Bound::Included((tenant, "", 0, i64::MIN, 0, "")),
+        Some(customer) => Bound::Excluded((tenant, customer, u8::MAX, i64::MAX, u64::MAX, "")),
+    };
+    let Some(row) = table
+        .range::<(&str, &str, u8, i64, u64, &str)>((lower, Bound::Unbounded))?
+        .next()
+    else {
+        return Ok(None);
+    };
+    let (key, _) = row?;
+    let (owner, customer, ..) = key.value();
+    Ok((owner == tenant).then(|| customer.to_owned()))
 }

@@ -1,13 +1,11 @@
 //! Working out again what is due for every customer of a tenant, after the tenant changed
 //! the settings that say so ([`Store::reschedule`](crate::storage::Store::reschedule)).
 
-use std::ops::Bound;
-
 use ::redb::{ReadableTable, WriteTransaction};
 
 use super::batch::move_due;
 use super::codec::{decode, encode};
-use super::read::{get_json, no_tenant};
+use super::read::{get_json, next_customer, no_tenant};
 use super::tables::{CUSTOMER_DATA, DUE, TENANTS, record_key};
 use crate::domain::schedule::schedule;
 use crate::storage::{CustomerRecord, StoreError, TenantRecord};
@@ -41,26 +39,8 @@ pub(super) fn step(
     let mut last = after.map(str::to_owned);
     let mut changed = 0;
     for _ in 0..CUSTOMERS_PER_TRANSACTION {
-        // The first row past every row of the last customer is the next customer's first.
-        let lower = match &last {
-            None => Bound::Included((tenant, "", 0, i64::MIN, 0, "")),
-            Some(customer) => {
-                Bound::Excluded((tenant, customer.as_str(), u8::MAX, i64::MAX, u64::MAX, ""))
-            }
-        };
-        let next = match data
-            .range::<(&str, &str, u8, i64, u64, &str)>((lower, Bound::Unbounded))?
-            .next()
-        {
-            Some(row) => {
-                let (key, _) = row?;
-                let (owner, customer, ..) = key.value();
-                if owner != tenant {
-                    break;
-                }
-                customer.to_owned()
-            }
-            None => break,
+        let Some(next) = next_customer(&data, tenant, last.as_deref())? else {
+            break;
         };
         let key = record_key(tenant, &next);
         let bytes = data.get(key)?.map(|value| value.value().to_vec());

@@ -24,6 +24,11 @@ pub(super) const SEQUENCES: TableDefinition<'_, (&str, &str), u64> =
     TableDefinition::new("sequences");
 pub(super) const EVENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("events");
 pub(super) const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// Customers by a field that finds them, for lookups: (tenant, field, normalised value,
+/// customer) → nothing. Today the field is `email` (lowercased); several customers may share
+/// one. Kept in step with the customer record by the append that changes it.
+pub(super) const CUSTOMER_INDEX: TableDefinition<'_, (&str, &str, &str, &str), ()> =
+    TableDefinition::new("customer_index");
 /// What the clock is to write, by tenant and time: (tenant, due unix seconds, customer, kind)
 /// → the internal event's data as JSON. Kept in step with each customer record's `due` by
 /// the append that changes it, so the clock reads what is due with one range per tenant
@@ -56,6 +61,7 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(EVENTS)?;
     txn.open_table(OUTBOX)?;
     txn.open_table(DUE)?;
+    txn.open_table(CUSTOMER_INDEX)?;
     Ok(())
 }
 
