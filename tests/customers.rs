@@ -211,6 +211,26 @@ async fn only_members_earn_where_the_tenant_requires_membership() {
     assert_eq!(body["points"], 0, "{body}");
     let (_, cat) = host.get("/v1/customers/cat", &key).await;
     assert_eq!(cat["points"]["balance"], 40, "{cat}");
+    // What a marketer reads.
+    let summary = &cat["summary"];
+    assert_eq!(
+        (
+            &summary["purchases"],
+            &summary["total_spend"],
+            &summary["average_order"]
+        ),
+        (&json!(3), &json!("120"), &json!(40.0)),
+        "{summary}"
+    );
+    assert_eq!(
+        (&summary["points_earned"], &summary["member"]),
+        (&json!(40), &json!(false)),
+        "{summary}"
+    );
+    assert!(
+        summary["last_purchase_at"].is_string() && summary["last_seen_at"].is_string(),
+        "{summary}"
+    );
     host.stop();
 }
 

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tally_sdk::{Perk, PointEntry, Stats, Timestamp, Trigger};
+use tally_sdk::{Decimal, Perk, PointEntry, Stats, Timestamp, Trigger};
 
 use std::collections::BTreeMap;
 
@@ -42,6 +42,56 @@ pub struct CustomerView<'a> {
     /// What each plugin shows (a tier's figures, ...), by plugin.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     plugins: &'a BTreeMap<String, RawJson>,
+    /// What a marketer reads.
+    summary: SummaryView,
+}
+
+/// The fields marketing tools read on every customer (Yotpo/Rule's), worked out from the
+/// record.
+#[derive(Debug, Serialize)]
+pub struct SummaryView {
+    purchases: u64,
+    returns: u64,
+    total_spend: Decimal,
+    /// `total_spend / purchases`, to the cent; `null` before a purchase.
+    average_order: Option<f64>,
+    last_purchase_at: Option<Timestamp>,
+    /// The time of the latest event from outside (the clock's are not the customer).
+    last_seen_at: Option<Timestamp>,
+    points_earned: i64,
+    points_spent: i64,
+    points_expired: i64,
+    points_reversed: i64,
+    perks_redeemed: u64,
+    member: bool,
+}
+
+fn summary(record: &CustomerRecord) -> SummaryView {
+    let customer = &record.customer;
+    let stats = &customer.stats;
+    let kept = &record.summary;
+    let purchases = stats.events("checkout");
+    let average_order = (purchases > 0).then(|| {
+        // Cents: a display figure, not money to compute with (total_spend is exact).
+        (kept.total_spend.to_f64() / purchases as f64 * 100.0).round() / 100.0
+    });
+    SummaryView {
+        purchases,
+        returns: stats.events("checkout_reject"),
+        total_spend: kept.total_spend,
+        average_order,
+        last_purchase_at: kept.last_purchase_at,
+        last_seen_at: stats.last_event_at,
+        points_earned: customer
+            .points
+            .lifetime
+            .saturating_add(kept.points_reversed),
+        points_spent: kept.points_spent,
+        points_expired: kept.points_expired,
+        points_reversed: kept.points_reversed,
+        perks_redeemed: stats.events("perk_redeem"),
+        member: customer.member,
+    }
 }
 
 /// A customer's points: spendable, pending, lifetime, and what expires next.
@@ -105,6 +155,7 @@ pub fn customer<'a>(record: &'a CustomerRecord, policy: &Policy) -> CustomerView
             })
             .collect(),
         plugins: &record.plugin_profiles,
+        summary: summary(record),
         perks: &customer.perks,
         member: customer.member,
         attributes: &customer.attributes,

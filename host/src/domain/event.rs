@@ -5,10 +5,12 @@ use tally_sdk::{Customer, Decision, Event, Timestamp, is_internal_action};
 use super::account::Account;
 use super::ids::{CustomerId, EventId, TenantId};
 use super::policy::Policy;
-use super::profile::{ContactCardValue, record_attributes, record_contact_card, record_stats};
+use super::profile::{
+    ContactCardValue, record_attributes, record_contact_card, record_stats, record_summary,
+};
 use super::records::{
     AppendEvent, CustomerRecord, EventOutcome, NewTrigger, OnError, PluginErrorRecord, PluginRun,
-    PluginStatus, RawJson, StoredEvent,
+    PluginStatus, RawJson, StoredEvent, Summary,
 };
 use super::schedule::{DueKind, schedule};
 
@@ -77,6 +79,7 @@ pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
         done: std::collections::BTreeMap::new(),
         due: Vec::new(),
         plugin_profiles: std::collections::BTreeMap::new(),
+        summary: Summary::default(),
     }
 }
 
@@ -147,7 +150,9 @@ pub fn apply_event(
         done,
         due: Vec::new(),
         plugin_profiles: before.plugin_profiles.clone(),
+        summary: before.summary.clone(),
     };
+    record_summary(&mut record.summary, event, &account.ledger);
     for (plugin, profile) in decided.profiles {
         match profile {
             Some(profile) => record.plugin_profiles.insert(plugin, profile),

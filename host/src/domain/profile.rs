@@ -2,9 +2,10 @@
 //! the statistics plugins see, the profile fields an opt-in carries, and the contact card.
 
 use serde_json::{Map, Value, json};
-use tally_sdk::{Stats, Timestamp};
+use tally_sdk::{Decimal, PointKind, Stats, Timestamp};
 
 use super::NewEvent;
+use super::records::{NewLedgerEntry, Summary};
 
 /// A field of an event type marked `showInContactCard`, with the value one event carried.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -35,6 +36,36 @@ pub fn record_stats(stats: &mut Stats, action: &str, at: Timestamp, activity: bo
     }
     if stats.last_event_at.is_none_or(|last| at > last) {
         stats.last_event_at = Some(at);
+    }
+}
+
+/// Counts `event` and the ledger entries it made in the customer's summary.
+pub fn record_summary(summary: &mut Summary, event: &NewEvent, ledger: &[NewLedgerEntry]) {
+    if event.action == "checkout" {
+        summary.last_purchase_at = summary.last_purchase_at.max(Some(event.timestamp));
+        #[derive(serde::Deserialize)]
+        struct Total {
+            #[serde(default)]
+            total: Option<Decimal>,
+        }
+        let total = serde_json::from_str::<Total>(event.data.get())
+            .ok()
+            .and_then(|data| data.total);
+        if let Some(total) = total
+            && let Ok(sum) = summary.total_spend.checked_add(total)
+        {
+            summary.total_spend = sum;
+        }
+    }
+    for new in ledger {
+        let amount = new.entry.amount.saturating_abs();
+        let sum = match new.entry.kind() {
+            PointKind::Spend => &mut summary.points_spent,
+            PointKind::Expire => &mut summary.points_expired,
+            PointKind::Reverse => &mut summary.points_reversed,
+            PointKind::Earn | PointKind::Release => continue,
+        };
+        *sum = sum.saturating_add(amount);
     }
 }
 

@@ -268,6 +268,46 @@ pub struct CustomerRecord {
     /// What each plugin shows on the profile (a decision's `profile`), by plugin.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugin_profiles: BTreeMap<String, RawJson>,
+    /// What a marketer reads of the customer that the rest of the record cannot tell.
+    #[serde(default, skip_serializing_if = "Summary::is_empty")]
+    pub summary: Summary,
+}
+
+/// What the host counts of a customer for the people and tools that read profiles (the
+/// fields Yotpo/Rule send with every trigger), beyond what the record holds already
+/// (purchases and returns are in the statistics, points earned is lifetime plus reversed).
+/// Zeros are not stored: every event rewrites the record, so it is kept small.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The sum of the checkouts' `total`, as sent (gross: corrections are not taken off).
+    #[serde(default, skip_serializing_if = "is_zero_decimal")]
+    pub total_spend: tally_sdk::Decimal,
+    /// The latest checkout's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_purchase_at: Option<Timestamp>,
+    /// Points spent, as a positive sum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points_spent: i64,
+    /// Points expired, as a positive sum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points_expired: i64,
+    /// Points reversed (returns), as a positive sum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub points_reversed: i64,
+}
+
+impl Summary {
+    fn is_empty(&self) -> bool {
+        *self == Summary::default()
+    }
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+fn is_zero_decimal(value: &tally_sdk::Decimal) -> bool {
+    *value == tally_sdk::Decimal::default()
 }
 
 /// One entry of a customer's points ledger. Append-only.

@@ -149,7 +149,8 @@ impl CustomerFilter {
         let attribute_matches =
             |(name, wanted): &(String, String)| match customer.attributes.get(name) {
                 Some(serde_json::Value::String(text)) => text == wanted,
-                Some(other) => other.to_string() == *wanted,
+                Some(other) => serde_json::from_str::<serde_json::Value>(wanted)
+                    .is_ok_and(|wanted| wanted == *other),
                 None => false,
             };
         email_matches
