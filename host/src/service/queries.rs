@@ -130,8 +130,8 @@ pub struct CustomerFilter {
     pub tier: Option<String>,
     /// Members only, or non-members only.
     pub member: Option<bool>,
-    /// Top-level attributes and the values they must have (a string compares with a string
-    /// attribute, or with the JSON text of any other).
+    /// Top-level attributes and the values they must have: a string attribute equal to the
+    /// text, any other equal to the text read as JSON (`true`, `5`).
     pub attributes: Vec<(String, String)>,
 }
 
