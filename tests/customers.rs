@@ -320,3 +320,151 @@ async fn customers_are_listed_by_condition_and_found_by_email() {
     );
     host.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reward_is_never_oversold_and_never_redeemed_past_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let key = host.tenant("acme").await;
+    let (status, body) = host
+        .put_wasm("points", &key, tally_plugin_wasm::POINTS.wasm)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for reward in [
+        json!({"id": "tote", "name": "Tote bag", "cost": 100, "stock": 10,
+               "perk": {"kind": "voucher", "value": "tote", "valid_days": 30}}),
+        json!({"id": "mug", "name": "Mug", "cost": 10, "limit_per_customer": 1,
+               "perk": {"kind": "voucher"}}),
+        json!({"id": "bike", "name": "Bike", "cost": 100000, "perk": {"kind": "voucher"}}),
+    ] {
+        let (status, body) = host.post("/v1/rewards", &key, &reward).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = host
+        .post(
+            "/v1/rewards",
+            &key,
+            &json!({"id": "tote", "name": "again", "cost": 1, "perk": {"kind": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::CONFLICT, "conflict"),
+        "{body}"
+    );
+    let customers: Vec<String> = (0..50).map(|n| format!("c{n:02}")).collect();
+    let grants: Vec<Value> = customers
+        .iter()
+        .map(|customer| json!({"id": format!("grant-{customer}"), "customer": customer, "action": "point_add", "data": {"points": 150}}))
+        .collect();
+    let (status, body) = host.post("/v1/events/batch", &key, &json!(grants)).await;
+    assert_eq!(
+        (status, &body["stored"]),
+        (StatusCode::OK, &json!(50)),
+        "{body}"
+    );
+
+    // Fifty customers at once for ten bags.
+    let redeem = |customer: &str, reward: &str| {
+        host.request(
+            Method::POST,
+            &format!("/v1/customers/{customer}/rewards/{reward}/redeem"),
+            Some(&key),
+        )
+        .send()
+    };
+    let answers = futures_all(customers.iter().map(|customer| redeem(customer, "tote"))).await;
+    let mut won = Vec::new();
+    for (customer, response) in customers.iter().zip(answers) {
+        let (status, body) = answer(response.unwrap()).await;
+        match status {
+            StatusCode::CREATED => {
+                assert_eq!(body["triggers"][0]["name"], "RewardRedeemed", "{body}");
+                won.push(customer.clone());
+            }
+            StatusCode::CONFLICT => assert_eq!(code(&body), "reward_out_of_stock", "{body}"),
+            other => panic!("{customer}: {other} {body}"),
+        }
+    }
+    assert_eq!(won.len(), 10, "exactly the stock: {won:?}");
+    let (_, tote) = host.get("/v1/rewards/tote", &key).await;
+    assert_eq!(tote["redeemed"], 10, "{tote}");
+    for customer in &customers {
+        let (_, profile) = host.get(&format!("/v1/customers/{customer}"), &key).await;
+        let ledger = host.all_ledger(&key, customer).await;
+        assert_eq!(
+            profile["points"]["balance"].as_i64(),
+            Some(support::ledger_sum(&ledger)),
+            "{customer}"
+        );
+        let expected = if won.contains(customer) { 50 } else { 150 };
+        assert_eq!(
+            profile["points"]["balance"], expected,
+            "{customer}: {profile}"
+        );
+        if won.contains(customer) {
+            assert_eq!(profile["perks"][0]["kind"], "voucher", "{profile}");
+            assert!(profile["perks"][0]["valid_until"].is_string(), "{profile}");
+        }
+    }
+
+    // A limit per customer, a balance too short, a reward that is not there.
+    let (status, _) = answer(redeem("c00", "mug").await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = answer(redeem("c00", "mug").await.unwrap()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "reward_limit_reached"),
+        "{body}"
+    );
+    let (_, before) = host.get("/v1/customers/c01", &key).await;
+    let (status, body) = answer(redeem("c01", "bike").await.unwrap()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_points"),
+        "{body}"
+    );
+    let (status, body) = answer(redeem("c01", "boat").await.unwrap()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "reward_not_found"),
+        "{body}"
+    );
+    let (_, after) = host.get("/v1/customers/c01", &key).await;
+    assert_eq!(
+        before["event_count"], after["event_count"],
+        "refusals store nothing"
+    );
+    // Posted as an event, a redemption takes the catalogue's cost whatever it says.
+    let (status, body) = host
+        .event(&key, &json!({"customer": "c02", "action": "reward_redeem", "data": {"reward": "mug", "cost": 0}}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation"),
+        "{body}"
+    );
+    let (status, body) = host
+        .event(
+            &key,
+            &json!({"customer": "c02", "action": "reward_redeem", "data": {"reward": "mug"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["points"], -10, "{body}");
+    host.stop();
+}
+
+/// Runs every future at once and gives their outputs in order.
+async fn futures_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+    F: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}

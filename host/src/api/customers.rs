@@ -9,6 +9,8 @@
 //! - `GET /v1/customers/{id}/events?action=a,b&from=&to=&order=newest|oldest&limit=&cursor=`
 //! - `GET /v1/customers/{id}/ledger?limit=&cursor=`: entries, oldest first, each with its event
 //! - `POST /v1/customers/{id}/perks/{code}/redeem`: redeems a perk once (`perk_redeem`)
+//! - `POST /v1/customers/{id}/rewards/{reward}/redeem`: spends a reward's cost and issues its
+//!   perk (`reward_redeem`)
 //! - `GET /v1/triggers?after=&limit=`: the outbound triggers plugins sent, oldest first
 
 use axum::Router;
@@ -42,6 +44,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/customers/{id}/events", get(events))
         .route("/v1/customers/{id}/ledger", get(ledger))
         .route("/v1/customers/{id}/perks/{code}/redeem", post(redeem_perk))
+        .route(
+            "/v1/customers/{id}/rewards/{reward}/redeem",
+            post(redeem_reward),
+        )
 }
 
 /// `GET /v1/customers?email=&tier=&member=&attribute.<name>=&limit=&cursor=`: the tenant's
@@ -155,6 +161,38 @@ async fn write_profile(
     super::events::ingest_one(&state, tenant, origin, input).await
 }
 
+/// Redeems a reward: a `reward_redeem` event for the customer, answered as a posted event.
+/// An `Idempotency-Key` header becomes the event's id.
+async fn redeem_reward(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(origin): RequestOrigin,
+    Path((id, reward)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut input = json!({"customer": id, "action": "reward_redeem", "data": {"reward": reward}});
+    if let Some(key) = idempotency_key(&headers)? {
+        input["id"] = json!(key);
+    }
+    super::events::ingest_one(&state, tenant, origin, input).await
+}
+
+/// The `Idempotency-Key` header: the id of the event a route makes, so a retry is a replay.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|key| {
+            key.to_str().map_err(|_| {
+                ApiError::new(
+                    ErrorKind::BadRequest,
+                    "invalid_request",
+                    "the Idempotency-Key header must be printable text",
+                )
+            })
+        })
+        .transpose()
+}
+
 /// Redeems a perk: a `perk_redeem` event for the customer, answered as a posted event. An
 /// `Idempotency-Key` header becomes the event's id, so a retried request redeems once.
 async fn redeem_perk(
@@ -165,14 +203,7 @@ async fn redeem_perk(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut input = json!({"customer": id, "action": "perk_redeem", "data": {"code": code}});
-    if let Some(key) = headers.get("idempotency-key") {
-        let key = key.to_str().map_err(|_| {
-            ApiError::new(
-                ErrorKind::BadRequest,
-                "invalid_request",
-                "the Idempotency-Key header must be printable text",
-            )
-        })?;
+    if let Some(key) = idempotency_key(&headers)? {
         input["id"] = json!(key);
     }
     super::events::ingest_one(&state, tenant, origin, input).await

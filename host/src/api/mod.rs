@@ -14,6 +14,7 @@ mod event_types;
 mod events;
 mod extract;
 mod plugins;
+mod rewards;
 mod tenants;
 mod views;
 
@@ -57,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .merge(plugins::router(wasm_limit))
         .merge(events::router())
         .merge(customers::router())
+        .merge(rewards::router())
         .merge(admin::router(config.test_clock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -4,12 +4,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tally_sdk::{
-    Customer, Decision, PerkStatus, PointEntry, PointKind, Points, RawJson, Timestamp, Trigger,
+    Customer, Decision, Perk, PerkStatus, PointEntry, PointKind, Points, RawJson, Timestamp,
+    Trigger,
 };
 
 use super::NewEvent;
 use super::policy::Policy;
-use super::records::{CustomerRecord, NewLedgerEntry, NewTrigger};
+use super::records::{CustomerRecord, NewLedgerEntry, NewTrigger, RewardClaim, RewardPerk};
+use sha2::{Digest, Sha256};
 
 /// The name the host's own ledger entries and triggers carry where a plugin's would: the
 /// host expires and releases points itself, whatever the plugins do.
@@ -143,6 +145,10 @@ pub struct Account {
     pub triggers: Vec<NewTrigger>,
     /// The event's `data.transaction_id`, read the first time a rule needs it.
     transaction: Option<Option<String>>,
+    /// How many times the customer redeemed each reward.
+    pub rewards: std::collections::BTreeMap<String, u32>,
+    /// The reward this event redeems, for the store to count against its stock.
+    pub claim: Option<RewardClaim>,
 }
 
 impl Account {
@@ -162,6 +168,8 @@ impl Account {
             ledger: Vec::new(),
             triggers: Vec::new(),
             transaction: None,
+            rewards: before.rewards.clone(),
+            claim: None,
         };
         let at = event.timestamp;
         match event.action.as_str() {
@@ -177,6 +185,7 @@ impl Account {
                 }
             }
             "perk_redeem" => account.redeem(event)?,
+            "reward_redeem" => account.redeem_reward(event, policy)?,
             "opt_in" => account.set_member(true, at),
             "opt_out" => account.set_member(false, at),
             "profile_update" => account.update_profile(event),
@@ -220,6 +229,89 @@ impl Account {
             attributes.retain(|field, _| HOST_ATTRIBUTES.contains(&field.as_str()));
         }
         merge_patch(attributes, update.attributes);
+    }
+
+    /// Redeems a reward: spends its cost and issues its perk, in this one event, with
+    /// `RewardRedeemed`. The event's data is the reward as the catalogue had it when the
+    /// redemption was accepted (the host writes it), so a replay spends the same.
+    fn redeem_reward(&mut self, event: &NewEvent, policy: &Policy) -> Result<(), EventRefusal> {
+        #[derive(Deserialize)]
+        struct Redemption {
+            reward: String,
+            #[serde(default)]
+            name: String,
+            cost: i64,
+            perk: RewardPerk,
+            #[serde(default)]
+            stock: Option<u64>,
+            #[serde(default)]
+            limit_per_customer: Option<u32>,
+        }
+        let redemption: Redemption = serde_json::from_str(event.data.get()).map_err(|error| {
+            EventRefusal::RewardUnreadable {
+                reason: error.to_string(),
+            }
+        })?;
+        let redeemed = self.rewards.get(&redemption.reward).copied().unwrap_or(0);
+        if let Some(limit) = redemption.limit_per_customer
+            && redeemed >= limit
+        {
+            return Err(EventRefusal::RewardLimitReached {
+                reward: redemption.reward,
+                limit,
+            });
+        }
+        let balance = self.customer.points.balance;
+        if redemption.cost > balance {
+            return Err(EventRefusal::InsufficientPoints {
+                reward: redemption.reward,
+                cost: redemption.cost,
+                balance,
+            });
+        }
+        if redemption.cost > 0 {
+            let name = if redemption.name.is_empty() {
+                &redemption.reward
+            } else {
+                &redemption.name
+            };
+            let spend = PointEntry::new(-redemption.cost, format!("reward: {name}"))
+                .with_kind(PointKind::Spend);
+            let mut lots = std::mem::take(&mut self.lots);
+            let points = self.customer.points;
+            let new = self.place(&mut lots, points, &spend, event, policy, SYSTEM);
+            self.lots = lots;
+            self.customer.points = move_points(self.customer.points, &new);
+            self.ledger.push(new);
+        }
+        let digest = Sha256::digest(format!("{}/{}", event.tenant, event.id).as_bytes());
+        let code: String = digest[..5]
+            .iter()
+            .map(|byte| format!("{byte:02X}"))
+            .collect();
+        let mut perk = Perk::new(
+            redemption.perk.kind,
+            format!("{}-{code}", redemption.reward.to_uppercase()),
+        )
+        .with_value(redemption.perk.value);
+        perk.valid_until = redemption
+            .perk
+            .valid_days
+            .map(|days| event.timestamp.plus_days(i64::from(days)));
+        perk.issued_at = Some(event.timestamp);
+        let data = json!({
+            "reward": redemption.reward, "cost": redemption.cost, "perk": perk,
+            "balance": self.customer.points.balance,
+        });
+        self.customer.perks.push(perk);
+        self.host_trigger("RewardRedeemed", &data);
+        self.rewards
+            .insert(redemption.reward.clone(), redeemed.saturating_add(1));
+        self.claim = Some(RewardClaim {
+            reward: redemption.reward,
+            stock: redemption.stock,
+        });
+        Ok(())
     }
 
     /// Redeems the perk `data.code` names, once, while it is valid: `CouponRedeemed`.
@@ -521,6 +613,38 @@ pub enum EventRefusal {
         /// When it was redeemed.
         at: Option<Timestamp>,
     },
+    /// The customer has fewer points than the reward costs.
+    #[error("reward {reward:?} costs {cost} points and the balance is {balance}")]
+    InsufficientPoints {
+        /// The reward.
+        reward: String,
+        /// What it costs.
+        cost: i64,
+        /// The balance.
+        balance: i64,
+    },
+    /// The customer redeemed the reward as many times as it allows.
+    #[error("reward {reward:?} may be redeemed {limit} times by one customer, and this one has")]
+    RewardLimitReached {
+        /// The reward.
+        reward: String,
+        /// The limit.
+        limit: u32,
+    },
+    /// The reward's stock is gone.
+    #[error("reward {reward:?} is out of stock ({stock} redeemed)")]
+    RewardOutOfStock {
+        /// The reward.
+        reward: String,
+        /// Its stock.
+        stock: u64,
+    },
+    /// A `reward_redeem` whose data is not a reward the host wrote (a bug).
+    #[error("the redemption cannot be read: {reason}")]
+    RewardUnreadable {
+        /// Why.
+        reason: String,
+    },
     /// The perk expired before this redemption.
     #[error("perk {code:?} expired{}", since(*at))]
     PerkExpired {
@@ -542,6 +666,10 @@ impl EventRefusal {
             EventRefusal::PerkNotFound { .. } => "perk_not_found",
             EventRefusal::PerkRedeemed { .. } => "perk_redeemed",
             EventRefusal::PerkExpired { .. } => "perk_expired",
+            EventRefusal::InsufficientPoints { .. } => "insufficient_points",
+            EventRefusal::RewardLimitReached { .. } => "reward_limit_reached",
+            EventRefusal::RewardOutOfStock { .. } => "reward_out_of_stock",
+            EventRefusal::RewardUnreadable { .. } => "invalid_event",
         }
     }
 }

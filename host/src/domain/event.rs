@@ -80,6 +80,7 @@ pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
         due: Vec::new(),
         plugin_profiles: std::collections::BTreeMap::new(),
         summary: Summary::default(),
+        rewards: std::collections::BTreeMap::new(),
     }
 }
 
@@ -135,6 +136,7 @@ pub fn apply_event(
         .fold(0_i64, |sum, new| sum.saturating_add(new.entry.amount));
 
     // Built from parts: `before.customer` is replaced by what the plugins left.
+    let claim = account.claim.clone();
     let mut done = before.done.clone();
     if let Some(kind) = event.due {
         done.insert(kind, event.timestamp);
@@ -151,6 +153,7 @@ pub fn apply_event(
         due: Vec::new(),
         plugin_profiles: before.plugin_profiles.clone(),
         summary: before.summary.clone(),
+        rewards: account.rewards,
     };
     record_summary(&mut record.summary, event, &account.ledger);
     for (plugin, profile) in decided.profiles {
@@ -202,6 +205,7 @@ pub fn apply_event(
         ledger: account.ledger,
         plugin_states: decided.plugin_states,
         triggers,
+        reward: claim,
     })
 }
 

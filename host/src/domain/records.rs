@@ -268,6 +268,9 @@ pub struct CustomerRecord {
     /// What each plugin shows on the profile (a decision's `profile`), by plugin.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugin_profiles: BTreeMap<String, RawJson>,
+    /// How many times the customer redeemed each reward, for `limit_per_customer`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rewards: BTreeMap<String, u32>,
     /// What a marketer reads of the customer that the rest of the record cannot tell.
     #[serde(default, skip_serializing_if = "Summary::is_empty")]
     pub summary: Summary,
@@ -362,6 +365,64 @@ pub struct OutboxTrigger {
     pub data: RawJson,
 }
 
+/// A reward in a tenant's catalogue: what it costs and the perk it issues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardRecord {
+    /// Its id within the tenant.
+    pub id: String,
+    /// What customers see.
+    pub name: String,
+    /// Points it costs.
+    pub cost: i64,
+    /// The perk a redemption issues.
+    pub perk: RewardPerk,
+    /// How many may be redeemed in all; `None` for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock: Option<u64>,
+    /// How many times one customer may redeem it; `None` for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_per_customer: Option<u32>,
+    /// Redeemable from this moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_from: Option<Timestamp>,
+    /// Redeemable until this moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_until: Option<Timestamp>,
+    /// Whether it can be redeemed at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// When it was added to the catalogue.
+    pub created_at: Timestamp,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The perk a reward issues: its kind and value, and how many days it stays valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardPerk {
+    /// `coupon`, `voucher`, ...
+    pub kind: String,
+    /// What it is worth.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub value: Value,
+    /// Days it can be redeemed after it is issued; `None` for no end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_days: Option<u32>,
+}
+
+/// A redemption of a reward an append claims from the reward's stock: the store counts it,
+/// and refuses it when the stock is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewardClaim {
+    /// The reward.
+    pub reward: String,
+    /// Its stock when the redemption was accepted; `None` for no limit.
+    pub stock: Option<u64>,
+}
+
 /// An evaluated event to append, with everything it changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppendEvent {
@@ -379,6 +440,8 @@ pub struct AppendEvent {
     pub plugin_states: Vec<(String, Option<RawJson>)>,
     /// Outbound triggers to put in the tenant's outbox, in order.
     pub triggers: Vec<NewTrigger>,
+    /// The reward redeemed, to count against its stock.
+    pub reward: Option<RewardClaim>,
 }
 
 /// What [`BatchTxn::append`] stored.

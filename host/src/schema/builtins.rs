@@ -20,13 +20,14 @@ use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
 
 /// The ids of the built-in event types, in the order [`builtins`] lists them.
-pub const BUILTIN_IDS: [&str; 10] = [
+pub const BUILTIN_IDS: [&str; 11] = [
     "checkout",
     "checkout_update",
     "checkout_reject",
     "checkout_accept",
     "perk_redeem",
     "profile_update",
+    "reward_redeem",
     "point_add",
     "point_sub",
     "opt_in",
@@ -90,6 +91,7 @@ pub fn builtin_documents() -> Vec<Value> {
         checkout_accept(),
         perk_redeem(),
         profile_update(),
+        reward_redeem(),
         points(
             "point_add",
             "Points added",
@@ -268,6 +270,23 @@ fn profile_update() -> Value {
                 "replace": {"type": "boolean", "displayName": "Replace"}
             },
             "required": ["attributes"],
+            "additionalProperties": false
+        }),
+    )
+}
+
+fn reward_redeem() -> Value {
+    document(
+        "reward_redeem",
+        "Reward redeemed",
+        "The customer redeems a reward of the tenant's catalogue (POST /v1/customers/{id}/rewards/{reward}/redeem makes one): the host spends its cost and issues its perk in this one event, with RewardRedeemed. Refused with nothing stored when the balance is short (422 insufficient_points), the stock is gone (409 reward_out_of_stock) or the customer reached the reward's limit (422 reward_limit_reached).",
+        json!({
+            "$schema": DRAFT_2020_12,
+            "type": "object",
+            "properties": {
+                "reward": {"type": "string", "minLength": 1, "displayName": "Reward"}
+            },
+            "required": ["reward"],
             "additionalProperties": false
         }),
     )

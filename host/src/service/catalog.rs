@@ -9,12 +9,15 @@ use serde_json::Value;
 use super::cache::{StoreCache, read_lock, write_lock};
 use super::clock::Clock;
 use super::error::ServiceError;
-use crate::domain::records::{EventTypeRecord, OnError, PluginRecord, TenantRecord};
+use crate::domain::records::{
+    EventTypeRecord, OnError, PluginRecord, RewardPerk, RewardRecord, TenantRecord,
+};
 use crate::domain::{NewEvent, PluginName, TenantId};
 use crate::pipeline::{ActivePlugin, RuleSource, TenantRules};
 use crate::runtime::{Plugin, Runtime};
 use crate::schema::{EventType, EventTypes, SchemaCache, builtin, is_valid_id, parse_document};
 use crate::storage::{Store, StoreError};
+use tally_sdk::Timestamp;
 
 /// What to change of a plugin's settings; `None` leaves a setting as it is.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +64,58 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+/// A reward to add to a tenant's catalogue.
+#[derive(Debug, Clone)]
+pub struct NewReward {
+    /// Its id: a name (letters, digits, `_`, `.`, `-`).
+    pub id: String,
+    /// What customers see.
+    pub name: String,
+    /// Points it costs, 0 or more.
+    pub cost: i64,
+    /// The perk it issues.
+    pub perk: RewardPerk,
+    /// How many may be redeemed in all.
+    pub stock: Option<u64>,
+    /// How many times one customer may redeem it.
+    pub limit_per_customer: Option<u32>,
+    /// Redeemable from.
+    pub active_from: Option<Timestamp>,
+    /// Redeemable until.
+    pub active_until: Option<Timestamp>,
+}
+
+/// What to change of a reward; `None` leaves it. `Some(None)` clears an optional field.
+#[derive(Debug, Clone, Default)]
+pub struct RewardPatch {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new cost.
+    pub cost: Option<i64>,
+    /// A new perk.
+    pub perk: Option<RewardPerk>,
+    /// A new stock (redemptions so far count against it).
+    pub stock: Option<Option<u64>>,
+    /// A new limit per customer.
+    pub limit_per_customer: Option<Option<u32>>,
+    /// A new start.
+    pub active_from: Option<Option<Timestamp>>,
+    /// A new end.
+    pub active_until: Option<Option<Timestamp>>,
+    /// Takes it out of the catalogue (or back).
+    pub enabled: Option<bool>,
+}
+
+/// A reward as answered: the record and how many were redeemed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RewardView {
+    /// The reward.
+    #[serde(flatten)]
+    pub reward: RewardRecord,
+    /// Redemptions so far.
+    pub redeemed: u64,
+}
+
 /// The reserved id the tenant's customer schema is compiled under.
 const CUSTOMER_SCHEMA_ID: &str = "customer_profile";
 
@@ -80,6 +135,95 @@ pub(super) fn customer_schema_document(schema: &Value, whole: bool) -> Value {
 }
 
 impl Catalog {
+    /// Adds a reward to `tenant`'s catalogue.
+    pub fn create_reward(
+        &self,
+        tenant: &TenantId,
+        new: NewReward,
+    ) -> Result<RewardView, ServiceError> {
+        PluginName::parse(new.id.as_str()).map_err(|error| {
+            ServiceError::invalid_request(format!("reward id {:?}: an id {error}", new.id))
+                .with_details(serde_json::json!({"field": "id"}))
+        })?;
+        let reward = RewardRecord {
+            id: new.id,
+            name: new.name,
+            cost: new.cost,
+            perk: new.perk,
+            stock: new.stock,
+            limit_per_customer: new.limit_per_customer,
+            active_from: new.active_from,
+            active_until: new.active_until,
+            enabled: true,
+            created_at: self.clock.now(),
+        };
+        check_reward(&reward)?;
+        self.store.put_reward(tenant, &reward, true)?;
+        Ok(RewardView {
+            reward,
+            redeemed: 0,
+        })
+    }
+
+    /// Changes a reward of `tenant`'s catalogue.
+    pub fn update_reward(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        patch: RewardPatch,
+    ) -> Result<RewardView, ServiceError> {
+        let (mut reward, redeemed) = self
+            .store
+            .reward(tenant, id)?
+            .ok_or_else(|| reward_not_found(id))?;
+        if let Some(name) = patch.name {
+            reward.name = name;
+        }
+        if let Some(cost) = patch.cost {
+            reward.cost = cost;
+        }
+        if let Some(perk) = patch.perk {
+            reward.perk = perk;
+        }
+        if let Some(stock) = patch.stock {
+            reward.stock = stock;
+        }
+        if let Some(limit) = patch.limit_per_customer {
+            reward.limit_per_customer = limit;
+        }
+        if let Some(from) = patch.active_from {
+            reward.active_from = from;
+        }
+        if let Some(until) = patch.active_until {
+            reward.active_until = until;
+        }
+        if let Some(enabled) = patch.enabled {
+            reward.enabled = enabled;
+        }
+        check_reward(&reward)?;
+        self.store.put_reward(tenant, &reward, false)?;
+        Ok(RewardView { reward, redeemed })
+    }
+
+    /// One reward of `tenant`.
+    pub fn reward(&self, tenant: &TenantId, id: &str) -> Result<RewardView, ServiceError> {
+        let (reward, redeemed) = self
+            .store
+            .reward(tenant, id)?
+            .ok_or_else(|| reward_not_found(id))?;
+        Ok(RewardView { reward, redeemed })
+    }
+
+    /// `tenant`'s catalogue.
+    pub fn rewards(&self, tenant: &TenantId) -> Result<Vec<RewardView>, ServiceError> {
+        Ok(self
+            .store
+            .rewards(tenant)?
+            .into_iter()
+            .map(|(reward, redeemed)| RewardView { reward, redeemed })
+            .collect())
+    }
+
     /// Checks the attributes a `profile_update` writes against the tenant's customer schema:
     /// all of it for a profile written whole, the fields given for one merged in part (a
     /// `null`, which removes a field, is not checked).
@@ -388,4 +532,41 @@ impl RuleSource for PluginCache {
             .collect();
         Ok(TenantRules { plugins, policy })
     }
+}
+
+fn reward_not_found(id: &str) -> ServiceError {
+    ServiceError::new(
+        super::ErrorKind::NotFound,
+        "reward_not_found",
+        format!("there is no reward {id:?}"),
+    )
+}
+
+/// The rules a reward keeps: a name, a cost of 0 or more, a perk kind, a window that is one.
+fn check_reward(reward: &RewardRecord) -> Result<(), ServiceError> {
+    let invalid = |field: &str, message: String| {
+        Err(ServiceError::invalid_request(message)
+            .with_details(serde_json::json!({"field": field})))
+    };
+    if reward.name.trim().is_empty() {
+        return invalid("name", "a reward needs a name".to_owned());
+    }
+    if reward.cost < 0 {
+        return invalid("cost", format!("cost {} is below 0", reward.cost));
+    }
+    if reward.perk.kind.trim().is_empty() {
+        return invalid(
+            "perk.kind",
+            "the perk needs a kind (coupon, voucher, ...)".to_owned(),
+        );
+    }
+    if let (Some(from), Some(until)) = (reward.active_from, reward.active_until)
+        && until < from
+    {
+        return invalid(
+            "active_until",
+            format!("active_until {until} is before active_from {from}"),
+        );
+    }
+    Ok(())
 }

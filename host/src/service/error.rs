@@ -188,7 +188,11 @@ impl From<EventRefusal> for ServiceError {
         let kind = match refusal {
             EventRefusal::PerkNotFound { .. } => ErrorKind::NotFound,
             EventRefusal::PerkRedeemed { .. } => ErrorKind::Conflict,
-            EventRefusal::PerkExpired { .. } => ErrorKind::Unprocessable,
+            EventRefusal::PerkExpired { .. }
+            | EventRefusal::InsufficientPoints { .. }
+            | EventRefusal::RewardLimitReached { .. }
+            | EventRefusal::RewardUnreadable { .. } => ErrorKind::Unprocessable,
+            EventRefusal::RewardOutOfStock { .. } => ErrorKind::Conflict,
         };
         ServiceError::new(kind, refusal.code(), refusal.to_string())
     }

@@ -1,6 +1,7 @@
 //! Events in: checking a posted event, queueing it for the writer and waiting for its commit,
 //! and simulating one plugin on an event without storing anything.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -8,7 +9,7 @@ use tally_sdk::{Customer, Decision};
 
 use super::catalog::Catalog;
 use super::clock::Clock;
-use super::error::ServiceError;
+use super::error::{ErrorKind, ServiceError};
 use super::events::{self, Origin};
 use crate::domain::new_account;
 use crate::domain::records::{RawJson, TenantRecord};
@@ -64,6 +65,8 @@ pub struct Ingest {
     /// Held by the pass writing what is due ([`Ingest::write_due`]), so passes run one at a
     /// time.
     pub(super) due_pass: tokio::sync::Mutex<()>,
+    /// One lock a tenant for redeeming rewards (see `redeem_reward`).
+    reward_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -87,6 +90,7 @@ impl Ingest {
             writer,
             clock,
             due_pass: tokio::sync::Mutex::new(()),
+            reward_locks: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -210,6 +214,9 @@ impl Ingest {
 
     /// Hands a checked event to the writer and waits until it is committed (or refused).
     pub async fn ingest(&self, event: NewEvent) -> Result<Ingested, ServiceError> {
+        if event.action == "reward_redeem" {
+            return self.redeem_reward(event).await;
+        }
         receive(self.writer.submit(event)?).await
     }
 
@@ -219,23 +226,100 @@ impl Ingest {
         &self,
         events: Vec<Result<NewEvent, ServiceError>>,
     ) -> Vec<Result<Ingested, ServiceError>> {
-        // Every event is queued before any answer is awaited, so that they share batches.
+        // Every event is queued before any answer is awaited, so that they share batches;
+        // redemptions of rewards go one at a time after them (see `redeem_reward`).
+        let mut redemptions = Vec::new();
         let waiting: Vec<Result<_, ServiceError>> = events
             .into_iter()
-            .map(|event| Ok(self.writer.submit(event?)?))
+            .enumerate()
+            .map(|(index, event)| {
+                let event = event?;
+                if event.action == "reward_redeem" {
+                    redemptions.push((index, event));
+                    return Ok(None);
+                }
+                Ok(Some(self.writer.submit(event)?))
+            })
             .collect();
         let mut answers = Vec::with_capacity(waiting.len());
         for answer in waiting {
             answers.push(match answer {
-                Ok(answer) => receive(answer).await,
+                Ok(Some(answer)) => receive(answer).await,
+                // Filled in below.
+                Ok(None) => Err(ServiceError::internal("a redemption was left unanswered")),
                 Err(error) => Err(error),
             });
+        }
+        for (index, event) in redemptions {
+            answers[index] = self.redeem_reward(event).await;
         }
         answers
     }
 }
 
 impl Ingest {
+    /// Redeems a reward: the redemption's event gets the reward as the catalogue has it now
+    /// (cost, perk, stock, limit), whatever the sender put in it, and is written through the
+    /// writer. Redemptions of one tenant's rewards run one at a time, each checking the
+    /// stock against the redemptions committed before it; the store counts and checks the
+    /// stock again in the append, so a reward is never oversold.
+    async fn redeem_reward(&self, mut event: NewEvent) -> Result<Ingested, ServiceError> {
+        let lock = {
+            let mut locks = self
+                .reward_locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            locks.entry(event.tenant.to_string()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().await;
+        let asked = event.data.to_value();
+        let id = asked
+            .get("reward")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let store = self.store.clone();
+        let tenant = event.tenant.to_string();
+        let lookup = id.clone();
+        let found = tokio::task::spawn_blocking(move || store.reward(&tenant, &lookup))
+            .await
+            .map_err(|error| {
+                ServiceError::internal(format!("reading a reward failed: {error}"))
+            })??;
+        let Some((reward, redeemed)) = found else {
+            return Err(ServiceError::new(
+                ErrorKind::NotFound,
+                "reward_not_found",
+                format!("there is no reward {id:?}"),
+            ));
+        };
+        let at = event.timestamp;
+        let active = reward.enabled
+            && reward.active_from.is_none_or(|from| from <= at)
+            && reward.active_until.is_none_or(|until| at <= until);
+        if !active {
+            return Err(ServiceError::new(
+                ErrorKind::Unprocessable,
+                "reward_inactive",
+                format!("reward {id:?} cannot be redeemed at {at}"),
+            ));
+        }
+        if let Some(stock) = reward.stock
+            && redeemed >= stock
+        {
+            return Err(crate::domain::EventRefusal::RewardOutOfStock { reward: id, stock }.into());
+        }
+        event.data = RawJson::from_value(&serde_json::json!({
+            "reward": reward.id,
+            "name": reward.name,
+            "cost": reward.cost,
+            "perk": reward.perk,
+            "stock": reward.stock,
+            "limit_per_customer": reward.limit_per_customer,
+        }));
+        receive(self.writer.submit(event)?).await
+    }
+
     /// Queues the host's own `events`, waiting for room in the queue when it is full rather
     /// than refusing (the host is not a client to push back on), and waits for every
     /// answer, in no particular order.

@@ -28,7 +28,7 @@ mod tenants;
 
 use std::sync::Arc;
 
-pub use self::catalog::{Catalog, PluginPatch, Uploaded};
+pub use self::catalog::{Catalog, NewReward, PluginPatch, RewardPatch, RewardView, Uploaded};
 pub use self::clock::{Clock, ClockError, DuePass, run_clock, system_now};
 pub use self::error::{ErrorKind, ServiceError};
 pub use self::events::{

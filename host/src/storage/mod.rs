@@ -39,7 +39,7 @@ pub use self::redb::RedbStore;
 pub use crate::domain::records::{
     AppendEvent, Appended, CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry,
     NewLedgerEntry, NewTrigger, OnError, OutboxTrigger, PluginErrorRecord, PluginRecord, PluginRun,
-    PluginStatus, PluginVersion, RawJson, StoredEvent, TenantRecord,
+    PluginStatus, PluginVersion, RawJson, RewardRecord, StoredEvent, TenantRecord,
 };
 
 /// A moment due for one customer of one tenant: what the clock turns into an internal event.
@@ -67,6 +67,14 @@ pub enum StoreError {
     /// The thing asked for or about does not exist: a tenant, a plugin.
     #[error("{0}")]
     NotFound(String),
+    /// An append that redeems a reward whose stock is gone; nothing of it was written.
+    #[error("reward {reward} is out of stock ({stock} redeemed)")]
+    OutOfStock {
+        /// The reward.
+        reward: String,
+        /// Its stock.
+        stock: u64,
+    },
     /// The caller's request is malformed: a cursor this store never issued, a plugin
     /// version that was never uploaded, a hash that does not match the bytes.
     #[error("{0}")]
@@ -313,6 +321,21 @@ pub trait Store: BatchRead + Send + Sync {
         tenant: &str,
         email: &str,
     ) -> Result<Vec<CustomerRecord>, StoreError>;
+
+    /// Adds `reward` to `tenant`'s catalogue (`create`, refused with `Conflict` when its id is
+    /// taken) or replaces it (refused with `NotFound` when there is none).
+    fn put_reward(
+        &self,
+        tenant: &str,
+        reward: &RewardRecord,
+        create: bool,
+    ) -> Result<(), StoreError>;
+
+    /// The reward `id` of `tenant`, with how many were redeemed.
+    fn reward(&self, tenant: &str, id: &str) -> Result<Option<(RewardRecord, u64)>, StoreError>;
+
+    /// `tenant`'s catalogue, by id, each with how many were redeemed.
+    fn rewards(&self, tenant: &str) -> Result<Vec<(RewardRecord, u64)>, StoreError>;
 
     /// Works out again what is due for every customer of `tenant`, with the tenant's settings
     /// as stored (after they changed), keeping the clock's index in step; returns how many

@@ -9,7 +9,7 @@ use super::progress::Progress;
 use super::{IngestError, Ingested, Job, NewEvent};
 use crate::domain::EventId;
 use crate::domain::records::{AppendEvent, Appended};
-use crate::domain::{CustomerId, TenantId, new_account};
+use crate::domain::{CustomerId, EventRefusal, TenantId, new_account};
 use crate::storage::{BatchTxn, Store, StoreError};
 
 /// Takes evaluated batches in order and writes every batch waiting in one durable
@@ -237,6 +237,11 @@ fn append_event(
             customer,
             replayed: false,
         }))),
+        // The reward's stock went while the event was evaluated: refused as the host's rule,
+        // nothing written.
+        Err(StoreError::OutOfStock { reward, stock }) => Ok(Pending::Refused(
+            IngestError::Refused(EventRefusal::RewardOutOfStock { reward, stock }),
+        )),
         // The store refused what the pipeline built (a bug): this event only, nothing written.
         // Later events of its customer in this batch were built on it and are refused too.
         Err(

@@ -11,8 +11,8 @@ use tally_sdk::Points;
 use super::codec::{LedgerRow, encode, encode_event_row, encode_history, len_u64};
 use super::read::{get_customer, get_event, get_plugin_state, require_tenant};
 use super::tables::{
-    CUSTOMER_DATA, CUSTOMER_INDEX, CustomerKey, DUE, EVENTS, OUTBOX, SEQ_EVENT, SEQ_LEDGER,
-    SEQ_OUTBOX, SEQUENCES, TENANTS, history_key, ledger_key, record_key, state_key,
+    CUSTOMER_DATA, CUSTOMER_INDEX, CustomerKey, DUE, EVENTS, OUTBOX, REWARD_COUNTS, SEQ_EVENT,
+    SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES, TENANTS, history_key, ledger_key, record_key, state_key,
 };
 use crate::storage::{
     AppendEvent, Appended, BatchRead, BatchTxn, CustomerRecord, NewLedgerEntry, NewTrigger,
@@ -54,6 +54,7 @@ struct RedbBatch<'txn> {
     outbox: Table<'txn, (&'static str, u64), &'static [u8]>,
     due: Table<'txn, (&'static str, i64, &'static str, &'static str), &'static [u8]>,
     index: Table<'txn, (&'static str, &'static str, &'static str, &'static str), ()>,
+    reward_counts: Table<'txn, (&'static str, &'static str), u64>,
     /// Set when a write failed halfway through an append: the transaction then holds part of
     /// an event, so it must not commit, whatever `work` does with the error.
     poisoned: Option<StoreError>,
@@ -134,6 +135,7 @@ impl<'txn> RedbBatch<'txn> {
             outbox: txn.open_table(OUTBOX)?,
             due: txn.open_table(DUE)?,
             index: txn.open_table(CUSTOMER_INDEX)?,
+            reward_counts: txn.open_table(REWARD_COUNTS)?,
             poisoned: None,
             sequence_cache: HashMap::new(),
             known_tenants: HashSet::new(),
@@ -163,6 +165,20 @@ impl<'txn> RedbBatch<'txn> {
         let points_after = replay(points_before, append);
         check_points(append, points_before, &points_after)?;
         check_net(append)?;
+        if let Some(claim) = &append.reward
+            && let Some(stock) = claim.stock
+        {
+            let redeemed = self
+                .reward_counts
+                .get((tenant, claim.reward.as_str()))?
+                .map_or(0, |count| count.value());
+            if redeemed >= stock {
+                return Err(StoreError::OutOfStock {
+                    reward: claim.reward.clone(),
+                    stock,
+                });
+            }
+        }
         Ok(Checked {
             points_after,
             due_before,
@@ -203,8 +219,17 @@ impl<'txn> RedbBatch<'txn> {
             ledger,
             plugin_states,
             triggers,
+            reward,
         } = append;
         let tenant = tenant.as_str();
+        if let Some(claim) = &reward {
+            let key = (tenant, claim.reward.as_str());
+            let redeemed = self
+                .reward_counts
+                .get(key)?
+                .map_or(0, |count| count.value());
+            self.reward_counts.insert(key, redeemed.saturating_add(1))?;
+        }
         event.seq = self.reserve(tenant, SEQ_EVENT, 1)?;
         self.write_event(tenant, &event)?;
         let bytes = encode(&customer, || {

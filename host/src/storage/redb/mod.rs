@@ -75,6 +75,7 @@ mod format;
 mod pages;
 mod read;
 mod reschedule;
+mod rewards;
 mod tables;
 
 use std::path::Path;
@@ -88,7 +89,8 @@ use self::read::{get_customer, get_event, get_plugin_state};
 use self::tables::{CUSTOMER_DATA, EVENTS};
 use super::{
     BatchRead, BatchTxn, CustomerRecord, DueWork, EventQuery, EventTypeRecord, LedgerEntry,
-    OutboxTrigger, Page, PluginRecord, RawJson, Store, StoreError, StoredEvent, TenantRecord,
+    OutboxTrigger, Page, PluginRecord, RawJson, RewardRecord, Store, StoreError, StoredEvent,
+    TenantRecord,
 };
 
 /// The [`Store`] on one redb file.
@@ -319,6 +321,23 @@ impl Store for RedbStore {
         email: &str,
     ) -> Result<Vec<CustomerRecord>, StoreError> {
         customers::customers_by_email(&self.db, tenant, email)
+    }
+
+    fn put_reward(
+        &self,
+        tenant: &str,
+        reward: &RewardRecord,
+        create: bool,
+    ) -> Result<(), StoreError> {
+        self.write(|txn| rewards::put(txn, tenant, reward, create))
+    }
+
+    fn reward(&self, tenant: &str, id: &str) -> Result<Option<(RewardRecord, u64)>, StoreError> {
+        rewards::get(&self.db, tenant, id)
+    }
+
+    fn rewards(&self, tenant: &str) -> Result<Vec<(RewardRecord, u64)>, StoreError> {
+        rewards::all(&self.db, tenant)
     }
 
     fn reschedule(&self, tenant: &str) -> Result<usize, StoreError> {

@@ -29,6 +29,13 @@ pub(super) const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefiniti
 /// one. Kept in step with the customer record by the append that changes it.
 pub(super) const CUSTOMER_INDEX: TableDefinition<'_, (&str, &str, &str, &str), ()> =
     TableDefinition::new("customer_index");
+/// Each tenant's reward catalogue: (tenant, reward) → [`RewardRecord`](crate::storage::RewardRecord) JSON.
+pub(super) const REWARDS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("rewards");
+/// How many of each reward were redeemed: (tenant, reward) → count. Moved by the append
+/// that redeems one, which refuses it when the stock is gone.
+pub(super) const REWARD_COUNTS: TableDefinition<'_, (&str, &str), u64> =
+    TableDefinition::new("reward_counts");
 /// What the clock is to write, by tenant and time: (tenant, due unix seconds, customer, kind)
 /// → the internal event's data as JSON. Kept in step with each customer record's `due` by
 /// the append that changes it, so the clock reads what is due with one range per tenant
@@ -62,6 +69,8 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(OUTBOX)?;
     txn.open_table(DUE)?;
     txn.open_table(CUSTOMER_INDEX)?;
+    txn.open_table(REWARDS)?;
+    txn.open_table(REWARD_COUNTS)?;
     Ok(())
 }
 
