@@ -151,6 +151,7 @@ fn seeded(index: usize, earned: Timestamp, expires: Timestamp) -> AppendEvent {
         }],
         plugin_states: Vec::new(),
         triggers: Vec::new(),
+        reward: None,
     }
 }
 

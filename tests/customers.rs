@@ -456,10 +456,10 @@ async fn a_reward_is_never_oversold_and_never_redeemed_past_its_limit() {
 }
 
 /// Runs every future at once and gives their outputs in order.
-async fn futures_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
-    F: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut outputs = Vec::new();

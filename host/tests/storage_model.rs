@@ -185,6 +185,7 @@ mod storage {
             ledger,
             plugin_states: planned.states.clone(),
             triggers: planned.triggers.clone(),
+            reward: None,
         }
     }
 

@@ -115,6 +115,7 @@ mod storage {
             ledger,
             plugin_states: Vec::new(),
             triggers: Vec::new(),
+            reward: None,
         }
     }
 
