@@ -874,6 +874,15 @@ async fn a_perk_is_redeemed_once_and_never_after_it_expired() {
         .iter()
         .filter_map(|trigger| trigger["name"].as_str())
         .collect();
-    assert_eq!(names, ["CouponRedeemed", "PerkExpired"], "{triggers}");
+    assert_eq!(
+        names,
+        [
+            "LoyaltyOptIn",
+            "LoyaltyOptIn",
+            "CouponRedeemed",
+            "PerkExpired"
+        ],
+        "{triggers}"
+    );
     host.stop();
 }
