@@ -152,6 +152,7 @@ fn seeded(index: usize, earned: Timestamp, expires: Timestamp) -> AppendEvent {
         plugin_states: Vec::new(),
         triggers: Vec::new(),
         reward: None,
+        erase: false,
     }
 }
 

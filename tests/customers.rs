@@ -468,3 +468,101 @@ where
     }
     outputs
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_customer_is_forgotten_and_the_books_still_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let key = host.tenant("acme").await;
+    let (status, body) = host
+        .put_wasm("points", &key, tally_plugin_wasm::POINTS.wasm)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    host.patch("/v1/plugins/points", &key, &json!({"config": {"rate": 1}}))
+        .await;
+    write(
+        &host,
+        &key,
+        Method::PUT,
+        "eve",
+        &json!({"attributes": {"email": "eve@example.com", "first_name": "Eve"}}),
+    )
+    .await;
+    let (status, body) = host
+        .event(&key, &json!({"id": "eve-1", "customer": "eve", "action": "checkout",
+                             "data": {"transaction_id": "T-EVE-1", "total": 70, "email": "eve@example.com"}}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, before) = host.get("/v1/customers/eve", &key).await;
+
+    let (status, body) = answer(
+        host.request(Method::DELETE, "/v1/customers/eve", Some(&key))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, eve) = host.get("/v1/customers/eve", &key).await;
+    assert_eq!(eve["attributes"], json!({}), "{eve}");
+    assert_eq!(eve["contact_card"], json!({}), "{eve}");
+    assert_eq!(
+        eve["points"]["balance"], before["points"]["balance"],
+        "the books stay: {eve}"
+    );
+    let ledger = host.all_ledger(&key, "eve").await;
+    assert_eq!(
+        eve["points"]["balance"].as_i64(),
+        Some(support::ledger_sum(&ledger))
+    );
+    // No route shows who they were.
+    for event in host.all_events(&key, "eve").await {
+        assert_eq!(event["data"], json!({}), "{event}");
+        assert_eq!(event["ip_address"], Value::Null, "{event}");
+    }
+    let (_, event) = host.get("/v1/events/eve-1", &key).await;
+    assert!(!event.to_string().contains("eve@example.com"), "{event}");
+    let (_, found) = host.get("/v1/customers?email=eve@example.com", &key).await;
+    assert_eq!(found["items"], json!([]), "{found}");
+    let (_, listed) = host.get("/v1/customers", &key).await;
+    assert!(!listed.to_string().contains("eve@example.com"), "{listed}");
+    // The audit log says it happened, without the id.
+    let (_, audit) = host.get("/v1/audit", &key).await;
+    assert_eq!(audit["items"][0]["action"], "customer_erased", "{audit}");
+    assert_eq!(
+        audit["items"][0]["subject"].as_str().unwrap().len(),
+        64,
+        "{audit}"
+    );
+    assert!(!audit.to_string().contains("\"eve\""), "{audit}");
+    // Only the host writes an erasure; an unknown customer is not there to erase.
+    let (status, body) = host
+        .event(
+            &key,
+            &json!({"customer": "eve", "action": "customer_erase"}),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "reserved_action"),
+        "{body}"
+    );
+    let (status, _) = answer(
+        host.request(Method::DELETE, "/v1/customers/nobody", Some(&key))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Events after it apply as to anyone: the plugin starts again from no state.
+    let (status, body) = host
+        .event(&key, &json!({"id": "eve-2", "customer": "eve", "action": "checkout", "data": {"transaction_id": "T-EVE-2", "total": 5}}))
+        .await;
+    assert_eq!(
+        (status, &body["points"]),
+        (StatusCode::CREATED, &json!(5)),
+        "{body}"
+    );
+    host.stop();
+}

@@ -141,6 +141,7 @@ impl Store for Flaky {
         outbox(tenant: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::OutboxTrigger>, StoreError>;
         due(tenant: &str, until: Timestamp, limit: usize) -> Result<Vec<tally_host::storage::DueWork>, StoreError>;
         reschedule(tenant: &str) -> Result<usize, StoreError>;
+        audit(tenant: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::AuditEntry>, StoreError>;
         put_reward(tenant: &str, reward: &tally_host::storage::RewardRecord, create: bool) -> Result<(), StoreError>;
         reward(tenant: &str, id: &str) -> Result<Option<(tally_host::storage::RewardRecord, u64)>, StoreError>;
         rewards(tenant: &str) -> Result<Vec<(tally_host::storage::RewardRecord, u64)>, StoreError>;

@@ -186,6 +186,7 @@ mod storage {
             plugin_states: planned.states.clone(),
             triggers: planned.triggers.clone(),
             reward: None,
+            erase: false,
         }
     }
 

@@ -116,6 +116,7 @@ mod storage {
             plugin_states: Vec::new(),
             triggers: Vec::new(),
             reward: None,
+            erase: false,
         }
     }
 

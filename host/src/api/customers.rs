@@ -11,6 +11,8 @@
 //! - `POST /v1/customers/{id}/perks/{code}/redeem`: redeems a perk once (`perk_redeem`)
 //! - `POST /v1/customers/{id}/rewards/{reward}/redeem`: spends a reward's cost and issues its
 //!   perk (`reward_redeem`)
+//! - `DELETE /v1/customers/{id}`: erase the customer's personal data (right to be forgotten)
+//! - `GET /v1/audit?after=&limit=`: the tenant's audit log (erasures), oldest first
 //! - `GET /v1/triggers?after=&limit=`: the outbound triggers plugins sent, oldest first
 
 use axum::Router;
@@ -37,9 +39,13 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/triggers", get(triggers))
         .route("/v1/customers", get(list))
+        .route("/v1/audit", get(audit))
         .route(
             "/v1/customers/{id}",
-            get(profile).put(replace_profile).patch(merge_profile),
+            get(profile)
+                .put(replace_profile)
+                .patch(merge_profile)
+                .delete(erase),
         )
         .route("/v1/customers/{id}/events", get(events))
         .route("/v1/customers/{id}/ledger", get(ledger))
@@ -105,6 +111,48 @@ async fn list(
         .collect();
     Ok(axum::Json(
         json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+/// `DELETE /v1/customers/{id}`: the customer's right to be forgotten (see
+/// [`Ingest::erase`](crate::service::Ingest::erase)); answered with the erasure's event and
+/// the customer as they remain.
+async fn erase(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(origin): RequestOrigin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let policy = tenant.policy();
+    let ingested = state.service.ingest.erase(&tenant, &id, &origin).await?;
+    Ok(axum::Json(views::ingested(&ingested, &policy)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit?after=&limit=`: the tenant's audit log, oldest first.
+async fn audit(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    QueryParams(query): QueryParams<AuditQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let after = query.after.unwrap_or(0);
+    let entries = blocking(&state, move |service| {
+        service.queries.audit(&tenant.id, after, limit)
+    })
+    .await?;
+    let next_after = (entries.len() == limit)
+        .then(|| entries.last().map(|entry| entry.seq))
+        .flatten();
+    Ok(axum::Json(
+        json!({"items": entries, "next_after": next_after}),
     ))
 }
 

@@ -189,6 +189,7 @@ impl Account {
             "opt_in" => account.set_member(true, at),
             "opt_out" => account.set_member(false, at),
             "profile_update" => account.update_profile(event),
+            "customer_erase" => account.erase(),
             "perk_expire" => account.expire_perks(at),
             _ => {}
         }
@@ -229,6 +230,17 @@ impl Account {
             attributes.retain(|field, _| HOST_ATTRIBUTES.contains(&field.as_str()));
         }
         merge_patch(attributes, update.attributes);
+    }
+
+    /// Forgets who the customer is: every attribute, and each perk's code and data (a code
+    /// handed to one person identifies them). Points, lots, tier, membership and counts stay:
+    /// they are the tenant's books, not the person.
+    fn erase(&mut self) {
+        self.customer.attributes.clear();
+        for (index, perk) in self.customer.perks.iter_mut().enumerate() {
+            perk.id = format!("erased-{}", index + 1);
+            perk.data = serde_json::Value::Null;
+        }
     }
 
     /// Redeems a reward: spends its cost and issues its perk, in this one event, with

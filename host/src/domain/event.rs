@@ -172,6 +172,11 @@ pub fn apply_event(
     );
     record_attributes(&mut record.customer.attributes, event);
     record_contact_card(&mut record.contact_card, event);
+    let erase = event.action == "customer_erase";
+    if erase {
+        record.contact_card = serde_json::Map::new();
+        record.plugin_profiles.clear();
+    }
     record.due = schedule(&record, policy);
 
     // The host's own triggers come first, in the outbox and in the event's outcome alike.
@@ -206,6 +211,7 @@ pub fn apply_event(
         plugin_states: decided.plugin_states,
         triggers,
         reward: claim,
+        erase,
     })
 }
 

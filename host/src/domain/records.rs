@@ -442,6 +442,27 @@ pub struct AppendEvent {
     pub triggers: Vec<NewTrigger>,
     /// The reward redeemed, to count against its stock.
     pub reward: Option<RewardClaim>,
+    /// A `customer_erase`: the store also takes the personal data out of the customer's
+    /// stored events and deletes their plugin states, and writes the tenant's audit log.
+    pub erase: bool,
+}
+
+/// One line of a tenant's audit log: what was done that the history does not show, without
+/// personal data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The tenant-wide audit sequence number, assigned by the store.
+    pub seq: u64,
+    /// What was done: `customer_erased`.
+    pub action: String,
+    /// The SHA-256 (hex) of the customer id it was done to: enough to answer "was this
+    /// customer erased?" for someone who has the id, nothing for anyone who has not.
+    pub subject: String,
+    /// When (the host's time).
+    pub at: Timestamp,
+    /// Counts of what was done.
+    #[serde(default)]
+    pub detail: Value,
 }
 
 /// What [`BatchTxn::append`] stored.

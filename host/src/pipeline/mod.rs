@@ -268,6 +268,13 @@ fn run_plugins(
 ) -> Result<PluginRuns, NotApplied> {
     let wire = event.wire()?;
     let mut account = Account::open(before, event, policy)?;
+    // An erasure runs no plugin: nothing may write a new state or perk about the person in
+    // the event that forgets them.
+    let calls = if event.action == "customer_erase" {
+        &[]
+    } else {
+        calls
+    };
     let mut results = Vec::with_capacity(calls.len());
     for (index, call) in calls.iter().enumerate() {
         let (outcome, logs, fuel_used) = match call.plugin {

@@ -68,6 +68,14 @@ pub(super) fn read_event(
         )
     })?;
     let action = action_of(&mut fields)?;
+    if action == "customer_erase" {
+        return Err(ServiceError::new(
+            ErrorKind::Unprocessable,
+            "reserved_action",
+            "\"customer_erase\" is written by the host for DELETE /v1/customers/{id}; use that",
+        )
+        .with_details(json!({"field": "action", "action": action})));
+    }
     if is_internal_action(&action) {
         return Err(ServiceError::new(
             ErrorKind::Unprocessable,

@@ -11,8 +11,8 @@ use super::catalog::Catalog;
 use super::clock::Clock;
 use super::error::{ErrorKind, ServiceError};
 use super::events::{self, Origin};
-use crate::domain::new_account;
 use crate::domain::records::{RawJson, TenantRecord};
+use crate::domain::{CustomerId, new_account};
 use crate::pipeline::writer::{IngestError, Ingested, NewEvent, SubmitError, Writer};
 use crate::pipeline::{ActivePlugin, NotApplied, PluginFailure, evaluate_event_reporting};
 use crate::runtime::LogLine;
@@ -210,6 +210,50 @@ impl Ingest {
                 Ok(event)
             })
             .collect())
+    }
+
+    /// Forgets who a customer is (their right to be forgotten): a `customer_erase` event
+    /// through the writer, so it is ordered with their other events, after which their
+    /// attributes, perk codes, contact card, plugin states and the personal data of every
+    /// stored event are gone for good; amounts, actions and times stay for the tenant's books,
+    /// and the tenant's audit log records it without the customer's id.
+    pub async fn erase(
+        &self,
+        tenant: &TenantRecord,
+        customer: &str,
+        origin: &Origin,
+    ) -> Result<Ingested, ServiceError> {
+        let id = CustomerId::parse(customer).map_err(|error| {
+            ServiceError::not_found(format!("no customer {customer:?}: a customer id {error}"))
+        })?;
+        let store = self.store.clone();
+        let (tenant_id, lookup) = (tenant.id.to_string(), customer.to_owned());
+        let exists = tokio::task::spawn_blocking(move || store.customer(&tenant_id, &lookup))
+            .await
+            .map_err(|error| {
+                ServiceError::internal(format!("reading a customer failed: {error}"))
+            })??
+            .is_some();
+        if !exists {
+            return Err(ServiceError::not_found(format!("no customer {customer:?}")));
+        }
+        let now = self.clock.now();
+        let event = NewEvent {
+            tenant: tenant.id.clone(),
+            id: events::generate_id()?,
+            action: "customer_erase".to_owned(),
+            label: None,
+            customer: id,
+            timestamp: now,
+            source: origin.source.clone(),
+            ip_address: None,
+            user_agent: None,
+            data: RawJson::from_value(&serde_json::json!({})),
+            received_at: now,
+            contact_card: Vec::new(),
+            due: None,
+        };
+        receive(self.writer.submit(event)?).await
     }
 
     /// Hands a checked event to the writer and waits until it is committed (or refused).

@@ -72,6 +72,16 @@ impl Queries {
         Ok(self.store.customers(tenant, after, limit, &keep)?)
     }
 
+    /// Up to `limit` entries of the tenant's audit log after `after`.
+    pub fn audit(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::storage::AuditEntry>, ServiceError> {
+        Ok(self.store.audit(tenant, after, limit)?)
+    }
+
     /// A page of a customer's events.
     pub fn customer_events(
         &self,

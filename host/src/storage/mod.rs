@@ -37,7 +37,7 @@ use tally_sdk::Timestamp;
 
 pub use self::redb::RedbStore;
 pub use crate::domain::records::{
-    AppendEvent, Appended, CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry,
+    AppendEvent, Appended, AuditEntry, CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry,
     NewLedgerEntry, NewTrigger, OnError, OutboxTrigger, PluginErrorRecord, PluginRecord, PluginRun,
     PluginStatus, PluginVersion, RawJson, RewardRecord, StoredEvent, TenantRecord,
 };
@@ -321,6 +321,14 @@ pub trait Store: BatchRead + Send + Sync {
         tenant: &str,
         email: &str,
     ) -> Result<Vec<CustomerRecord>, StoreError>;
+
+    /// Up to `limit` entries of `tenant`'s audit log after `after_seq`, oldest first.
+    fn audit(
+        &self,
+        tenant: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Adds `reward` to `tenant`'s catalogue (`create`, refused with `Conflict` when its id is
     /// taken) or replaces it (refused with `NotFound` when there is none).

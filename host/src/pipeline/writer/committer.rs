@@ -180,7 +180,11 @@ fn write_batch(
         let answer = match (plan, evaluation.take()) {
             (Plan::New, Some(Ok(append))) => {
                 let answer = append_event(txn, &job.event, append)?;
-                if let Pending::Refused(_) = answer {
+                // A refused event was built on a state that is not stored; an erasure
+                // changed the customer's plugin states behind the overlay's back: either way
+                // the overlay forgets the customer and reads them again.
+                let erased = job.event.action == "customer_erase";
+                if erased || matches!(answer, Pending::Refused(_)) {
                     refused.push((job.event.tenant.clone(), job.event.customer.clone()));
                 }
                 answer

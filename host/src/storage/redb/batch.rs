@@ -8,16 +8,18 @@ use ::redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, WriteTransact
 use serde::Deserialize;
 use tally_sdk::Points;
 
-use super::codec::{LedgerRow, encode, encode_event_row, encode_history, len_u64};
+use super::codec::{LedgerRow, decode_history, encode, encode_event_row, encode_history, len_u64};
 use super::read::{get_customer, get_event, get_plugin_state, require_tenant};
 use super::tables::{
-    CUSTOMER_DATA, CUSTOMER_INDEX, CustomerKey, DUE, EVENTS, OUTBOX, REWARD_COUNTS, SEQ_EVENT,
-    SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES, TENANTS, history_key, ledger_key, record_key, state_key,
+    AUDIT, CUSTOMER_DATA, CUSTOMER_INDEX, CustomerKey, DUE, EVENTS, OUTBOX, REWARD_COUNTS,
+    SEQ_AUDIT, SEQ_EVENT, SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES, TENANTS, history_key, ledger_key,
+    record_key, state_key,
 };
 use crate::storage::{
-    AppendEvent, Appended, BatchRead, BatchTxn, CustomerRecord, NewLedgerEntry, NewTrigger,
-    OutboxTrigger, RawJson, StoreError, StoredEvent,
+    AppendEvent, Appended, AuditEntry, BatchRead, BatchTxn, CustomerRecord, NewLedgerEntry,
+    NewTrigger, OutboxTrigger, RawJson, StoreError, StoredEvent,
 };
+use sha2::Digest;
 
 /// Runs `work` on one snapshot of what `txn` sees, with the tables a batch reads opened once.
 pub(super) fn read(
@@ -55,6 +57,7 @@ struct RedbBatch<'txn> {
     due: Table<'txn, (&'static str, i64, &'static str, &'static str), &'static [u8]>,
     index: Table<'txn, (&'static str, &'static str, &'static str, &'static str), ()>,
     reward_counts: Table<'txn, (&'static str, &'static str), u64>,
+    audit: Table<'txn, (&'static str, u64), &'static [u8]>,
     /// Set when a write failed halfway through an append: the transaction then holds part of
     /// an event, so it must not commit, whatever `work` does with the error.
     poisoned: Option<StoreError>,
@@ -136,6 +139,7 @@ impl<'txn> RedbBatch<'txn> {
             due: txn.open_table(DUE)?,
             index: txn.open_table(CUSTOMER_INDEX)?,
             reward_counts: txn.open_table(REWARD_COUNTS)?,
+            audit: txn.open_table(AUDIT)?,
             poisoned: None,
             sequence_cache: HashMap::new(),
             known_tenants: HashSet::new(),
@@ -220,6 +224,7 @@ impl<'txn> RedbBatch<'txn> {
             plugin_states,
             triggers,
             reward,
+            erase,
         } = append;
         let tenant = tenant.as_str();
         if let Some(claim) = &reward {
@@ -252,6 +257,9 @@ impl<'txn> RedbBatch<'txn> {
         self.write_ledger(tenant, &event, &ledger, checked.points_after)?;
         self.write_states(tenant, &event.customer, plugin_states)?;
         self.write_triggers(tenant, &event, triggers)?;
+        if erase {
+            self.erase(tenant, &event)?;
+        }
         Ok(Appended { event, customer })
     }
 
@@ -309,6 +317,65 @@ impl<'txn> RedbBatch<'txn> {
                 row.encode().as_slice(),
             )?;
         }
+        Ok(())
+    }
+
+    /// Takes the personal data out of every stored event of the customer of `erasing` (their
+    /// `data`, the sender's address and user agent, `label`; what the plugins decided stays:
+    /// amounts, actions, times), deletes every plugin state of theirs, and writes the
+    /// erasure in the tenant's audit log.
+    fn erase(&mut self, tenant: &str, erasing: &StoredEvent) -> Result<(), StoreError> {
+        let customer = erasing.customer.as_str();
+        let history: Vec<String> = self
+            .customer_data
+            .range(
+                history_key(tenant, customer, (i64::MIN, 0))
+                    ..=history_key(tenant, customer, (i64::MAX, u64::MAX)),
+            )?
+            .map(|row| {
+                let (_, value) = row?;
+                let (_, id) = decode_history(value.value()).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "a history row of customer {customer} of tenant {tenant}"
+                    ))
+                })?;
+                Ok(id.to_owned())
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let mut scrubbed = 0_u64;
+        for id in &history {
+            let Some(mut event) = get_event(&self.events, tenant, id)? else {
+                continue;
+            };
+            event.data = RawJson::from_value(&serde_json::json!({}));
+            event.ip_address = None;
+            event.user_agent = None;
+            event.label = None;
+            let json = encode(&event, || format!("event {id} of tenant {tenant}"))?;
+            self.events
+                .insert((tenant, id.as_str()), encode_event_row(&json)?.as_slice())?;
+            scrubbed += 1;
+        }
+        let states: Vec<String> = self
+            .customer_data
+            .range(state_key(tenant, customer, "")..=state_key(tenant, customer, "\u{10FFFF}"))?
+            .map(|row| Ok(row?.0.value().5.to_owned()))
+            .collect::<Result<_, StoreError>>()?;
+        for plugin in &states {
+            self.customer_data
+                .remove(state_key(tenant, customer, plugin))?;
+        }
+        let seq = self.reserve(tenant, SEQ_AUDIT, 1)?;
+        let digest = sha2::Sha256::digest(customer.as_bytes());
+        let entry = AuditEntry {
+            seq,
+            action: "customer_erased".to_owned(),
+            subject: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+            at: erasing.received_at,
+            detail: serde_json::json!({"events_scrubbed": scrubbed, "plugin_states_deleted": states.len()}),
+        };
+        let bytes = encode(&entry, || format!("audit entry {seq} of tenant {tenant}"))?;
+        self.audit.insert((tenant, seq), bytes.as_slice())?;
         Ok(())
     }
 

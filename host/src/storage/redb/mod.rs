@@ -88,9 +88,9 @@ use self::format::Contents;
 use self::read::{get_customer, get_event, get_plugin_state};
 use self::tables::{CUSTOMER_DATA, EVENTS};
 use super::{
-    BatchRead, BatchTxn, CustomerRecord, DueWork, EventQuery, EventTypeRecord, LedgerEntry,
-    OutboxTrigger, Page, PluginRecord, RawJson, RewardRecord, Store, StoreError, StoredEvent,
-    TenantRecord,
+    AuditEntry, BatchRead, BatchTxn, CustomerRecord, DueWork, EventQuery, EventTypeRecord,
+    LedgerEntry, OutboxTrigger, Page, PluginRecord, RawJson, RewardRecord, Store, StoreError,
+    StoredEvent, TenantRecord,
 };
 
 /// The [`Store`] on one redb file.
@@ -321,6 +321,15 @@ impl Store for RedbStore {
         email: &str,
     ) -> Result<Vec<CustomerRecord>, StoreError> {
         customers::customers_by_email(&self.db, tenant, email)
+    }
+
+    fn audit(
+        &self,
+        tenant: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        pages::audit(&self.db, tenant, after_seq, limit)
     }
 
     fn put_reward(

@@ -9,11 +9,11 @@ use super::codec::{LedgerRow, decode, decode_history};
 use super::cursor;
 use super::read::get_event;
 use super::tables::{
-    CUSTOMER_DATA, CustomerKey, DUE, EVENTS, OUTBOX, history_key, ledger_key, ledger_seq,
+    AUDIT, CUSTOMER_DATA, CustomerKey, DUE, EVENTS, OUTBOX, history_key, ledger_key, ledger_seq,
 };
 use crate::domain::{Due, DueKind};
 use crate::storage::{
-    DueWork, EventQuery, LedgerEntry, OutboxTrigger, Page, StoreError, StoredEvent,
+    AuditEntry, DueWork, EventQuery, LedgerEntry, OutboxTrigger, Page, StoreError, StoredEvent,
 };
 use tally_sdk::Timestamp;
 
@@ -183,6 +183,31 @@ pub(super) fn outbox(
         })?);
     }
     Ok(triggers)
+}
+
+/// Up to `limit` of a tenant's audit entries after `after_seq`, as
+/// [`Store::audit`](crate::storage::Store::audit).
+pub(super) fn audit(
+    db: &Database,
+    tenant: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(AUDIT)?;
+    let bounds = (
+        Bound::Excluded((tenant, after_seq)),
+        Bound::Included((tenant, u64::MAX)),
+    );
+    let mut entries = Vec::new();
+    for row in table.range::<(&str, u64)>(bounds)?.take(limit) {
+        let (key, value) = row?;
+        let (_, seq) = key.value();
+        entries.push(decode(value.value(), || {
+            format!("audit entry {seq} of tenant {tenant}")
+        })?);
+    }
+    Ok(entries)
 }
 
 /// Up to `limit` moments of `tenant` due by `until`, as [`Store::due`](crate::storage::Store::due).

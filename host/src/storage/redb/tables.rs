@@ -29,6 +29,8 @@ pub(super) const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefiniti
 /// one. Kept in step with the customer record by the append that changes it.
 pub(super) const CUSTOMER_INDEX: TableDefinition<'_, (&str, &str, &str, &str), ()> =
     TableDefinition::new("customer_index");
+/// Each tenant's audit log: (tenant, seq) → [`AuditEntry`](crate::storage::AuditEntry) JSON.
+pub(super) const AUDIT: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("audit");
 /// Each tenant's reward catalogue: (tenant, reward) → [`RewardRecord`](crate::storage::RewardRecord) JSON.
 pub(super) const REWARDS: TableDefinition<'_, (&str, &str), &[u8]> =
     TableDefinition::new("rewards");
@@ -52,6 +54,7 @@ pub(super) const META_ADMIN_KEY_HASH: &str = "admin_key_hash";
 pub(super) const SEQ_EVENT: &str = "event";
 pub(super) const SEQ_LEDGER: &str = "ledger";
 pub(super) const SEQ_OUTBOX: &str = "outbox";
+pub(super) const SEQ_AUDIT: &str = "audit";
 
 /// Creates every table the store uses (those that exist are left as they are), so that a
 /// read never meets a missing table.
@@ -71,6 +74,7 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(CUSTOMER_INDEX)?;
     txn.open_table(REWARDS)?;
     txn.open_table(REWARD_COUNTS)?;
+    txn.open_table(AUDIT)?;
     Ok(())
 }
 
