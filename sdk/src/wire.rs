@@ -627,8 +627,8 @@ pub struct Customer {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub perks: Vec<Perk>,
     /// Whether the customer is a member of the loyalty program: `opt_in` makes them one,
-    /// `opt_out` ends it. A tenant may require it to earn.
-    #[serde(default)]
+    /// `opt_out` ends it. A tenant may require it to earn. Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub member: bool,
     /// Profile attributes the tenant sent (name, email, birthday, ...).
     #[serde(default)]

@@ -214,14 +214,16 @@ pub fn schedule(account: &CustomerRecord, policy: &Policy) -> Vec<Due> {
             data: Value::Null,
         });
     }
-    if let Some(tier) = &account.customer.tier {
+    if account.customer.tier.is_some() {
         let since = account.tier_since.unwrap_or(account.created_at);
         let base = done(DueKind::TierReview).map_or(since, |last| last.max(since));
         let at = base.plus_days(i64::from(settings.tier_review_days.max(1)));
+        // No data: the tier under review is the customer's at the review's time, in the
+        // plugins' input; the schedule, rewritten by every event, stays short.
         due.push(Due {
             kind: DueKind::TierReview,
             at,
-            data: json!({"tier": tier, "tier_since": since}),
+            data: Value::Null,
         });
     }
     due.sort_by_key(|due| (due.at, due.kind));

@@ -90,9 +90,9 @@
 //! # Profile
 //!
 //! Whenever it sends `TierStatusChanged`, and at each review in window mode, the plugin shows
-//! the same figures on the customer's profile (`plugins.tiers` in `GET /v1/customers/{id}`):
-//! the points needed to keep the tier and to reach the next one, the progress, the points in
-//! the window.
+//! the figures on the customer's profile (`plugins.tiers` in `GET /v1/customers/{id}`):
+//! `tier`, `next_tier`, `points_needed_for_next_tier`, `points_needed_to_maintain_tier` and,
+//! in window mode, `points_in_window`.
 //!
 //! # Config
 //!
@@ -382,6 +382,30 @@ struct TierStatus<'a> {
     tier_rank: usize,
 }
 
+/// What the plugin shows on the customer's profile: the figures a person asks about, no
+/// more (the profile is rewritten with every purchase, so it is kept short).
+#[derive(Serialize)]
+struct TierFigures<'a> {
+    tier: &'a str,
+    next_tier: Option<&'a str>,
+    points_needed_for_next_tier: Option<i64>,
+    points_needed_to_maintain_tier: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points_in_window: Option<i64>,
+}
+
+impl<'a> TierStatus<'a> {
+    fn figures(&self) -> TierFigures<'a> {
+        TierFigures {
+            tier: self.tier,
+            next_tier: self.next_tier,
+            points_needed_for_next_tier: self.points_needed_for_next_tier,
+            points_needed_to_maintain_tier: self.points_needed_to_maintain_tier,
+            points_in_window: self.points_in_window,
+        }
+    }
+}
+
 /// What the plugin remembers per customer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -414,7 +438,7 @@ fn lifetime_rule(input: &Input, config: &Config) -> Result<Decision, Error> {
         let figures = status(config, index, lifetime, previous, None);
         return decision
             .trigger_as("TierStatusChanged", &figures)?
-            .profile(&figures)?
+            .profile(&figures.figures())?
             .state(&State {
                 lifetime: Some(lifetime),
             });
@@ -540,7 +564,7 @@ fn window_rule(input: &Input, config: &Config) -> Result<Decision, Error> {
     // The profile shows the figures as of the last event that moved them (a review moves
     // the window without moving lifetime points).
     if lifetime != seen || changed {
-        decision = decision.profile(&figures)?;
+        decision = decision.profile(&figures.figures())?;
     }
     if !changed {
         return Ok(decision);
