@@ -641,6 +641,14 @@ async fn a_tier_is_lost_at_its_review_when_the_window_falls_short_and_kept_when_
     let host = Host::start_with(dir.path(), &options());
     clock(&host, &day(1, 10, "10:00:00")).await;
     let key = host.tenant("club").await;
+    let (status, body) = host
+        .patch(
+            "/v1/tenant",
+            &key,
+            &json!({"schedule": {"tier_review_days": 365}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     for (name, wasm, priority, config) in [
         (
             "points",

@@ -147,19 +147,20 @@ pub struct Schedule {
     /// A `reminder` (`reason: "points_expiring"`) this many days before points expire.
     pub expiry_reminder_days: Option<u32>,
     /// A `tier_review` event this many days after a customer reached their tier, and every
-    /// as many days after each review while they hold it.
-    pub tier_review_days: u32,
+    /// as many days after each review while they hold it; `None` for no reviews (tiers that
+    /// never lapse need none: 365 is a year's).
+    pub tier_review_days: Option<u32>,
 }
 
 impl Schedule {
-    /// Nothing daily; tiers reviewed yearly.
+    /// Nothing daily, no tier reviews.
     pub const DEFAULT: Schedule = Schedule {
         daily_at: TimeOfDay::NINE,
         birthday: false,
         anniversary: false,
         inactivity_days: None,
         expiry_reminder_days: None,
-        tier_review_days: 365,
+        tier_review_days: None,
     };
 }
 
@@ -316,7 +317,7 @@ mod tests {
         let schedule: Schedule =
             serde_json::from_str(r#"{"daily_at": "07:30", "birthday": true}"#).unwrap();
         assert_eq!(schedule.daily_at.seconds(), 7 * 3600 + 1800);
-        assert!(schedule.birthday && schedule.tier_review_days == 365);
+        assert!(schedule.birthday && schedule.tier_review_days.is_none());
         assert!(serde_json::from_str::<Schedule>(r#"{"daily_at": "25:00"}"#).is_err());
     }
 

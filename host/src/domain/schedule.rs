@@ -214,10 +214,10 @@ pub fn schedule(account: &CustomerRecord, policy: &Policy) -> Vec<Due> {
             data: Value::Null,
         });
     }
-    if account.customer.tier.is_some() {
+    if let (Some(days), Some(_)) = (settings.tier_review_days, &account.customer.tier) {
         let since = account.tier_since.unwrap_or(account.created_at);
         let base = done(DueKind::TierReview).map_or(since, |last| last.max(since));
-        let at = base.plus_days(i64::from(settings.tier_review_days.max(1)));
+        let at = base.plus_days(i64::from(days.max(1)));
         // No data: the tier under review is the customer's at the review's time, in the
         // plugins' input; the schedule, rewritten by every event, stays short.
         due.push(Due {

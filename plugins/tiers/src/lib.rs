@@ -49,7 +49,7 @@
 //! With `qualify_by: "window"`, the points that count are those earned (lifetime points
 //! gained, less reversals) in the last `review_window_days` days: the calendar days (UTC) up
 //! to and including the event's. `min_lifetime` is then the threshold for those points. Set
-//! `review_window_days` to the tenant's `tier_review_days` (both 365 by default), so that a
+//! `review_window_days` to the tenant's `tier_review_days` (365 for a year), so that a
 //! review looks at the period since the last one.
 //!
 //! - On every event the customer moves *up* to the highest tier their window points reach
