@@ -401,6 +401,11 @@ fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, 
         if let Ok(append) = &evaluation {
             stored_any = true;
             customer.clone_from(&append.customer);
+            // An erasure deletes every plugin state of the customer in the store: the chain
+            // and the overlay forget theirs too, so no later event reads one back.
+            if append.erase {
+                states.values_mut().for_each(|state| *state = None);
+            }
             for (name, state) in &append.plugin_states {
                 // Every state a plugin can return was read when the chain was planned.
                 if let Some(kept) = states.get_mut(name.as_str()) {
