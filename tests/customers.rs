@@ -373,7 +373,16 @@ async fn a_reward_is_never_oversold_and_never_redeemed_past_its_limit() {
         )
         .send()
     };
-    let answers = futures_all(customers.iter().map(|customer| redeem(customer, "tote"))).await;
+    let keyed = |customer: &str| {
+        host.request(
+            Method::POST,
+            &format!("/v1/customers/{customer}/rewards/tote/redeem"),
+            Some(&key),
+        )
+        .header("idempotency-key", format!("tote-{customer}"))
+        .send()
+    };
+    let answers = futures_all(customers.iter().map(|customer| keyed(customer))).await;
     let mut won = Vec::new();
     for (customer, response) in customers.iter().zip(answers) {
         let (status, body) = answer(response.unwrap()).await;
@@ -387,6 +396,9 @@ async fn a_reward_is_never_oversold_and_never_redeemed_past_its_limit() {
         }
     }
     assert_eq!(won.len(), 10, "exactly the stock: {won:?}");
+    // A retried redemption is answered as the first, though the stock is gone now.
+    let (status, body) = answer(keyed(&won[0]).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (_, tote) = host.get("/v1/rewards/tote", &key).await;
     assert_eq!(tote["redeemed"], 10, "{tote}");
     for customer in &customers {

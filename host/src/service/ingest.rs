@@ -324,12 +324,20 @@ impl Ingest {
             .to_owned();
         let store = self.store.clone();
         let tenant = event.tenant.to_string();
-        let lookup = id.clone();
-        let found = tokio::task::spawn_blocking(move || store.reward(&tenant, &lookup))
-            .await
-            .map_err(|error| {
-                ServiceError::internal(format!("reading a reward failed: {error}"))
-            })??;
+        let (lookup, event_id) = (id.clone(), event.id.to_string());
+        let (found, stored_before) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::storage::StoreError>((
+                store.reward(&tenant, &lookup)?,
+                store.event(&tenant, &event_id)?.is_some(),
+            ))
+        })
+        .await
+        .map_err(|error| ServiceError::internal(format!("reading a reward failed: {error}")))??;
+        // A retried redemption (its id stored already) is answered as the first was, whatever
+        // the stock is now.
+        if stored_before {
+            return receive(self.writer.submit(event)?).await;
+        }
         let Some((reward, redeemed)) = found else {
             return Err(ServiceError::new(
                 ErrorKind::NotFound,
