@@ -128,19 +128,11 @@ async fn erase(
     Ok(axum::Json(views::ingested(&ingested, &policy)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct AuditQuery {
-    #[serde(default)]
-    after: Option<u64>,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
 /// `GET /v1/audit?after=&limit=`: the tenant's audit log, oldest first.
 async fn audit(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    QueryParams(query): QueryParams<AuditQuery>,
+    QueryParams(query): QueryParams<SeqQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let limit = page_limit(query.limit)?;
     let after = query.after.unwrap_or(0);
@@ -148,12 +140,7 @@ async fn audit(
         service.queries.audit(&tenant.id, after, limit)
     })
     .await?;
-    let next_after = (entries.len() == limit)
-        .then(|| entries.last().map(|entry| entry.seq))
-        .flatten();
-    Ok(axum::Json(
-        json!({"items": entries, "next_after": next_after}),
-    ))
+    Ok(seq_page(&entries, limit, |entry| entry.seq))
 }
 
 /// What `PUT` and `PATCH /v1/customers/{id}` take.
@@ -379,19 +366,33 @@ async fn ledger(
     ))
 }
 
+/// A page of a sequence the client follows (`after` the last `seq` it saw).
 #[derive(Debug, Deserialize)]
-struct TriggersQuery {
-    /// The `seq` of the last trigger already seen.
+struct SeqQuery {
+    /// The `seq` of the last item already seen.
     #[serde(default)]
     after: Option<u64>,
     #[serde(default)]
     limit: Option<usize>,
 }
 
+/// `{"items", "next_after"}`: the next page starts after the last item of this one; a short
+/// page is the end.
+fn seq_page<T: serde::Serialize>(
+    items: &[T],
+    limit: usize,
+    seq: impl Fn(&T) -> u64,
+) -> axum::Json<Value> {
+    let next_after = (items.len() == limit)
+        .then(|| items.last().map(&seq))
+        .flatten();
+    axum::Json(json!({"items": items, "next_after": next_after}))
+}
+
 async fn triggers(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    QueryParams(query): QueryParams<TriggersQuery>,
+    QueryParams(query): QueryParams<SeqQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let limit = page_limit(query.limit)?;
     let after = query.after.unwrap_or(0);
@@ -399,11 +400,5 @@ async fn triggers(
         service.queries.triggers(&tenant.id, after, limit)
     })
     .await?;
-    // The next page starts after the last trigger of this one; a short page is the end.
-    let next_after = (items.len() == limit)
-        .then(|| items.last().map(|trigger| trigger.seq))
-        .flatten();
-    Ok(axum::Json(
-        json!({"items": items, "next_after": next_after}),
-    ))
+    Ok(seq_page(&items, limit, |trigger| trigger.seq))
 }
