@@ -154,6 +154,25 @@ async fn profiles_are_written_checked_against_the_schema_and_recorded() {
         .map(|event| event["action"].clone())
         .collect();
     assert_eq!(actions, [json!("profile_update"), json!("profile_update")]);
+
+    // `null` removes the schema: what it refused is taken.
+    let (status, body) = host
+        .patch("/v1/tenant", &key, &json!({"customer_schema": null}))
+        .await;
+    assert_eq!(
+        (status, &body.get("customer_schema")),
+        (StatusCode::OK, &None),
+        "{body}"
+    );
+    let (status, body) = write(
+        &host,
+        &key,
+        Method::PATCH,
+        "ann",
+        &json!({"attributes": {"language": "xx"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     host.stop();
 }
 

@@ -308,3 +308,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             })
     }
 }
+
+/// For an optional member of a patch body: `Some(None)` when it is given as `null` (clear
+/// it), `None` when it is left out (keep it). Use with `#[serde(default, deserialize_with =
+/// "present_or_null")]`.
+pub fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}

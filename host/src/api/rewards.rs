@@ -10,13 +10,13 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_sdk::Timestamp;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Json, Tenant, blocking};
+use super::extract::{Json, Tenant, blocking, present_or_null};
 use crate::domain::records::RewardPerk;
 use crate::service::{NewReward, RewardPatch, RewardView};
 
@@ -55,23 +55,16 @@ struct RewardPatchBody {
     cost: Option<i64>,
     #[serde(default)]
     perk: Option<RewardPerk>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     stock: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     limit_per_customer: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     active_from: Option<Option<Timestamp>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     active_until: Option<Option<Timestamp>>,
     #[serde(default)]
     enabled: Option<bool>,
-}
-
-/// Keeps a member given as `null` (`Some(None)`) apart from one left out (`None`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 async fn create(

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Admin, Json, Tenant, blocking};
+use super::extract::{Admin, Json, Tenant, blocking, present_or_null};
 use serde::Deserialize;
 
 use crate::domain::{PointsExpiry, Schedule};
@@ -123,14 +123,9 @@ struct TenantPatchBody {
     future_tolerance_seconds: Option<u32>,
     #[serde(default)]
     membership_required: Option<bool>,
-    /// Present as `null` removes the schema, so it is read as a `Value` whatever it holds.
-    #[serde(default, deserialize_with = "present")]
-    customer_schema: Option<Value>,
-}
-
-/// Keeps a member given as `null` as `Some(Value::Null)`, apart from one left out.
-fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(deserializer).map(Some)
+    /// `null` removes the schema.
+    #[serde(default, deserialize_with = "present_or_null")]
+    customer_schema: Option<Option<Value>>,
 }
 
 impl From<TenantPatchBody> for TenantPatch {

@@ -50,8 +50,8 @@ pub struct TenantPatch {
     pub future_tolerance_seconds: Option<u32>,
     /// Requires membership to earn, or stops requiring it.
     pub membership_required: Option<bool>,
-    /// A new customer schema (a JSON Schema for attributes); JSON `null` removes it.
-    pub customer_schema: Option<serde_json::Value>,
+    /// A new customer schema (a JSON Schema for attributes); `Some(None)` removes it.
+    pub customer_schema: Option<Option<serde_json::Value>>,
 }
 
 /// Tenants and keys.
@@ -204,16 +204,14 @@ impl Tenants {
             record.membership_required = required;
         }
         if let Some(schema) = patch.customer_schema {
-            if schema.is_null() {
-                record.customer_schema = None;
-            } else {
-                // Compiled once here so that a schema that cannot be used is refused now,
-                // with the path in it, not at the first profile written.
+            // Compiled once here so that a schema that cannot be used is refused now, with
+            // the path in it, not at the first profile written.
+            if let Some(schema) = &schema {
                 crate::schema::parse_document(&super::catalog::customer_schema_document(
-                    &schema, true,
+                    schema, true,
                 ))?;
-                record.customer_schema = Some(schema);
             }
+            record.customer_schema = schema;
         }
         self.store.update_tenant(&record)?;
         self.forget_principals();
