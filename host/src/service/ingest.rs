@@ -16,6 +16,7 @@ use crate::domain::{CustomerId, new_account};
 use crate::pipeline::writer::{IngestError, Ingested, NewEvent, SubmitError, Writer};
 use crate::pipeline::{ActivePlugin, NotApplied, PluginFailure, evaluate_event_reporting};
 use crate::runtime::LogLine;
+use crate::schema::EventTypes;
 use crate::storage::Store;
 
 /// What a plugin would decide on an event, with nothing stored.
@@ -165,17 +166,10 @@ impl Ingest {
     /// the store (the tenant's event types were read before, and are unchanged).
     pub fn check_now(&self, tenant: &TenantRecord, input: Value, origin: &Origin) -> Checked {
         match self.catalog.cached_types(tenant) {
-            Some(types) => {
-                let read = events::read_event(tenant, &types, input, origin, self.clock.now())
-                    .and_then(|event| {
-                        self.catalog.check_profile(tenant, &event)?;
-                        Ok(event)
-                    });
-                match read {
-                    Ok(event) => Checked::Ready(event),
-                    Err(error) => Checked::Invalid(error),
-                }
-            }
+            Some(types) => match self.read(tenant, &types, input, origin, self.clock.now()) {
+                Ok(event) => Checked::Ready(event),
+                Err(error) => Checked::Invalid(error),
+            },
             None => Checked::NeedsTypes(input),
         }
     }
@@ -188,9 +182,7 @@ impl Ingest {
         origin: &Origin,
     ) -> Result<NewEvent, ServiceError> {
         let types = self.catalog.types_of(tenant)?;
-        let event = events::read_event(tenant, &types, input, origin, self.clock.now())?;
-        self.catalog.check_profile(tenant, &event)?;
-        Ok(event)
+        self.read(tenant, &types, input, origin, self.clock.now())
     }
 
     /// Checks many events at once (a batch or an import), each on its own.
@@ -204,12 +196,23 @@ impl Ingest {
         let received = self.clock.now();
         Ok(inputs
             .into_iter()
-            .map(|input| {
-                let event = events::read_event(tenant, &types, input, origin, received)?;
-                self.catalog.check_profile(tenant, &event)?;
-                Ok(event)
-            })
+            .map(|input| self.read(tenant, &types, input, origin, received))
             .collect())
+    }
+
+    /// One posted event read against its type, and a profile it writes against the tenant's
+    /// customer schema: every check an event from outside passes.
+    fn read(
+        &self,
+        tenant: &TenantRecord,
+        types: &EventTypes,
+        input: Value,
+        origin: &Origin,
+        now: tally_sdk::Timestamp,
+    ) -> Result<NewEvent, ServiceError> {
+        let event = events::read_event(tenant, types, input, origin, now)?;
+        self.catalog.check_profile(tenant, &event)?;
+        Ok(event)
     }
 
     /// Forgets who a customer is (their right to be forgotten): a `customer_erase` event
