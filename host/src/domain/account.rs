@@ -3,15 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tally_sdk::{
-    Customer, Decision, Perk, PerkStatus, PointEntry, PointKind, Points, RawJson, Timestamp,
-    Trigger,
-};
+use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points, RawJson, Timestamp, Trigger};
 
 use super::NewEvent;
 use super::policy::Policy;
-use super::records::{CustomerRecord, NewLedgerEntry, NewTrigger, RewardClaim, RewardPerk};
-use sha2::{Digest, Sha256};
+use super::records::{CustomerRecord, NewLedgerEntry, NewTrigger, RewardClaim};
+use super::redemption::EventRefusal;
 
 /// The name the host's own ledger entries and triggers carry where a plugin's would: the
 /// host expires and releases points itself, whatever the plugins do.
@@ -196,197 +193,6 @@ impl Account {
         Ok(account)
     }
 
-    /// Makes the customer a member or ends it, before the plugins run (a welcome bonus on
-    /// `opt_in` is earned as a member): `LoyaltyOptIn` / `LoyaltyOptOut` when it changes.
-    fn set_member(&mut self, member: bool, at: Timestamp) {
-        if self.customer.member == member {
-            return;
-        }
-        self.customer.member = member;
-        let name = if member {
-            "LoyaltyOptIn"
-        } else {
-            "LoyaltyOptOut"
-        };
-        self.host_trigger(name, &json!({"member": member, "at": at}));
-    }
-
-    /// Writes the profile a `profile_update` carries: `data.attributes` merged into the
-    /// customer's (JSON merge patch: `null` removes a field, objects merge), or, with
-    /// `data.replace`, in place of them but for the host's own membership fields.
-    fn update_profile(&mut self, event: &NewEvent) {
-        #[derive(Deserialize)]
-        struct Update {
-            #[serde(default)]
-            attributes: serde_json::Map<String, serde_json::Value>,
-            #[serde(default)]
-            replace: bool,
-        }
-        let Ok(update) = serde_json::from_str::<Update>(event.data.get()) else {
-            return;
-        };
-        let attributes = &mut self.customer.attributes;
-        if update.replace {
-            attributes.retain(|field, _| HOST_ATTRIBUTES.contains(&field.as_str()));
-        }
-        merge_patch(attributes, update.attributes);
-    }
-
-    /// Forgets who the customer is: every attribute, and each perk's code and data (a code
-    /// handed to one person identifies them). Points, lots, tier, membership and counts stay:
-    /// they are the tenant's books, not the person.
-    fn erase(&mut self) {
-        self.customer.attributes.clear();
-        for (index, perk) in self.customer.perks.iter_mut().enumerate() {
-            perk.id = format!("erased-{}", index + 1);
-            perk.data = serde_json::Value::Null;
-        }
-    }
-
-    /// Redeems a reward: spends its cost and issues its perk, in this one event, with
-    /// `RewardRedeemed`. The event's data is the reward as the catalogue had it when the
-    /// redemption was accepted (the host writes it), so a replay spends the same.
-    fn redeem_reward(&mut self, event: &NewEvent, policy: &Policy) -> Result<(), EventRefusal> {
-        #[derive(Deserialize)]
-        struct Redemption {
-            reward: String,
-            #[serde(default)]
-            name: String,
-            cost: i64,
-            perk: RewardPerk,
-            #[serde(default)]
-            stock: Option<u64>,
-            #[serde(default)]
-            limit_per_customer: Option<u32>,
-        }
-        let redemption: Redemption = serde_json::from_str(event.data.get()).map_err(|error| {
-            EventRefusal::RewardUnreadable {
-                reason: error.to_string(),
-            }
-        })?;
-        let redeemed = self.rewards.get(&redemption.reward).copied().unwrap_or(0);
-        if let Some(limit) = redemption.limit_per_customer
-            && redeemed >= limit
-        {
-            return Err(EventRefusal::RewardLimitReached {
-                reward: redemption.reward,
-                limit,
-            });
-        }
-        let balance = self.customer.points.balance;
-        if redemption.cost > balance {
-            return Err(EventRefusal::InsufficientPoints {
-                reward: redemption.reward,
-                cost: redemption.cost,
-                balance,
-            });
-        }
-        if redemption.cost > 0 {
-            let name = if redemption.name.is_empty() {
-                &redemption.reward
-            } else {
-                &redemption.name
-            };
-            let spend = PointEntry::new(-redemption.cost, format!("reward: {name}"))
-                .with_kind(PointKind::Spend);
-            let mut lots = std::mem::take(&mut self.lots);
-            let points = self.customer.points;
-            let new = self.place(&mut lots, points, &spend, event, policy, SYSTEM);
-            self.lots = lots;
-            self.customer.points = move_points(self.customer.points, &new);
-            self.ledger.push(new);
-        }
-        let digest = Sha256::digest(format!("{}/{}", event.tenant, event.id).as_bytes());
-        let code: String = digest[..5]
-            .iter()
-            .map(|byte| format!("{byte:02X}"))
-            .collect();
-        let mut perk = Perk::new(
-            redemption.perk.kind,
-            format!("{}-{code}", redemption.reward.to_uppercase()),
-        )
-        .with_value(redemption.perk.value);
-        perk.valid_until = redemption
-            .perk
-            .valid_days
-            .map(|days| event.timestamp.plus_days(i64::from(days)));
-        perk.issued_at = Some(event.timestamp);
-        let data = json!({
-            "reward": redemption.reward, "cost": redemption.cost, "perk": perk,
-            "balance": self.customer.points.balance,
-        });
-        self.customer.perks.push(perk);
-        self.host_trigger("RewardRedeemed", &data);
-        self.rewards
-            .insert(redemption.reward.clone(), redeemed.saturating_add(1));
-        self.claim = Some(RewardClaim {
-            reward: redemption.reward,
-            stock: redemption.stock,
-        });
-        Ok(())
-    }
-
-    /// Redeems the perk `data.code` names, once, while it is valid: `CouponRedeemed`.
-    fn redeem(&mut self, event: &NewEvent) -> Result<(), EventRefusal> {
-        let code = code_of(event).unwrap_or_default();
-        let at = event.timestamp;
-        // The first of that code that can be redeemed; else the first of it, to say why not.
-        let index = self
-            .customer
-            .perks
-            .iter()
-            .position(|perk| perk.id == code && perk.is_redeemable_at(at))
-            .or_else(|| self.customer.perks.iter().position(|perk| perk.id == code))
-            .ok_or_else(|| EventRefusal::PerkNotFound { code: code.clone() })?;
-        let perk = &mut self.customer.perks[index];
-        match perk.status {
-            PerkStatus::Redeemed => {
-                return Err(EventRefusal::PerkRedeemed {
-                    code,
-                    at: perk.closed_at,
-                });
-            }
-            PerkStatus::Expired => {
-                return Err(EventRefusal::PerkExpired {
-                    code,
-                    at: perk.closed_at.or(perk.valid_until),
-                });
-            }
-            PerkStatus::Active if !perk.is_redeemable_at(at) => {
-                return Err(EventRefusal::PerkExpired {
-                    code,
-                    at: perk.valid_until,
-                });
-            }
-            PerkStatus::Active => {}
-        }
-        perk.status = PerkStatus::Redeemed;
-        perk.closed_at = Some(at);
-        let data = json!({
-            "code": perk.id, "kind": perk.kind, "value": perk.value, "redeemed_at": at,
-        });
-        self.host_trigger("CouponRedeemed", &data);
-        Ok(())
-    }
-
-    /// Expires every active perk whose last moment is before `at`: `PerkExpired` each.
-    fn expire_perks(&mut self, at: Timestamp) {
-        let mut expired = Vec::new();
-        for perk in &mut self.customer.perks {
-            if perk.status == PerkStatus::Active && perk.valid_until.is_some_and(|until| until < at)
-            {
-                perk.status = PerkStatus::Expired;
-                perk.closed_at = Some(at);
-                expired.push(
-                    json!({"code": perk.id, "kind": perk.kind, "valid_until": perk.valid_until}),
-                );
-            }
-        }
-        for data in expired {
-            self.host_trigger("PerkExpired", &data);
-        }
-    }
-
     /// Applies one plugin's decision: points (each entry placed in the lots), then tier, then
     /// perks. A decision that breaks the balance rule changes nothing.
     pub fn apply_decision(
@@ -450,7 +256,7 @@ impl Account {
 
     /// The ledger entry for `entry`, adding to or taking from `lots`; `points` are the
     /// customer's before it.
-    fn place(
+    pub(super) fn place(
         &mut self,
         lots: &mut Vec<Lot>,
         points: Points,
@@ -579,7 +385,7 @@ impl Account {
         }
     }
 
-    fn host_entry(&mut self, entry: PointEntry, held: i64) {
+    pub(super) fn host_entry(&mut self, entry: PointEntry, held: i64) {
         let new = NewLedgerEntry {
             plugin: SYSTEM.to_owned(),
             entry,
@@ -589,7 +395,7 @@ impl Account {
         self.ledger.push(new);
     }
 
-    fn host_trigger(&mut self, name: &str, data: &serde_json::Value) {
+    pub(super) fn host_trigger(&mut self, name: &str, data: &serde_json::Value) {
         self.triggers.push(NewTrigger {
             plugin: SYSTEM.to_owned(),
             trigger: Trigger {
@@ -604,126 +410,6 @@ impl Account {
         self.transaction
             .get_or_insert_with(|| transaction_of(event))
             .as_deref()
-    }
-}
-
-/// Why the host refuses an event by its own rules, before any plugin runs; nothing of it is
-/// stored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EventRefusal {
-    /// The customer holds no perk with that code.
-    #[error("the customer has no perk with code {code:?}")]
-    PerkNotFound {
-        /// The code asked for.
-        code: String,
-    },
-    /// The perk was redeemed already.
-    #[error("perk {code:?} was redeemed already{}", since(*at))]
-    PerkRedeemed {
-        /// Its code.
-        code: String,
-        /// When it was redeemed.
-        at: Option<Timestamp>,
-    },
-    /// The customer has fewer points than the reward costs.
-    #[error("reward {reward:?} costs {cost} points and the balance is {balance}")]
-    InsufficientPoints {
-        /// The reward.
-        reward: String,
-        /// What it costs.
-        cost: i64,
-        /// The balance.
-        balance: i64,
-    },
-    /// The customer redeemed the reward as many times as it allows.
-    #[error("reward {reward:?} may be redeemed {limit} times by one customer, and this one has")]
-    RewardLimitReached {
-        /// The reward.
-        reward: String,
-        /// The limit.
-        limit: u32,
-    },
-    /// The reward's stock is gone.
-    #[error("reward {reward:?} is out of stock ({stock} redeemed)")]
-    RewardOutOfStock {
-        /// The reward.
-        reward: String,
-        /// Its stock.
-        stock: u64,
-    },
-    /// A `reward_redeem` whose data is not a reward the host wrote (a bug).
-    #[error("the redemption cannot be read: {reason}")]
-    RewardUnreadable {
-        /// Why.
-        reason: String,
-    },
-    /// The perk expired before this redemption.
-    #[error("perk {code:?} expired{}", since(*at))]
-    PerkExpired {
-        /// Its code.
-        code: String,
-        /// When it expired.
-        at: Option<Timestamp>,
-    },
-}
-
-fn since(at: Option<Timestamp>) -> String {
-    at.map(|at| format!(" at {at}")).unwrap_or_default()
-}
-
-impl EventRefusal {
-    /// The stable code the refusal is answered with.
-    pub fn code(&self) -> &'static str {
-        match self {
-            EventRefusal::PerkNotFound { .. } => "perk_not_found",
-            EventRefusal::PerkRedeemed { .. } => "perk_redeemed",
-            EventRefusal::PerkExpired { .. } => "perk_expired",
-            EventRefusal::InsufficientPoints { .. } => "insufficient_points",
-            EventRefusal::RewardLimitReached { .. } => "reward_limit_reached",
-            EventRefusal::RewardOutOfStock { .. } => "reward_out_of_stock",
-            EventRefusal::RewardUnreadable { .. } => "invalid_event",
-        }
-    }
-}
-
-/// `data.code` of a `perk_redeem`.
-fn code_of(event: &NewEvent) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Code {
-        #[serde(default)]
-        code: Option<String>,
-    }
-    serde_json::from_str::<Code>(event.data.get()).ok()?.code
-}
-
-/// The attributes the host keeps itself, which a profile written whole keeps.
-pub const HOST_ATTRIBUTES: [&str; 3] = ["opted_in", "opted_in_at", "opted_out_at"];
-
-/// RFC 7386 JSON merge patch of `patch` into `target`.
-fn merge_patch(
-    target: &mut serde_json::Map<String, serde_json::Value>,
-    patch: serde_json::Map<String, serde_json::Value>,
-) {
-    for (field, value) in patch {
-        match value {
-            serde_json::Value::Null => {
-                target.remove(&field);
-            }
-            serde_json::Value::Object(inner) => {
-                let slot = target
-                    .entry(field)
-                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-                if !slot.is_object() {
-                    *slot = serde_json::Value::Object(serde_json::Map::new());
-                }
-                if let serde_json::Value::Object(existing) = slot {
-                    merge_patch(existing, inner);
-                }
-            }
-            other => {
-                target.insert(field, other);
-            }
-        }
     }
 }
 
@@ -1025,61 +711,5 @@ mod tests {
         );
         assert_eq!(record.lots.len(), 1);
         assert_eq!(record.lots[0].amount, 42);
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a failing test should panic")]
-mod perk_tests {
-    use serde_json::json;
-    use tally_sdk::Perk;
-
-    use super::*;
-    use crate::domain::testing::event;
-    use crate::domain::{CustomerId, new_account};
-
-    fn holding(perk: Perk) -> CustomerRecord {
-        let mut record = new_account(
-            &CustomerId::parse("ada").unwrap(),
-            "2026-01-01T00:00:00Z".parse().unwrap(),
-        );
-        record.customer.perks.push(perk);
-        record
-    }
-
-    fn redeem(record: &CustomerRecord, at: &str) -> Result<Account, EventRefusal> {
-        let redeem = event("perk_redeem", at, json!({"code": "C1"}));
-        Account::open(record, &redeem, &Policy::DEFAULT)
-    }
-
-    #[test]
-    fn a_perk_is_redeemed_up_to_its_last_moment_obeyed() {
-        let last = "2026-01-31T23:59:59Z".parse().unwrap();
-        let record = holding(Perk::new("coupon", "C1").valid_until(last));
-        let account = redeem(&record, "2026-01-31T23:59:59Z").unwrap();
-        assert_eq!(account.customer.perks[0].status, PerkStatus::Redeemed);
-        assert_eq!(account.triggers[0].trigger.name, "CouponRedeemed");
-    }
-
-    #[test]
-    fn a_perk_is_redeemed_up_to_its_last_moment_violated() {
-        let last = "2026-01-31T23:59:59Z".parse().unwrap();
-        let record = holding(Perk::new("coupon", "C1").valid_until(last));
-        let refusal = redeem(&record, "2026-02-01T00:00:00Z").unwrap_err();
-        assert_eq!(refusal.code(), "perk_expired");
-        let mut redeemed = holding(Perk::new("coupon", "C1"));
-        redeemed.customer.perks[0].status = PerkStatus::Redeemed;
-        assert_eq!(
-            redeem(&redeemed, "2026-01-02T00:00:00Z")
-                .unwrap_err()
-                .code(),
-            "perk_redeemed"
-        );
-        assert_eq!(
-            redeem(&holding(Perk::new("coupon", "C2")), "2026-01-02T00:00:00Z")
-                .unwrap_err()
-                .code(),
-            "perk_not_found"
-        );
     }
 }

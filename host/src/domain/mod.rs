@@ -28,16 +28,16 @@ pub mod ids;
 mod policy;
 mod profile;
 pub mod records;
+mod redemption;
 pub mod schedule;
 
-pub use self::account::{
-    Account, EventRefusal, Hold, Lot, Refusal, SYSTEM, move_points, points_after,
-};
+pub use self::account::{Account, Hold, Lot, Refusal, SYSTEM, move_points, points_after};
 pub use self::event::{NewEvent, PluginOutcome, Rejection, apply_event, new_account};
 pub use self::ids::{CustomerId, EventId, IdError, PluginName, TenantId};
 pub use self::policy::{Period, PointsExpiry, Policy, Schedule, TimeOfDay};
 pub use self::profile::ContactCardValue;
 pub use self::records::CustomerRecord;
+pub use self::redemption::EventRefusal;
 pub use self::schedule::{Due, DueKind};
 
 #[cfg(test)]

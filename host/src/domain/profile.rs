@@ -5,6 +5,7 @@ use serde_json::{Map, Value, json};
 use tally_sdk::{Decimal, PointKind, Stats, Timestamp};
 
 use super::NewEvent;
+use super::account::Account;
 use super::records::{NewLedgerEntry, Summary};
 
 /// A field of an event type marked `showInContactCard`, with the value one event carried.
@@ -123,6 +124,86 @@ pub fn record_contact_card(card: &mut Map<String, Value>, event: &NewEvent) {
                     "at": event.timestamp,
                 }),
             );
+        }
+    }
+}
+
+impl Account {
+    /// Makes the customer a member or ends it, before the plugins run (a welcome bonus on
+    /// `opt_in` is earned as a member): `LoyaltyOptIn` / `LoyaltyOptOut` when it changes.
+    pub(super) fn set_member(&mut self, member: bool, at: Timestamp) {
+        if self.customer.member == member {
+            return;
+        }
+        self.customer.member = member;
+        let name = if member {
+            "LoyaltyOptIn"
+        } else {
+            "LoyaltyOptOut"
+        };
+        self.host_trigger(name, &json!({"member": member, "at": at}));
+    }
+
+    /// Writes the profile a `profile_update` carries: `data.attributes` merged into the
+    /// customer's (JSON merge patch: `null` removes a field, objects merge), or, with
+    /// `data.replace`, in place of them but for the host's own membership fields.
+    pub(super) fn update_profile(&mut self, event: &NewEvent) {
+        #[derive(serde::Deserialize)]
+        struct Update {
+            #[serde(default)]
+            attributes: serde_json::Map<String, serde_json::Value>,
+            #[serde(default)]
+            replace: bool,
+        }
+        let Ok(update) = serde_json::from_str::<Update>(event.data.get()) else {
+            return;
+        };
+        let attributes = &mut self.customer.attributes;
+        if update.replace {
+            attributes.retain(|field, _| HOST_ATTRIBUTES.contains(&field.as_str()));
+        }
+        merge_patch(attributes, update.attributes);
+    }
+
+    /// Forgets who the customer is: every attribute, and each perk's code and data (a code
+    /// handed to one person identifies them). Points, lots, tier, membership and counts stay:
+    /// they are the tenant's books, not the person.
+    pub(super) fn erase(&mut self) {
+        self.customer.attributes.clear();
+        for (index, perk) in self.customer.perks.iter_mut().enumerate() {
+            perk.id = format!("erased-{}", index + 1);
+            perk.data = serde_json::Value::Null;
+        }
+    }
+}
+
+/// The attributes the host keeps itself, which a profile written whole keeps.
+pub const HOST_ATTRIBUTES: [&str; 3] = ["opted_in", "opted_in_at", "opted_out_at"];
+
+/// RFC 7386 JSON merge patch of `patch` into `target`.
+fn merge_patch(
+    target: &mut serde_json::Map<String, serde_json::Value>,
+    patch: serde_json::Map<String, serde_json::Value>,
+) {
+    for (field, value) in patch {
+        match value {
+            serde_json::Value::Null => {
+                target.remove(&field);
+            }
+            serde_json::Value::Object(inner) => {
+                let slot = target
+                    .entry(field)
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                if !slot.is_object() {
+                    *slot = serde_json::Value::Object(serde_json::Map::new());
+                }
+                if let serde_json::Value::Object(existing) = slot {
+                    merge_patch(existing, inner);
+                }
+            }
+            other => {
+                target.insert(field, other);
+            }
         }
     }
 }
