@@ -153,6 +153,7 @@ fn seeded(index: usize, earned: Timestamp, expires: Timestamp) -> AppendEvent {
         triggers: Vec::new(),
         reward: None,
         erase: false,
+        merged: None,
     }
 }
 

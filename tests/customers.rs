@@ -597,3 +597,229 @@ async fn an_erased_customer_is_forgotten_and_the_books_still_add_up() {
     );
     host.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_moves_points_and_perks_and_later_events_land_on_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::start(dir.path());
+    let key = host.tenant("acme").await;
+    let (status, body) = host
+        .put_wasm("points", &key, tally_plugin_wasm::POINTS.wasm)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    host.patch(
+        "/v1/plugins/points",
+        &key,
+        &json!({"config": {"rate": 1, "hold_until_accepted": true}}),
+    )
+    .await;
+    let (status, body) = host
+        .post(
+            "/v1/rewards",
+            &key,
+            &json!({"id": "mug", "name": "Mug", "cost": 10, "limit_per_customer": 1,
+                    "perk": {"kind": "voucher"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Ann, the profile to merge away: points that expire, a held checkout, a perk, an email.
+    write(
+        &host,
+        &key,
+        Method::PUT,
+        "ann",
+        &json!({"attributes": {"email": "ann@example.com", "language": "sv"}}),
+    )
+    .await;
+    let ann_events = [
+        json!({"id": "ann-1", "customer": "ann", "action": "point_add",
+               "data": {"points": 100, "expires_at": "2099-01-01T00:00:00Z"}}),
+        json!({"id": "ann-2", "customer": "ann", "action": "checkout",
+               "data": {"transaction_id": "T-ANN", "total": 40}}),
+    ];
+    for event in &ann_events {
+        let (status, body) = host.event(&key, event).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = host
+        .post("/v1/customers/ann/rewards/mug/redeem", &key, &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let perk = body["customer"]["perks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Bob, the survivor.
+    write(
+        &host,
+        &key,
+        Method::PUT,
+        "bob",
+        &json!({"attributes": {"first_name": "Bob", "language": "en"}}),
+    )
+    .await;
+    let (status, body) = host
+        .event(&key, &json!({"id": "bob-1", "customer": "bob", "action": "point_add", "data": {"points": 5}}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let (status, body) = host
+        .post("/v1/customers/bob/merge", &key, &json!({"from": "ann"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let bob = &body["customer"];
+    assert_eq!(bob["points"]["balance"], 95, "5 + 100 - 10: {bob}");
+    assert_eq!(bob["points"]["pending"], 40, "the held checkout: {bob}");
+    assert_eq!(
+        bob["points"]["expiring"][0],
+        json!({"amount": 90, "at": "2099-01-01T00:00:00Z"}),
+        "ann's points keep their expiry: {bob}"
+    );
+    assert_eq!(bob["perks"][0]["id"], perk.as_str(), "{bob}");
+    assert_eq!(
+        bob["attributes"],
+        json!({"first_name": "Bob", "language": "en", "email": "ann@example.com"}),
+        "the survivor's attributes win, the other's fill the gaps: {bob}"
+    );
+    assert_eq!(body["triggers"][0]["name"], "CustomerMerged", "{body}");
+    let (_, ann) = host.get("/v1/customers/ann", &key).await;
+    assert_eq!(ann["merged_into"], "bob", "{ann}");
+    assert_eq!(ann["points"]["balance"], 0, "{ann}");
+    assert_eq!(ann["points"]["pending"], 0, "{ann}");
+    assert_eq!(ann["attributes"], json!({}), "{ann}");
+    // Each ledger still adds up on its own.
+    for (customer, view) in [("ann", &ann), ("bob", bob)] {
+        let ledger = host.all_ledger(&key, customer).await;
+        let held: i64 = ledger.iter().map(|e| e["held"].as_i64().unwrap_or(0)).sum();
+        assert_eq!(
+            view["points"]["balance"].as_i64().unwrap()
+                + view["points"]["pending"].as_i64().unwrap(),
+            support::ledger_sum(&ledger),
+            "{customer}: {ledger:?} (held {held})"
+        );
+    }
+
+    // Asking again is the same merge; merging ann anywhere else, or bob into himself, or
+    // someone who is not there, is refused and changes nothing.
+    let (status, again) = host
+        .post("/v1/customers/bob/merge", &key, &json!({"from": "ann"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["event"]["id"], body["event"]["id"], "{again}");
+    host.event(
+        &key,
+        &json!({"customer": "carl", "action": "point_add", "data": {"points": 1}}),
+    )
+    .await;
+    for (into, from, wanted) in [
+        ("carl", "ann", (StatusCode::CONFLICT, "customer_merged")),
+        (
+            "bob",
+            "bob",
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_merge"),
+        ),
+        ("bob", "nobody", (StatusCode::NOT_FOUND, "not_found")),
+    ] {
+        let (status, body) = host
+            .post(
+                &format!("/v1/customers/{into}/merge"),
+                &key,
+                &json!({"from": from}),
+            )
+            .await;
+        assert_eq!((status, code(&body)), wanted, "{into} from {from}: {body}");
+    }
+    let (status, body) = host
+        .event(
+            &key,
+            &json!({"customer": "bob", "action": "customer_merge", "data": {"from": "carl"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "reserved_action"),
+        "{body}"
+    );
+
+    // Later events for ann are bob's: her checkout accepted, her perk redeemed.
+    let (status, body) = host
+        .event(
+            &key,
+            &json!({"id": "ann-3", "customer": "ann", "action": "checkout_accept",
+                             "data": {"transaction_id": "T-ANN"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["event"]["customer"], "bob", "{body}");
+    assert_eq!(body["customer"]["points"]["balance"], 135, "{body}");
+    assert_eq!(body["customer"]["points"]["pending"], 0, "{body}");
+    let (status, body) = host
+        .post(
+            &format!("/v1/customers/ann/perks/{perk}/redeem"),
+            &key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["triggers"][0]["name"], "CouponRedeemed", "{body}");
+    // The email finds the survivor; the alias is not listed.
+    let (_, found) = host.get("/v1/customers?email=ann@example.com", &key).await;
+    assert_eq!(found["items"][0]["id"], "bob", "{found}");
+    let (_, listed) = host.get("/v1/customers", &key).await;
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["bob", "carl"], "{listed}");
+    // Both histories stay readable, the merge in each.
+    let actions = |events: Vec<Value>| -> Vec<String> {
+        events
+            .iter()
+            .map(|event| event["action"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let ann_history = actions(host.all_events(&key, "ann").await);
+    assert_eq!(ann_history.len(), 5, "{ann_history:?}");
+    assert!(
+        ann_history.contains(&"customer_merge".to_owned()),
+        "{ann_history:?}"
+    );
+    let bob_history = actions(host.all_events(&key, "bob").await);
+    for action in ["customer_merge", "checkout_accept", "perk_redeem"] {
+        assert!(bob_history.contains(&action.to_owned()), "{bob_history:?}");
+    }
+
+    // After a restart the alias still holds.
+    host.stop();
+    host = Host::start(dir.path());
+    let (status, body) = host
+        .event(&key, &json!({"id": "ann-4", "customer": "ann", "action": "point_add", "data": {"points": 1}}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["event"]["customer"], "bob", "{body}");
+    assert_eq!(body["customer"]["points"]["balance"], 136, "{body}");
+
+    // Forgetting the survivor forgets the person: the alias's history goes too.
+    let (status, body) = answer(
+        host.request(Method::DELETE, "/v1/customers/bob", Some(&key))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for customer in ["ann", "bob"] {
+        for event in host.all_events(&key, customer).await {
+            assert!(
+                event["data"] == json!({}) || event["action"] == "customer_erase",
+                "{customer}: {event}"
+            );
+        }
+    }
+    let (_, audit) = host.get("/v1/audit", &key).await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 2, "{audit}");
+    host.stop();
+}

@@ -187,6 +187,7 @@ mod storage {
             triggers: planned.triggers.clone(),
             reward: None,
             erase: false,
+            merged: None,
         }
     }
 

@@ -117,6 +117,7 @@ mod storage {
             triggers: Vec::new(),
             reward: None,
             erase: false,
+            merged: None,
         }
     }
 

@@ -993,10 +993,10 @@ impl Decision {
                         entry.amount
                     ));
                 }
-                (PointKind::Expire | PointKind::Release, _) => {
+                (PointKind::Expire | PointKind::Release | PointKind::Merge, _) => {
                     return violation(format!(
                         "points[{index}] has kind {}, which only the host writes (when points \
-                         fall due): a plugin earns, reverses or spends",
+                         fall due, or profiles are merged): a plugin earns, reverses or spends",
                         entry.kind()
                     ));
                 }
@@ -1196,6 +1196,10 @@ pub enum PointKind {
     /// Pending points released to the balance (the hold ended, or the transaction was
     /// accepted): raises the balance by what leaves `pending`. Written by the host.
     Release,
+    /// Points moved between two profiles of one person by a `customer_merge`: negative on
+    /// the profile merged away, positive on the one that stays; the part that is `held`
+    /// moves pending points. Lifetime points stay with each history. Written by the host.
+    Merge,
 }
 
 impl fmt::Display for PointKind {
@@ -1206,6 +1210,7 @@ impl fmt::Display for PointKind {
             PointKind::Spend => "spend",
             PointKind::Expire => "expire",
             PointKind::Release => "release",
+            PointKind::Merge => "merge",
         })
     }
 }

@@ -11,6 +11,8 @@
 //! - `POST /v1/customers/{id}/perks/{code}/redeem`: redeems a perk once (`perk_redeem`)
 //! - `POST /v1/customers/{id}/rewards/{reward}/redeem`: spends a reward's cost and issues its
 //!   perk (`reward_redeem`)
+//! - `POST /v1/customers/{id}/merge` `{"from": "other"}`: moves the other customer's points,
+//!   perks and profile to this one (`customer_merge`); the other id becomes an alias
 //! - `DELETE /v1/customers/{id}`: erase the customer's personal data (right to be forgotten)
 //! - `GET /v1/audit?after=&limit=`: the tenant's audit log (erasures), oldest first
 //! - `GET /v1/triggers?after=&limit=`: the outbound triggers plugins sent, oldest first
@@ -49,6 +51,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/customers/{id}/events", get(events))
         .route("/v1/customers/{id}/ledger", get(ledger))
+        .route("/v1/customers/{id}/merge", post(merge_customers))
         .route("/v1/customers/{id}/perks/{code}/redeem", post(redeem_perk))
         .route(
             "/v1/customers/{id}/rewards/{reward}/redeem",
@@ -126,6 +129,32 @@ async fn erase(
     let policy = tenant.policy();
     let ingested = state.service.ingest.erase(&tenant, &id, &origin).await?;
     Ok(axum::Json(views::ingested(&ingested, &policy)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    /// The customer merged into the one in the path.
+    from: String,
+}
+
+/// `POST /v1/customers/{id}/merge`: merges customer `from` into `id` (see
+/// [`Ingest::merge`](crate::service::Ingest::merge)); answered as a posted event, with the
+/// survivor as the merge left them.
+async fn merge_customers(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    RequestOrigin(origin): RequestOrigin,
+    Path(id): Path<String>,
+    Json(body): Json<MergeBody>,
+) -> Result<Response, ApiError> {
+    let policy = tenant.policy();
+    let ingested = state
+        .service
+        .ingest
+        .merge(&tenant, &id, &body.from, &origin)
+        .await?;
+    Ok(super::events::ingested_response(&ingested, &policy))
 }
 
 /// `GET /v1/audit?after=&limit=`: the tenant's audit log, oldest first.

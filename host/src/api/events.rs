@@ -19,6 +19,8 @@ use super::AppState;
 use super::error::{ApiError, error_body, status_of};
 use super::extract::{RawBody, RequestOrigin, Tenant, blocking, parse_json, unsupported};
 use super::views;
+use crate::domain::Policy;
+use crate::pipeline::writer::Ingested;
 use crate::schema::csv_to_events;
 use crate::service::{Checked, ErrorKind, Origin, ServiceError};
 use crate::storage::TenantRecord;
@@ -64,18 +66,24 @@ pub(super) async fn ingest_one(
         }
     };
     let ingested = state.service.ingest.ingest(event).await?;
+    Ok(ingested_response(&ingested, &policy))
+}
+
+/// The answer to an event written: 201 with what it did, or 200 with `"replayed": true`
+/// (and `Tally-Replayed: true`) for an id stored before.
+pub(super) fn ingested_response(ingested: &Ingested, policy: &Policy) -> Response {
     let status = if ingested.replayed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    let mut response = (status, axum::Json(views::ingested(&ingested, &policy))).into_response();
+    let mut response = (status, axum::Json(views::ingested(ingested, policy))).into_response();
     if ingested.replayed {
         response
             .headers_mut()
             .insert("tally-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 async fn post_batch(

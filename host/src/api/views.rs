@@ -44,6 +44,9 @@ pub struct CustomerView<'a> {
     plugins: &'a BTreeMap<String, RawJson>,
     /// What a marketer reads.
     summary: SummaryView,
+    /// The customer this id was merged into: it is an alias of theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merged_into: Option<&'a str>,
 }
 
 /// The fields marketing tools read on every customer (Yotpo/Rule's), worked out from the
@@ -164,6 +167,7 @@ pub fn customer<'a>(record: &'a CustomerRecord, policy: &Policy) -> CustomerView
         event_count: record.event_count,
         created_at: record.created_at,
         updated_at: record.updated_at,
+        merged_into: record.merged_into.as_deref(),
     }
 }
 

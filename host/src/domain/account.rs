@@ -6,6 +6,7 @@ use serde_json::json;
 use tally_sdk::{Customer, Decision, PointEntry, PointKind, Points, RawJson, Timestamp, Trigger};
 
 use super::NewEvent;
+use super::merge::Absorbed;
 use super::policy::Policy;
 use super::records::{CustomerRecord, NewLedgerEntry, NewTrigger, RewardClaim};
 use super::redemption::EventRefusal;
@@ -100,6 +101,8 @@ pub fn move_points(points: Points, new: &NewLedgerEntry) -> Points {
         PointKind::Reverse => (amount.saturating_add(held), held.saturating_neg(), amount),
         PointKind::Spend | PointKind::Expire => (amount, 0, 0),
         PointKind::Release => (amount, amount.saturating_neg(), 0),
+        // `held` carries the amount's sign: out of one profile's pending, into the other's.
+        PointKind::Merge => (amount.saturating_sub(held), held, 0),
     };
     Points {
         balance: points.balance.saturating_add(balance),
@@ -146,6 +149,8 @@ pub struct Account {
     pub rewards: std::collections::BTreeMap<String, u32>,
     /// The reward this event redeems, for the store to count against its stock.
     pub claim: Option<RewardClaim>,
+    /// The customer a `customer_merge` took in, as it leaves them.
+    pub absorbed: Option<Box<Absorbed>>,
 }
 
 impl Account {
@@ -158,6 +163,17 @@ impl Account {
         event: &NewEvent,
         policy: &Policy,
     ) -> Result<Account, EventRefusal> {
+        Account::open_merging(before, None, event, policy)
+    }
+
+    /// [`Account::open`], with the customer a `customer_merge` takes in as the writer read
+    /// them (`None`: there is no such customer, and the merge is refused).
+    pub fn open_merging(
+        before: &CustomerRecord,
+        merging: Option<&CustomerRecord>,
+        event: &NewEvent,
+        policy: &Policy,
+    ) -> Result<Account, EventRefusal> {
         let mut account = Account {
             customer: before.customer.clone(),
             lots: before.lots.clone(),
@@ -167,6 +183,7 @@ impl Account {
             transaction: None,
             rewards: before.rewards.clone(),
             claim: None,
+            absorbed: None,
         };
         let at = event.timestamp;
         match event.action.as_str() {
@@ -187,6 +204,7 @@ impl Account {
             "opt_out" => account.set_member(false, at),
             "profile_update" => account.update_profile(event),
             "customer_erase" => account.erase(),
+            "customer_merge" => account.absorb(merging, event, policy)?,
             "perk_expire" => account.expire_perks(at),
             _ => {}
         }
@@ -318,7 +336,7 @@ impl Account {
             }
             // Expire and release are the host's alone (`Decision::check` refuses them from a
             // plugin); were one to come, it takes like a spend.
-            PointKind::Spend | PointKind::Expire | PointKind::Release => {
+            PointKind::Spend | PointKind::Expire | PointKind::Release | PointKind::Merge => {
                 take_soonest(lots, entry.amount.saturating_neg(), deadline);
             }
         }
@@ -414,7 +432,7 @@ impl Account {
 }
 
 /// What a balance below zero owes.
-fn debt(points: Points) -> i64 {
+pub(super) fn debt(points: Points) -> i64 {
     points.balance.min(0).saturating_neg()
 }
 
@@ -435,7 +453,7 @@ fn take(lots: &mut Vec<Lot>, wanted: i64, from: impl Fn(&Lot) -> bool) -> i64 {
 
 /// Takes up to `wanted` points from the spendable lots, soonest-expiring first (one that
 /// never expires last).
-fn take_soonest(lots: &mut Vec<Lot>, wanted: i64, deadline: Option<Timestamp>) {
+pub(super) fn take_soonest(lots: &mut Vec<Lot>, wanted: i64, deadline: Option<Timestamp>) {
     let mut order: Vec<usize> = (0..lots.len())
         .filter(|&index| lots[index].pending.is_none())
         .collect();

@@ -4,6 +4,7 @@ use tally_sdk::{Customer, Decision, Event, Timestamp, is_internal_action};
 
 use super::account::Account;
 use super::ids::{CustomerId, EventId, TenantId};
+use super::merge::Absorbed;
 use super::policy::Policy;
 use super::profile::{
     ContactCardValue, record_attributes, record_contact_card, record_stats, record_summary,
@@ -81,6 +82,8 @@ pub fn new_account(id: &CustomerId, now: Timestamp) -> CustomerRecord {
         plugin_profiles: std::collections::BTreeMap::new(),
         summary: Summary::default(),
         rewards: std::collections::BTreeMap::new(),
+        merged_into: None,
+        aliases: Vec::new(),
     }
 }
 
@@ -154,7 +157,23 @@ pub fn apply_event(
         plugin_profiles: before.plugin_profiles.clone(),
         summary: before.summary.clone(),
         rewards: account.rewards,
+        merged_into: before.merged_into.clone(),
+        aliases: before.aliases.clone(),
     };
+    let merged = account.absorbed.map(|absorbed| {
+        let Absorbed { mut away, summary } = *absorbed;
+        record.summary.add(&summary);
+        for (field, value) in std::mem::take(&mut away.customer.contact_card) {
+            record.contact_card.entry(field).or_insert(value);
+        }
+        record.aliases.push(away.customer.customer.id.clone());
+        record
+            .aliases
+            .extend(std::mem::take(&mut away.customer.aliases));
+        away.customer.event_count = away.customer.event_count.saturating_add(1);
+        away.customer.updated_at = event.received_at;
+        Box::new(away)
+    });
     record_summary(&mut record.summary, event, &account.ledger);
     for (plugin, profile) in decided.profiles {
         match profile {
@@ -212,6 +231,7 @@ pub fn apply_event(
         triggers,
         reward: claim,
         erase,
+        merged,
     })
 }
 

@@ -25,6 +25,7 @@
 mod account;
 mod event;
 pub mod ids;
+mod merge;
 mod policy;
 mod profile;
 pub mod records;
@@ -34,6 +35,7 @@ pub mod schedule;
 pub use self::account::{Account, Hold, Lot, Refusal, SYSTEM, move_points, points_after};
 pub use self::event::{NewEvent, PluginOutcome, Rejection, apply_event, new_account};
 pub use self::ids::{CustomerId, EventId, IdError, PluginName, TenantId};
+pub use self::merge::Absorbed;
 pub use self::policy::{Period, PointsExpiry, Policy, Schedule, TimeOfDay};
 pub use self::profile::ContactCardValue;
 pub use self::records::CustomerRecord;

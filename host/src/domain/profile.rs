@@ -64,7 +64,7 @@ pub fn record_summary(summary: &mut Summary, event: &NewEvent, ledger: &[NewLedg
             PointKind::Spend => &mut summary.points_spent,
             PointKind::Expire => &mut summary.points_expired,
             PointKind::Reverse => &mut summary.points_reversed,
-            PointKind::Earn | PointKind::Release => continue,
+            PointKind::Earn | PointKind::Release | PointKind::Merge => continue,
         };
         *sum = sum.saturating_add(amount);
     }

@@ -274,6 +274,14 @@ pub struct CustomerRecord {
     /// What a marketer reads of the customer that the rest of the record cannot tell.
     #[serde(default, skip_serializing_if = "Summary::is_empty")]
     pub summary: Summary,
+    /// The customer this one was merged into (`customer_merge`): the id is an alias of
+    /// theirs from then on, and the record keeps only its history's own figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+    /// The ids merged into this customer (and into those before), which are aliases of it:
+    /// erasing the customer erases their histories too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// What the host counts of a customer for the people and tools that read profiles (the
@@ -302,6 +310,17 @@ pub struct Summary {
 impl Summary {
     fn is_empty(&self) -> bool {
         *self == Summary::default()
+    }
+
+    /// `other`'s figures added to these: sums summed, the latest purchase the later one.
+    pub fn add(&mut self, other: &Summary) {
+        if let Ok(sum) = self.total_spend.checked_add(other.total_spend) {
+            self.total_spend = sum;
+        }
+        self.last_purchase_at = self.last_purchase_at.max(other.last_purchase_at);
+        self.points_spent = self.points_spent.saturating_add(other.points_spent);
+        self.points_expired = self.points_expired.saturating_add(other.points_expired);
+        self.points_reversed = self.points_reversed.saturating_add(other.points_reversed);
     }
 }
 
@@ -445,6 +464,19 @@ pub struct AppendEvent {
     /// A `customer_erase`: the store also takes the personal data out of the customer's
     /// stored events and deletes their plugin states, and writes the tenant's audit log.
     pub erase: bool,
+    /// A `customer_merge`: the customer merged away, written in the same step.
+    pub merged: Option<Box<MergedAway>>,
+}
+
+/// The other side of a `customer_merge`: the customer merged into the event's customer, as
+/// the merge leaves them. The store appends the event to their history too, with `ledger`
+/// (the points leaving them), and checks them as it checks the event's customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedAway {
+    /// Their record after the merge: `merged_into` set, one event more.
+    pub customer: CustomerRecord,
+    /// Their entries of kind `merge`, taking their points out.
+    pub ledger: Vec<NewLedgerEntry>,
 }
 
 /// One line of a tenant's audit log: what was done that the history does not show, without

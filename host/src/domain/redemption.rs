@@ -212,6 +212,29 @@ pub enum EventRefusal {
         /// Why.
         reason: String,
     },
+    /// A `customer_merge` names a customer the tenant does not have.
+    #[error("there is no customer {customer:?} to merge")]
+    CustomerNotFound {
+        /// The id asked for.
+        customer: String,
+    },
+    /// A `customer_merge` of a customer into themselves.
+    #[error("customer {customer:?} cannot be merged into itself")]
+    MergeWithItself {
+        /// The customer.
+        customer: String,
+    },
+    /// A `customer_merge` of a customer merged before.
+    #[error("customer {customer:?} was merged into {into:?} already")]
+    CustomerMerged {
+        /// The customer asked for.
+        customer: String,
+        /// The customer it was merged into.
+        into: String,
+    },
+    /// A `customer_merge` whose data does not say `from` (a bug: the host writes it).
+    #[error("the merge cannot be read: its data has no \"from\"")]
+    MergeUnreadable,
     /// The perk expired before this redemption.
     #[error("perk {code:?} expired{}", since(*at))]
     PerkExpired {
@@ -236,7 +259,12 @@ impl EventRefusal {
             EventRefusal::InsufficientPoints { .. } => "insufficient_points",
             EventRefusal::RewardLimitReached { .. } => "reward_limit_reached",
             EventRefusal::RewardOutOfStock { .. } => "reward_out_of_stock",
-            EventRefusal::RewardUnreadable { .. } => "invalid_event",
+            EventRefusal::RewardUnreadable { .. } | EventRefusal::MergeUnreadable => {
+                "invalid_event"
+            }
+            EventRefusal::CustomerNotFound { .. } => "customer_not_found",
+            EventRefusal::MergeWithItself { .. } => "invalid_merge",
+            EventRefusal::CustomerMerged { .. } => "customer_merged",
         }
     }
 }

@@ -112,6 +112,10 @@ pub struct Due {
 /// first. Each is later than the last event of its kind applied, so none repeats.
 pub fn schedule(account: &CustomerRecord, policy: &Policy) -> Vec<Due> {
     let mut due = Vec::new();
+    // An alias has nothing of its own left to fall due: its person is the survivor.
+    if account.merged_into.is_some() {
+        return due;
+    }
     let done = |kind| account.done.get(&kind).copied();
     let settings = policy.schedule;
     let daily = settings.daily_at;
@@ -249,8 +253,18 @@ fn birthday(attributes: &serde_json::Map<String, Value>) -> Option<(u32, u32)> {
 /// `system:<kind>:<customer>:<unix seconds>`, or, for a customer id too long for that,
 /// the customer's SHA-256 in its place. Tenants cannot post ids starting `system:`.
 pub fn internal_event_id(kind: DueKind, customer: &CustomerId, at: Timestamp) -> EventId {
-    let seconds = at.unix_seconds();
-    let readable = format!("system:{kind}:{customer}:{seconds}");
+    host_event_id(kind.as_str(), customer, &format!(":{}", at.unix_seconds()))
+}
+
+/// The id of the merge of `from` into another customer: `system:customer_merge:<from>`, one
+/// per customer, since a customer is merged once.
+pub fn merge_event_id(from: &CustomerId) -> EventId {
+    host_event_id("customer_merge", from, "")
+}
+
+/// `system:<kind>:<customer><tail>`, the customer's SHA-256 standing in for an id too long.
+fn host_event_id(kind: &str, customer: &CustomerId, tail: &str) -> EventId {
+    let readable = format!("system:{kind}:{customer}{tail}");
     let id = if readable.len() <= MAX_EVENT_ID_LEN {
         readable
     } else {
@@ -259,7 +273,7 @@ pub fn internal_event_id(kind: DueKind, customer: &CustomerId, at: Timestamp) ->
             .iter()
             .map(|byte| format!("{byte:02x}"))
             .collect();
-        format!("system:{kind}:#{hash}:{seconds}")
+        format!("system:{kind}:#{hash}{tail}")
     };
     // Both forms are printable text within the length.
     EventId::internal(id)

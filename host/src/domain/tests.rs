@@ -125,6 +125,8 @@ struct Sums {
     reversed: i64,
     spent: i64,
     expired: i64,
+    /// What merges brought in (less what they took out).
+    merged: i64,
 }
 
 fn check_lots(record: &CustomerRecord) -> Result<(), TestCaseError> {
@@ -161,99 +163,193 @@ proptest! {
         allow_negative_balance in any::<bool>(),
         expiry_days in prop::option::of(1_u32..30),
     ) {
-        let policy = Policy {
-            allow_negative_balance,
-            expiry: expiry_days.map_or(PointsExpiry::None, |days| PointsExpiry::DaysAfterEarning { days }),
-            ..Policy::DEFAULT
-        };
+        let policy = policy(allow_negative_balance, expiry_days);
         let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let mut account = new_account(&CustomerId::parse("ada").unwrap(), start);
-        let mut sums = Sums::default();
-        let mut at = start;
-        for (index, (step, days_later)) in steps.iter().enumerate() {
-            at = at.plus_days(*days_later).plus_seconds(1);
-            let (action, transaction, answers) = match step {
-                Step::Event { action, transaction, answers } => (*action, *transaction, answers.clone()),
-                Step::Clock(action) => (*action, 0, Vec::new()),
-            };
-            let mut event = event(action, &at.to_string(), json!({"transaction_id": format!("T{transaction}")}));
-            event.id = super::EventId::parse(format!("e{index}")).unwrap();
-            if matches!(step, Step::Clock(_)) {
-                event.due = Some(if action == "point_expire" { DueKind::PointExpire } else { DueKind::PointsRelease });
-            }
-            // As the pipeline runs the plugins: each decision applied on the one before.
-            let mut working = Account::open(&account, &event, &policy).unwrap();
-            let mut outcomes = Vec::new();
-            for (plugin, answer) in answers.iter().enumerate() {
-                let name = format!("p{plugin}");
-                let result = match answer {
-                    Answer::Entries(entries) => {
-                        let decision = decision(entries, at);
-                        working.apply_decision(&name, &decision, &event, &policy)
-                            .map(|()| decision)
-                            .map_err(|refusal| PluginErrorRecord {
-                                code: refusal.code().to_owned(),
-                                message: refusal.to_string(),
-                            })
-                    }
-                    Answer::Fails => Err(PluginErrorRecord {
-                        code: "trap".to_owned(),
-                        message: "trapped".to_owned(),
-                    }),
-                };
-                outcomes.push(PluginOutcome { name, version: 1, on_error: OnError::Skip, result });
-            }
-            let before: Points = account.customer.points;
-            let append = apply_event(&account, &event, outcomes, working, &policy).unwrap();
+        let account = new_account(&CustomerId::parse("ada").unwrap(), start);
+        live(account, &mut Sums::default(), &steps, &policy, start)?;
+    }
 
-            // What the store checks on every append: the ledger replayed from the stored
-            // points gives the new account's points, and the event's net is its entries' sum.
-            let replayed = points_after(before, &append.ledger).last().copied().unwrap_or(before);
-            prop_assert_eq!(replayed, append.customer.customer.points);
-            let net: i64 = append.ledger.iter().map(|new| new.entry.amount).sum();
-            prop_assert_eq!(append.event.points, net);
+    /// Two customers' lives, then one merged into the other, then the survivor's life goes
+    /// on: every invariant holds for both throughout, with what the merge moved counted.
+    #[test]
+    fn a_merge_keeps_both_accounts_invariants(
+        ada_steps in prop::collection::vec((step(), 0_i64..6), 0..20),
+        bo_steps in prop::collection::vec((step(), 0_i64..6), 0..20),
+        after in prop::collection::vec((step(), 0_i64..6), 0..20),
+        allow_negative_balance in any::<bool>(),
+        expiry_days in prop::option::of(1_u32..30),
+    ) {
+        let policy = policy(allow_negative_balance, expiry_days);
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let (mut ada_sums, mut bo_sums) = (Sums::default(), Sums::default());
+        let ada = new_account(&CustomerId::parse("ada").unwrap(), start);
+        let ada = live(ada, &mut ada_sums, &ada_steps, &policy, start)?;
+        let bo = new_account(&CustomerId::parse("bo").unwrap(), start);
+        let bo = live(bo, &mut bo_sums, &bo_steps, &policy, start)?;
+        let at = ada.customer.stats.last_event_at.max(bo.customer.stats.last_event_at).unwrap_or(start).plus_seconds(1);
+        let mut merge = event("customer_merge", &at.to_string(), json!({"from": "bo"}));
+        merge.id = super::EventId::parse("merge").unwrap();
 
-            for new in &append.ledger {
-                let amount = new.entry.amount;
-                match new.entry.kind() {
-                    PointKind::Earn => sums.earned += amount,
-                    PointKind::Reverse => sums.reversed -= amount,
-                    PointKind::Spend => sums.spent -= amount,
-                    PointKind::Expire => {
-                        sums.expired -= amount;
-                        prop_assert!(new.entry.expires_at.is_some_and(|expiry| expiry <= at), "expired before its time");
-                    }
-                    PointKind::Release => prop_assert_eq!(new.held, amount),
+        let working = Account::open_merging(&ada, Some(&bo), &merge, &policy).unwrap();
+        let append = apply_event(&ada, &merge, Vec::new(), working, &policy).unwrap();
+        let away = append.merged.as_deref().unwrap();
+        let (before, other_before) = (ada.customer.points, bo.customer.points);
+        let survivor = append.customer.customer.points;
+        let left = away.customer.customer.points;
+        prop_assert_eq!(points_after(before, &append.ledger).last().copied().unwrap_or(before), survivor);
+        prop_assert_eq!(points_after(other_before, &away.ledger).last().copied().unwrap_or(other_before), left);
+        prop_assert_eq!(survivor.balance, before.balance + other_before.balance, "the balance moves whole");
+        prop_assert_eq!(survivor.pending, before.pending + other_before.pending, "pending points move whole");
+        prop_assert_eq!(survivor.lifetime, before.lifetime, "lifetime stays with each history");
+        prop_assert_eq!((left.balance, left.pending, left.lifetime), (0, 0, other_before.lifetime));
+        prop_assert!(away.customer.lots.is_empty() && away.customer.due.is_empty());
+        prop_assert_eq!(away.customer.merged_into.as_deref(), Some("ada"));
+        check_lots(&append.customer)?;
+        for new in &append.ledger {
+            ada_sums.merged += new.entry.amount;
+        }
+        let moved: i64 = away.ledger.iter().map(|new| new.entry.amount).sum();
+        prop_assert_eq!(moved, -(other_before.balance + other_before.pending));
+        live(append.customer, &mut ada_sums, &after, &policy, at)?;
+    }
+}
+
+fn policy(allow_negative_balance: bool, expiry_days: Option<u32>) -> Policy {
+    Policy {
+        allow_negative_balance,
+        expiry: expiry_days.map_or(PointsExpiry::None, |days| PointsExpiry::DaysAfterEarning {
+            days,
+        }),
+        ..Policy::DEFAULT
+    }
+}
+
+/// Runs `steps` on `account` from `start`, checking every invariant after each, with the
+/// ledger counted in `sums`; answers the account they leave.
+fn live(
+    mut account: CustomerRecord,
+    sums: &mut Sums,
+    steps: &[(Step, i64)],
+    policy: &Policy,
+    start: Timestamp,
+) -> Result<CustomerRecord, TestCaseError> {
+    let mut at = start;
+    for (step, days_later) in steps {
+        at = at.plus_days(*days_later).plus_seconds(1);
+        let (action, transaction, answers) = match step {
+            Step::Event {
+                action,
+                transaction,
+                answers,
+            } => (*action, *transaction, answers.clone()),
+            Step::Clock(action) => (*action, 0, Vec::new()),
+        };
+        let mut event = event(
+            action,
+            &at.to_string(),
+            json!({"transaction_id": format!("T{transaction}")}),
+        );
+        event.id = super::EventId::parse(format!("e{}", account.event_count)).unwrap();
+        if matches!(step, Step::Clock(_)) {
+            event.due = Some(if action == "point_expire" {
+                DueKind::PointExpire
+            } else {
+                DueKind::PointsRelease
+            });
+        }
+        // As the pipeline runs the plugins: each decision applied on the one before.
+        let mut working = Account::open(&account, &event, policy).unwrap();
+        let mut outcomes = Vec::new();
+        for (plugin, answer) in answers.iter().enumerate() {
+            let name = format!("p{plugin}");
+            let result = match answer {
+                Answer::Entries(entries) => {
+                    let decision = decision(entries, at);
+                    working
+                        .apply_decision(&name, &decision, &event, policy)
+                        .map(|()| decision)
+                        .map_err(|refusal| PluginErrorRecord {
+                            code: refusal.code().to_owned(),
+                            message: refusal.to_string(),
+                        })
                 }
+                Answer::Fails => Err(PluginErrorRecord {
+                    code: "trap".to_owned(),
+                    message: "trapped".to_owned(),
+                }),
+            };
+            outcomes.push(PluginOutcome {
+                name,
+                version: 1,
+                on_error: OnError::Skip,
+                result,
+            });
+        }
+        let before: Points = account.customer.points;
+        let append = apply_event(&account, &event, outcomes, working, policy).unwrap();
+
+        // What the store checks on every append: the ledger replayed from the stored
+        // points gives the new account's points, and the event's net is its entries' sum.
+        let replayed = points_after(before, &append.ledger)
+            .last()
+            .copied()
+            .unwrap_or(before);
+        prop_assert_eq!(replayed, append.customer.customer.points);
+        let net: i64 = append.ledger.iter().map(|new| new.entry.amount).sum();
+        prop_assert_eq!(append.event.points, net);
+
+        for new in &append.ledger {
+            let amount = new.entry.amount;
+            match new.entry.kind() {
+                PointKind::Earn => sums.earned += amount,
+                PointKind::Reverse => sums.reversed -= amount,
+                PointKind::Spend => sums.spent -= amount,
+                PointKind::Expire => {
+                    sums.expired -= amount;
+                    prop_assert!(
+                        new.entry.expires_at.is_some_and(|expiry| expiry <= at),
+                        "expired before its time"
+                    );
+                }
+                PointKind::Release => prop_assert_eq!(new.held, amount),
+                PointKind::Merge => prop_assert!(false, "a merge in an ordinary event"),
             }
-            let after: Points = append.customer.customer.points;
-            prop_assert_eq!(
-                sums.earned,
-                after.balance + after.pending + sums.expired + sums.spent + sums.reversed,
-                "earned = available + pending + expired + spent + reversed"
+        }
+        let after: Points = append.customer.customer.points;
+        prop_assert_eq!(
+            sums.earned + sums.merged,
+            after.balance + after.pending + sums.expired + sums.spent + sums.reversed,
+            "earned + merged in = available + pending + expired + spent + reversed"
+        );
+        prop_assert_eq!(after.lifetime, sums.earned - sums.reversed);
+        prop_assert!(after.pending >= 0, "pending {} below zero", after.pending);
+        if !policy.allow_negative_balance {
+            prop_assert!(after.balance >= 0, "balance {} below zero", after.balance);
+        }
+        check_lots(&append.customer)?;
+        if action == "point_expire" {
+            let deadline = None;
+            prop_assert!(
+                append.customer.lots.iter().all(|lot| lot.pending.is_some()
+                    || lot.expiry(deadline).is_none_or(|expiry| expiry > at)),
+                "a lot due by the expiry is left"
             );
-            prop_assert_eq!(after.lifetime, sums.earned - sums.reversed);
-            prop_assert!(after.pending >= 0, "pending {} below zero", after.pending);
-            if !allow_negative_balance {
-                prop_assert!(after.balance >= 0, "balance {} below zero", after.balance);
-            }
-            check_lots(&append.customer)?;
-            if action == "point_expire" {
-                let deadline = None;
+        }
+        for due in &append.customer.due {
+            if let Some(done) = append.customer.done.get(&due.kind) {
                 prop_assert!(
-                    append.customer.lots.iter().all(|lot| lot.pending.is_some() || lot.expiry(deadline).is_none_or(|expiry| expiry > at)),
-                    "a lot due by the expiry is left"
+                    due.at > *done,
+                    "{} due at {} again after {}",
+                    due.kind,
+                    due.at,
+                    done
                 );
             }
-            for due in &append.customer.due {
-                if let Some(done) = append.customer.done.get(&due.kind) {
-                    prop_assert!(due.at > *done, "{} due at {} again after {}", due.kind, due.at, done);
-                }
-            }
-            prop_assert_eq!(append.customer.event_count, index as u64 + 1);
-            account = append.customer;
         }
+        prop_assert_eq!(append.customer.event_count, account.event_count + 1);
+        account = append.customer;
     }
+    Ok(account)
 }
 
 /// A rejecting plugin's failure refuses the event whole, whatever the others decided.

@@ -220,7 +220,19 @@ pub fn evaluate_event(
     before: &CustomerRecord,
     calls: &[PluginCall<'_>],
 ) -> Result<AppendEvent, NotApplied> {
-    let runs = run_plugins(&policy, event, before, calls, |_, _| {})?;
+    evaluate_merging(policy, event, before, None, calls)
+}
+
+/// [`evaluate_event`] with the customer a `customer_merge` takes in, as the writer read them
+/// (`None` for any other event, or when there is no such customer).
+pub fn evaluate_merging(
+    policy: Policy,
+    event: &NewEvent,
+    before: &CustomerRecord,
+    merging: Option<&CustomerRecord>,
+    calls: &[PluginCall<'_>],
+) -> Result<AppendEvent, NotApplied> {
+    let runs = run_plugins(&policy, event, (before, merging), calls, |_, _| {})?;
     let outcomes = runs
         .results
         .into_iter()
@@ -246,7 +258,7 @@ pub fn evaluate_event_reporting(
     calls: &[PluginCall<'_>],
     show: impl FnMut(usize, &[u8]),
 ) -> Result<EventEvaluation, NotApplied> {
-    let runs = run_plugins(&policy, event, before, calls, show)?;
+    let runs = run_plugins(&policy, event, (before, None), calls, show)?;
     let outcomes = runs
         .results
         .iter()
@@ -262,12 +274,12 @@ pub fn evaluate_event_reporting(
 fn run_plugins(
     policy: &Policy,
     event: &NewEvent,
-    before: &CustomerRecord,
+    (before, merging): (&CustomerRecord, Option<&CustomerRecord>),
     calls: &[PluginCall<'_>],
     mut show: impl FnMut(usize, &[u8]),
 ) -> Result<PluginRuns, NotApplied> {
     let wire = event.wire()?;
-    let mut account = Account::open(before, event, policy)?;
+    let mut account = Account::open_merging(before, merging, event, policy)?;
     // An erasure runs no plugin: nothing may write a new state or perk about the person in
     // the event that forgets them.
     let calls = if event.action == "customer_erase" {

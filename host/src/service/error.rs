@@ -186,7 +186,13 @@ impl From<IngestError> for ServiceError {
 impl From<EventRefusal> for ServiceError {
     fn from(refusal: EventRefusal) -> ServiceError {
         let kind = match refusal {
-            EventRefusal::PerkNotFound { .. } => ErrorKind::NotFound,
+            EventRefusal::PerkNotFound { .. } | EventRefusal::CustomerNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            EventRefusal::CustomerMerged { .. } => ErrorKind::Conflict,
+            EventRefusal::MergeWithItself { .. } | EventRefusal::MergeUnreadable => {
+                ErrorKind::Unprocessable
+            }
             EventRefusal::PerkRedeemed { .. } => ErrorKind::Conflict,
             EventRefusal::PerkExpired { .. }
             | EventRefusal::InsufficientPoints { .. }

@@ -68,11 +68,16 @@ pub(super) fn read_event(
         )
     })?;
     let action = action_of(&mut fields)?;
-    if action == "customer_erase" {
+    let written_for = match action.as_str() {
+        "customer_erase" => Some("DELETE /v1/customers/{id}"),
+        "customer_merge" => Some("POST /v1/customers/{id}/merge"),
+        _ => None,
+    };
+    if let Some(route) = written_for {
         return Err(ServiceError::new(
             ErrorKind::Unprocessable,
             "reserved_action",
-            "\"customer_erase\" is written by the host for DELETE /v1/customers/{id}; use that",
+            format!("\"{action}\" is written by the host for {route}; use that"),
         )
         .with_details(json!({"field": "action", "action": action})));
     }

@@ -4,15 +4,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tally_sdk::{Customer, Decision};
 
 use super::catalog::Catalog;
 use super::clock::Clock;
 use super::error::{ErrorKind, ServiceError};
 use super::events::{self, Origin};
-use crate::domain::records::{RawJson, TenantRecord};
-use crate::domain::{CustomerId, new_account};
+use crate::domain::records::{CustomerRecord, RawJson, TenantRecord};
+use crate::domain::schedule::merge_event_id;
+use crate::domain::{CustomerId, EventId, EventRefusal, new_account};
 use crate::pipeline::writer::{IngestError, Ingested, NewEvent, SubmitError, Writer};
 use crate::pipeline::{ActivePlugin, NotApplied, PluginFailure, evaluate_event_reporting};
 use crate::runtime::LogLine;
@@ -220,43 +221,122 @@ impl Ingest {
     /// attributes, perk codes, contact card, plugin states and the personal data of every
     /// stored event are gone for good; amounts, actions and times stay for the tenant's books,
     /// and the tenant's audit log records it without the customer's id.
+    ///
+    /// Erasing a customer others were merged into erases those ids' histories too: they are
+    /// the same person.
     pub async fn erase(
         &self,
         tenant: &TenantRecord,
         customer: &str,
         origin: &Origin,
     ) -> Result<Ingested, ServiceError> {
+        let (id, record) = self.existing_customer(tenant, customer).await?;
+        let erasure = |id| {
+            let event = self.host_event(
+                tenant,
+                events::generate_id()?,
+                "customer_erase",
+                id,
+                json!({}),
+                origin,
+            );
+            Ok::<_, ServiceError>(self.writer.submit(event)?)
+        };
+        let erased = receive(erasure(id)?).await?;
+        for alias in &record.aliases {
+            let alias = CustomerId::parse(alias).map_err(|error| {
+                ServiceError::internal(format!("customer {customer} has an alias that {error}"))
+            })?;
+            receive(erasure(alias)?).await?;
+        }
+        Ok(erased)
+    }
+
+    /// Merges customer `from` into `survivor`: a `customer_merge` event on the survivor
+    /// through the writer, which moves the other's points, perks and profile to them in one
+    /// step and makes `from` an alias of theirs (see `domain::merge`). Its id is the host's
+    /// `system:customer_merge:<from>`, so asking again is a replay; asking to merge `from`
+    /// into someone else afterwards is `409 customer_merged`.
+    pub async fn merge(
+        &self,
+        tenant: &TenantRecord,
+        survivor: &str,
+        from: &str,
+        origin: &Origin,
+    ) -> Result<Ingested, ServiceError> {
+        let (survivor_id, _) = self.existing_customer(tenant, survivor).await?;
+        let (from_id, _) = self.existing_customer(tenant, from).await?;
+        if from_id == survivor_id {
+            return Err(EventRefusal::MergeWithItself {
+                customer: from.to_owned(),
+            }
+            .into());
+        }
+        let event = self.host_event(
+            tenant,
+            merge_event_id(&from_id),
+            "customer_merge",
+            survivor_id,
+            json!({"from": from_id.as_str()}),
+            origin,
+        );
+        let ingested = receive(self.writer.submit(event)?).await?;
+        if ingested.replayed && ingested.event.customer != survivor {
+            return Err(EventRefusal::CustomerMerged {
+                customer: from.to_owned(),
+                into: ingested.event.customer,
+            }
+            .into());
+        }
+        Ok(ingested)
+    }
+
+    /// The id and record of a customer the tenant has (an alias counts), or `404 not_found`.
+    async fn existing_customer(
+        &self,
+        tenant: &TenantRecord,
+        customer: &str,
+    ) -> Result<(CustomerId, CustomerRecord), ServiceError> {
         let id = CustomerId::parse(customer).map_err(|error| {
             ServiceError::not_found(format!("no customer {customer:?}: a customer id {error}"))
         })?;
         let store = self.store.clone();
         let (tenant_id, lookup) = (tenant.id.to_string(), customer.to_owned());
-        let exists = tokio::task::spawn_blocking(move || store.customer(&tenant_id, &lookup))
+        let record = tokio::task::spawn_blocking(move || store.customer(&tenant_id, &lookup))
             .await
             .map_err(|error| {
                 ServiceError::internal(format!("reading a customer failed: {error}"))
             })??
-            .is_some();
-        if !exists {
-            return Err(ServiceError::not_found(format!("no customer {customer:?}")));
-        }
+            .ok_or_else(|| ServiceError::not_found(format!("no customer {customer:?}")))?;
+        Ok((id, record))
+    }
+
+    /// An event the host writes for a request (an erasure, a merge), received now.
+    fn host_event(
+        &self,
+        tenant: &TenantRecord,
+        id: EventId,
+        action: &str,
+        customer: CustomerId,
+        data: Value,
+        origin: &Origin,
+    ) -> NewEvent {
         let now = self.clock.now();
-        let event = NewEvent {
+        NewEvent {
             tenant: tenant.id.clone(),
-            id: events::generate_id()?,
-            action: "customer_erase".to_owned(),
+            id,
+            action: action.to_owned(),
             label: None,
-            customer: id,
+            customer,
             timestamp: now,
             source: origin.source.clone(),
             ip_address: None,
             user_agent: None,
-            data: RawJson::from_value(&serde_json::json!({})),
+            data: RawJson::from_value(&data),
             received_at: now,
             contact_card: Vec::new(),
             due: None,
-        };
-        receive(self.writer.submit(event)?).await
+        }
     }
 
     /// Hands a checked event to the writer and waits until it is committed (or refused).

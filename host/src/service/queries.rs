@@ -146,8 +146,12 @@ pub struct CustomerFilter {
 }
 
 impl CustomerFilter {
-    /// Whether `record` meets every condition.
+    /// Whether `record` meets every condition. An alias (a customer merged into another)
+    /// is never listed: its person is the survivor.
     pub fn keeps(&self, record: &CustomerRecord) -> bool {
+        if record.merged_into.is_some() {
+            return false;
+        }
         let customer = &record.customer;
         let email_matches = self.email.as_ref().is_none_or(|email| {
             customer

@@ -179,13 +179,26 @@ fn write_batch(
     for ((job, plan), evaluation) in jobs.iter().zip(plans).zip(evaluated.iter_mut()) {
         let answer = match (plan, evaluation.take()) {
             (Plan::New, Some(Ok(append))) => {
+                // An event sent for an alias landed on its survivor; a merge changes a second
+                // customer: those are the customers to forget if it is refused.
+                let changed = (append.event.customer != job.event.customer.as_str()
+                    || append.merged.is_some())
+                .then(|| changed_customers(&append));
                 let answer = append_event(txn, &job.event, append)?;
                 // A refused event was built on a state that is not stored; an erasure
                 // changed the customer's plugin states behind the overlay's back: either way
                 // the overlay forgets the customer and reads them again.
                 let erased = job.event.action == "customer_erase";
                 if erased || matches!(answer, Pending::Refused(_)) {
-                    refused.push((job.event.tenant.clone(), job.event.customer.clone()));
+                    let tenant = &job.event.tenant;
+                    match changed {
+                        Some(changed) => refused.extend(
+                            changed
+                                .into_iter()
+                                .map(|customer| (tenant.clone(), customer)),
+                        ),
+                        None => refused.push((tenant.clone(), job.event.customer.clone())),
+                    }
                 }
                 answer
             }
@@ -227,6 +240,18 @@ fn write_batch(
         };
     }
     Ok(answers)
+}
+
+/// The customers `append` changes: the one it landed on and the one a merge took in.
+fn changed_customers(append: &AppendEvent) -> Vec<CustomerId> {
+    let merged = append
+        .merged
+        .as_ref()
+        .map(|away| &away.customer.customer.id);
+    std::iter::once(&append.event.customer)
+        .chain(merged)
+        .filter_map(|id| CustomerId::parse(id).ok())
+        .collect()
 }
 
 /// Appends one evaluated event. `Err` aborts the whole batch (a storage failure).

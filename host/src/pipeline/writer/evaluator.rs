@@ -11,8 +11,8 @@ use super::overlay::{Overlay, Reader};
 use super::progress::Progress;
 use super::{IngestError, Job};
 use crate::domain::records::{AppendEvent, CustomerRecord, RawJson, StoredEvent};
-use crate::domain::{CustomerId, TenantId, new_account};
-use crate::pipeline::{PluginCall, RuleSource, TenantRules, evaluate_event};
+use crate::domain::{CustomerId, NewEvent, TenantId, new_account};
+use crate::pipeline::{PluginCall, RuleSource, TenantRules, evaluate_merging};
 use crate::storage::{Store, StoreError};
 
 /// A batch on its way from the evaluator to the committer.
@@ -40,12 +40,22 @@ pub(super) fn run(
     let mut overlay = Overlay::default();
     let mut generation = progress.now().generation;
     let mut number = 0;
+    // A merge taken off the queue that starts the next batch.
+    let mut merge_next: Option<Job> = None;
     // `blocking_recv` answers `None` once every sender is dropped and the queue is empty.
-    while let Some(first) = receiver.blocking_recv() {
+    while let Some(first) = merge_next.take().or_else(|| receiver.blocking_recv()) {
         let mut jobs = Vec::with_capacity(max_batch);
+        // A merge changes two customers, whose chains could not run side by side: it is a
+        // batch of its own, evaluated on everything before it, and everything after it is
+        // evaluated on it.
+        let alone = is_merge(&first);
         jobs.push(first);
-        while jobs.len() < max_batch {
+        while !alone && jobs.len() < max_batch {
             match receiver.try_recv() {
+                Ok(job) if is_merge(&job) => {
+                    merge_next = Some(job);
+                    break;
+                }
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
@@ -96,6 +106,10 @@ pub(super) fn run(
         }
     }
     tracing::debug!("the evaluator has handed over everything queued and stops");
+}
+
+fn is_merge(job: &Job) -> bool {
+    job.event.action == "customer_merge"
 }
 
 /// What the evaluator works with: where it reads, the plugins it runs, the threads it runs
@@ -227,9 +241,13 @@ pub(super) enum Plan {
 struct Chain<'a> {
     tenant: &'a TenantId,
     rules: &'a TenantRules,
-    customer_id: &'a CustomerId,
+    /// The customer its events land on: theirs, or the one their customer was merged into.
+    customer_id: CustomerId,
     /// The customer as the batches before left them.
     customer: CustomerRecord,
+    /// For a merge (a chain of its own): the customer it takes in, as the batches before
+    /// left them (`None` when there is none).
+    merging: Option<(CustomerId, Option<CustomerRecord>)>,
     /// Every subscribed plugin's state for the customer as the batches before left it.
     states: HashMap<&'a str, Option<RawJson>>,
     /// Indexes into the batch.
@@ -249,6 +267,8 @@ fn plan_batch<'a>(
     let mut plans = Vec::with_capacity(jobs.len());
     let mut chains: Vec<Chain<'a>> = Vec::new();
     let mut chain_of: HashMap<(&TenantId, &CustomerId), usize> = HashMap::new();
+    // Chains of customers the batch reached only through an alias (rare).
+    let mut chain_of_survivor: HashMap<(&TenantId, CustomerId), usize> = HashMap::new();
     let mut first_with_id: HashMap<(&TenantId, &str), usize> = HashMap::new();
     for (index, job) in jobs.iter().enumerate() {
         let new = &job.event;
@@ -270,26 +290,44 @@ fn plan_batch<'a>(
         let chain = match chain_of.get(&(tenant, &new.customer)) {
             Some(&chain) => chain,
             None => {
-                let customer = reader
-                    .customer(tenant, &new.customer)?
-                    .unwrap_or_else(|| new_account(&new.customer, new.received_at));
-                chains.push(Chain {
-                    tenant,
-                    rules,
-                    customer_id: &new.customer,
-                    customer,
-                    states: HashMap::new(),
-                    events: Vec::new(),
-                });
-                chain_of.insert((tenant, &new.customer), chains.len() - 1);
-                chains.len() - 1
+                let (customer_id, customer) = land_on(reader, new)?;
+                let existing = chain_of_survivor
+                    .get(&(tenant, customer_id.clone()))
+                    .or_else(|| chain_of.get(&(tenant, &customer_id)))
+                    .copied();
+                let chain = match existing {
+                    Some(chain) => chain,
+                    None => {
+                        let customer =
+                            customer.unwrap_or_else(|| new_account(&customer_id, new.received_at));
+                        let merging = match is_merge(job) {
+                            true => Some(merging_of(reader, new)?),
+                            false => None,
+                        };
+                        chains.push(Chain {
+                            tenant,
+                            rules,
+                            customer_id: customer_id.clone(),
+                            customer,
+                            merging,
+                            states: HashMap::new(),
+                            events: Vec::new(),
+                        });
+                        chains.len() - 1
+                    }
+                };
+                if customer_id != new.customer {
+                    chain_of_survivor.insert((tenant, customer_id), chain);
+                }
+                chain_of.insert((tenant, &new.customer), chain);
+                chain
             }
         };
         let chain = &mut chains[chain];
         for active in rules.plugins.iter().filter(|p| p.runs_for(&new.action)) {
             let name = active.record.name.as_str();
             if !chain.states.contains_key(name) {
-                let state = reader.plugin_state(tenant, name, &new.customer)?;
+                let state = reader.plugin_state(tenant, name, &chain.customer_id)?;
                 chain.states.insert(name, state);
             }
         }
@@ -297,6 +335,62 @@ fn plan_batch<'a>(
         plans.push(Plan::New);
     }
     Ok((plans, chains))
+}
+
+/// The customer `new` lands on, with their record as the batches before left them: its own
+/// customer, or, when that id was merged into another, the customer it is an alias of. An
+/// erasure is the exception: it forgets the id it names, alias or not.
+fn land_on(
+    reader: &Reader<'_>,
+    new: &NewEvent,
+) -> Result<(CustomerId, Option<CustomerRecord>), StoreError> {
+    let mut id = new.customer.clone();
+    let mut record = reader.customer(&new.tenant, &id)?;
+    if new.action == "customer_erase" {
+        return Ok((id, record));
+    }
+    // Merged customers form chains of aliases ending in one that was not merged; a merge
+    // never takes in a customer merged before, so there is no cycle, and the bound only
+    // guards against a damaged store.
+    for _ in 0..MAX_ALIAS_HOPS {
+        let Some(into) = record
+            .as_ref()
+            .and_then(|record| record.merged_into.as_deref())
+        else {
+            break;
+        };
+        let Ok(into) = CustomerId::parse(into) else {
+            break;
+        };
+        record = reader.customer(&new.tenant, &into)?;
+        id = into;
+    }
+    Ok((id, record))
+}
+
+/// More aliases than any store the host wrote can chain.
+const MAX_ALIAS_HOPS: usize = 64;
+
+/// The customer a `customer_merge` takes in (`data.from`), as the batches before left them.
+fn merging_of(
+    reader: &Reader<'_>,
+    new: &NewEvent,
+) -> Result<(CustomerId, Option<CustomerRecord>), StoreError> {
+    #[derive(serde::Deserialize)]
+    struct From {
+        from: String,
+    }
+    let from = serde_json::from_str::<From>(new.data.get())
+        .ok()
+        .and_then(|data| CustomerId::parse(&data.from).ok());
+    match from {
+        Some(from) => {
+            let record = reader.customer(&new.tenant, &from)?;
+            Ok((from, record))
+        }
+        // The domain refuses a merge that names no customer.
+        None => Ok((new.customer.clone(), None)),
+    }
 }
 
 /// The rules of a tenant the store could not name (gone since its event was accepted): no
@@ -314,6 +408,8 @@ pub(super) struct ChainEnd {
     pub(super) customer_id: CustomerId,
     pub(super) customer: Option<CustomerRecord>,
     pub(super) states: Vec<(String, Option<RawJson>)>,
+    /// The customer a merge took in, as it left them.
+    pub(super) merged: Option<(CustomerId, CustomerRecord)>,
 }
 
 /// The threads chains are evaluated on, named like the evaluator, started once. With one, a
@@ -378,13 +474,26 @@ fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, 
         rules,
         customer_id,
         mut customer,
+        merging,
         mut states,
         events,
     } = chain;
     let mut stored_any = false;
+    let mut merged = None;
     let mut done = Vec::with_capacity(events.len());
     for index in events {
-        let new = &jobs[index].event;
+        let sent = &jobs[index].event;
+        // An event sent for an alias is the survivor's.
+        let redirected;
+        let new = if sent.customer == customer_id {
+            sent
+        } else {
+            redirected = NewEvent {
+                customer: customer_id.clone(),
+                ..sent.clone()
+            };
+            &redirected
+        };
         let calls: Vec<PluginCall<'_>> = rules
             .plugins
             .iter()
@@ -396,10 +505,14 @@ fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, 
                 active.call(state)
             })
             .collect();
-        let evaluation =
-            evaluate_event(rules.policy, new, &customer, &calls).map_err(IngestError::from);
+        let taken_in = merging.as_ref().and_then(|(_, record)| record.as_ref());
+        let evaluation = evaluate_merging(rules.policy, new, &customer, taken_in, &calls)
+            .map_err(IngestError::from);
         if let Ok(append) = &evaluation {
             stored_any = true;
+            if let (Some(away), Some((id, _))) = (&append.merged, &merging) {
+                merged = Some((id.clone(), away.customer.clone()));
+            }
             customer.clone_from(&append.customer);
             // An erasure deletes every plugin state of the customer in the store: the chain
             // and the overlay forget theirs too, so no later event reads one back.
@@ -418,7 +531,8 @@ fn evaluate_chain(chain: Chain<'_>, jobs: &[Job]) -> (Vec<(usize, Evaluation)>, 
     // Every state the chain read, changed or not: the overlay keeps them all as a cache.
     let end = ChainEnd {
         tenant: tenant.clone(),
-        customer_id: customer_id.clone(),
+        customer_id,
+        merged,
         states: states
             .into_iter()
             .map(|(name, state)| (name.to_owned(), state))

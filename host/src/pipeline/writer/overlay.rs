@@ -106,6 +106,10 @@ impl Overlay {
             let Some(customer) = end.customer else {
                 continue;
             };
+            if let Some((id, merged)) = end.merged {
+                self.customers
+                    .insert((end.tenant.clone(), id), (merged, batch));
+            }
             let id = end.customer_id;
             for (plugin, state) in end.states {
                 self.state_bytes += state_len(&state);
@@ -174,6 +178,7 @@ mod tests {
                 "2026-12-04T00:00:00Z".parse().unwrap(),
             )),
             customer_id,
+            merged: None,
             states: vec![(
                 "points".to_owned(),
                 Some(RawJson::from_value(&json!(state))),

@@ -103,7 +103,32 @@ pub(crate) fn email_key(email: Option<&serde_json::Value>) -> Option<String> {
     (!email.is_empty()).then(|| email.to_lowercase())
 }
 
-/// What an append's checks worked out, for its writes.
+/// One customer an append changes: the event's, or the one a merge takes in.
+struct Side<'a> {
+    customer: &'a str,
+    record: &'a CustomerRecord,
+    ledger: &'a [NewLedgerEntry],
+}
+
+impl<'a> Side<'a> {
+    fn of_event(append: &'a AppendEvent) -> Side<'a> {
+        Side {
+            customer: &append.event.customer,
+            record: &append.customer,
+            ledger: &append.ledger,
+        }
+    }
+
+    fn merged(append: &'a AppendEvent) -> Option<Side<'a>> {
+        append.merged.as_deref().map(|away| Side {
+            customer: &away.customer.customer.id,
+            record: &away.customer,
+            ledger: &away.ledger,
+        })
+    }
+}
+
+/// What an append's checks worked out for one customer, for its writes.
 struct Checked {
     /// Balance, pending and lifetime after each ledger entry.
     points_after: Vec<Points>,
@@ -119,10 +144,20 @@ impl BatchTxn for RedbBatch<'_> {
             return Err(error.clone());
         }
         let checked = self.check(&append)?;
+        let merged = match Side::merged(&append) {
+            Some(side) if side.customer == append.event.customer => {
+                return Err(StoreError::Inconsistent(format!(
+                    "event {} of tenant {} merges customer {} into itself",
+                    append.event.id, append.tenant, side.customer
+                )));
+            }
+            Some(side) => Some(self.check_side(&append, &side)?),
+            None => None,
+        };
         if !self.known_tenants.contains(&append.tenant) {
             self.known_tenants.insert(append.tenant.clone());
         }
-        self.write(append, checked).inspect_err(|error| {
+        self.write(append, checked, merged).inspect_err(|error| {
             self.poisoned = Some(error.clone());
         })
     }
@@ -154,27 +189,17 @@ impl<'txn> RedbBatch<'txn> {
         Ok(())
     }
 
-    /// Every check of an append; reads only.
+    /// Every check of an append but its merged side's; reads only.
     fn check(&self, append: &AppendEvent) -> Result<Checked, StoreError> {
         self.check_event(append)?;
-        let tenant = append.tenant.as_str();
-        let previous: Option<StoredCounters> =
-            get_customer(&self.customer_data, tenant, &append.event.customer)?;
-        let (count_before, points_before, due_before, email_before) =
-            previous.map_or((0, Points::default(), Vec::new(), None), |p| {
-                let email = email_key(p.customer.attributes.email.as_ref());
-                (p.event_count, p.customer.points, p.due, email)
-            });
-        check_count(append, count_before)?;
-        let points_after = replay(points_before, append);
-        check_points(append, points_before, &points_after)?;
+        let checked = self.check_side(append, &Side::of_event(append))?;
         check_net(append)?;
         if let Some(claim) = &append.reward
             && let Some(stock) = claim.stock
         {
             let redeemed = self
                 .reward_counts
-                .get((tenant, claim.reward.as_str()))?
+                .get((append.tenant.as_str(), claim.reward.as_str()))?
                 .map_or(0, |count| count.value());
             if redeemed >= stock {
                 return Err(StoreError::OutOfStock {
@@ -183,6 +208,23 @@ impl<'txn> RedbBatch<'txn> {
                 });
             }
         }
+        Ok(checked)
+    }
+
+    /// One customer's new record against the stored one: one event more, points moved by
+    /// its ledger entries.
+    fn check_side(&self, append: &AppendEvent, side: &Side<'_>) -> Result<Checked, StoreError> {
+        let tenant = append.tenant.as_str();
+        let previous: Option<StoredCounters> =
+            get_customer(&self.customer_data, tenant, side.customer)?;
+        let (count_before, points_before, due_before, email_before) =
+            previous.map_or((0, Points::default(), Vec::new(), None), |p| {
+                let email = email_key(p.customer.attributes.email.as_ref());
+                (p.event_count, p.customer.points, p.due, email)
+            });
+        check_count(append, side, count_before)?;
+        let points_after = points_after(points_before, side.ledger);
+        check_points(append, side, points_before, &points_after)?;
         Ok(Checked {
             points_after,
             due_before,
@@ -215,7 +257,12 @@ impl<'txn> RedbBatch<'txn> {
     }
 
     /// Every write of an append, after its checks passed.
-    fn write(&mut self, append: AppendEvent, checked: Checked) -> Result<Appended, StoreError> {
+    fn write(
+        &mut self,
+        append: AppendEvent,
+        checked: Checked,
+        merged: Option<Checked>,
+    ) -> Result<Appended, StoreError> {
         let AppendEvent {
             tenant,
             mut event,
@@ -225,6 +272,7 @@ impl<'txn> RedbBatch<'txn> {
             triggers,
             reward,
             erase,
+            merged: away,
         } = append;
         let tenant = tenant.as_str();
         if let Some(claim) = &reward {
@@ -237,30 +285,59 @@ impl<'txn> RedbBatch<'txn> {
         }
         event.seq = self.reserve(tenant, SEQ_EVENT, 1)?;
         self.write_event(tenant, &event)?;
-        let bytes = encode(&customer, || {
-            format!("customer {} of tenant {tenant}", event.customer)
-        })?;
-        self.customer_data
-            .insert(record_key(tenant, &event.customer), bytes.as_slice())?;
-        self.write_due(tenant, &event.customer, &checked.due_before, &customer.due)?;
-        let email_after = email_key(customer.customer.attributes.get("email"));
-        if email_after != checked.email_before {
-            if let Some(old) = &checked.email_before {
-                self.index
-                    .remove((tenant, "email", old.as_str(), event.customer.as_str()))?;
-            }
-            if let Some(new) = &email_after {
-                self.index
-                    .insert((tenant, "email", new.as_str(), event.customer.as_str()), ())?;
-            }
+        let side = Side {
+            customer: &event.customer,
+            record: &customer,
+            ledger: &ledger,
+        };
+        self.write_side(tenant, &event, &side, checked)?;
+        // The merged customer's history shows the merge too, and their ledger the points
+        // leaving.
+        if let (Some(away), Some(checked)) = (away, merged) {
+            let side = Side {
+                customer: &away.customer.customer.id,
+                record: &away.customer,
+                ledger: &away.ledger,
+            };
+            self.write_history(tenant, side.customer, &event)?;
+            self.write_side(tenant, &event, &side, checked)?;
         }
-        self.write_ledger(tenant, &event, &ledger, checked.points_after)?;
         self.write_states(tenant, &event.customer, plugin_states)?;
         self.write_triggers(tenant, &event, triggers)?;
         if erase {
             self.erase(tenant, &event)?;
         }
         Ok(Appended { event, customer })
+    }
+
+    /// One customer's record, their rows in the clock's and the email index, and their
+    /// ledger entries.
+    fn write_side(
+        &mut self,
+        tenant: &str,
+        event: &StoredEvent,
+        side: &Side<'_>,
+        checked: Checked,
+    ) -> Result<(), StoreError> {
+        let customer = side.customer;
+        let bytes = encode(side.record, || {
+            format!("customer {customer} of tenant {tenant}")
+        })?;
+        self.customer_data
+            .insert(record_key(tenant, customer), bytes.as_slice())?;
+        self.write_due(tenant, customer, &checked.due_before, &side.record.due)?;
+        let email_after = email_key(side.record.customer.attributes.get("email"));
+        if email_after != checked.email_before {
+            if let Some(old) = &checked.email_before {
+                self.index
+                    .remove((tenant, "email", old.as_str(), customer))?;
+            }
+            if let Some(new) = &email_after {
+                self.index
+                    .insert((tenant, "email", new.as_str(), customer), ())?;
+            }
+        }
+        self.write_ledger(tenant, customer, event, side.ledger, checked.points_after)
     }
 
     /// The event's row, and its row in the customer's history.
@@ -270,9 +347,19 @@ impl<'txn> RedbBatch<'txn> {
             (tenant, event.id.as_str()),
             encode_event_row(&json)?.as_slice(),
         )?;
+        self.write_history(tenant, &event.customer, event)
+    }
+
+    /// `event`'s row in `customer`'s history.
+    fn write_history(
+        &mut self,
+        tenant: &str,
+        customer: &str,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError> {
         let at = (event.timestamp.unix_seconds(), event.seq);
         self.customer_data.insert(
-            history_key(tenant, &event.customer, at),
+            history_key(tenant, customer, at),
             encode_history(&event.action, &event.id).as_slice(),
         )?;
         Ok(())
@@ -289,10 +376,11 @@ impl<'txn> RedbBatch<'txn> {
         move_due(&mut self.due, tenant, customer, before, after)
     }
 
-    /// The event's ledger entries, each with the points after it.
+    /// The event's ledger entries for `customer`, each with the points after it.
     fn write_ledger(
         &mut self,
         tenant: &str,
+        customer: &str,
         event: &StoredEvent,
         ledger: &[NewLedgerEntry],
         points_after: Vec<Points>,
@@ -312,10 +400,8 @@ impl<'txn> RedbBatch<'txn> {
                 lifetime_after: after.lifetime,
                 at: event.timestamp,
             };
-            self.customer_data.insert(
-                ledger_key(tenant, &event.customer, seq),
-                row.encode().as_slice(),
-            )?;
+            self.customer_data
+                .insert(ledger_key(tenant, customer, seq), row.encode().as_slice())?;
         }
         Ok(())
     }
@@ -478,26 +564,27 @@ pub(super) fn move_due(
 }
 
 /// The new customer state counts one event more than the stored one.
-fn check_count(append: &AppendEvent, count_before: u64) -> Result<(), StoreError> {
+fn check_count(append: &AppendEvent, side: &Side<'_>, count_before: u64) -> Result<(), StoreError> {
     let count_expected = count_before.saturating_add(1);
-    if append.customer.event_count == count_expected {
+    if side.record.event_count == count_expected {
         return Ok(());
     }
     Err(StoreError::Inconsistent(format!(
         "customer {} of tenant {} has {count_before} events stored, so after event {} the \
          count must be {count_expected}, not {}",
-        append.event.customer, append.tenant, append.event.id, append.customer.event_count
+        side.customer, append.tenant, append.event.id, side.record.event_count
     )))
 }
 
 /// The new customer state's points are the stored ones moved by the event's ledger entries.
 fn check_points(
     append: &AppendEvent,
+    side: &Side<'_>,
     points_before: Points,
     points_after: &[Points],
 ) -> Result<(), StoreError> {
     let expected = points_after.last().copied().unwrap_or(points_before);
-    let given = append.customer.customer.points;
+    let given = side.record.customer.points;
     if given == expected {
         return Ok(());
     }
@@ -505,13 +592,13 @@ fn check_points(
         "customer {} of tenant {} has balance {}, pending {} and lifetime {} stored; event {}'s \
          {} ledger entries take them to balance {}, pending {} and lifetime {}, but the new \
          customer state says balance {}, pending {} and lifetime {}",
-        append.event.customer,
+        side.customer,
         append.tenant,
         points_before.balance,
         points_before.pending,
         points_before.lifetime,
         append.event.id,
-        append.ledger.len(),
+        side.ledger.len(),
         expected.balance,
         expected.pending,
         expected.lifetime,
@@ -537,12 +624,6 @@ fn check_net(append: &AppendEvent) -> Result<(), StoreError> {
         append.event.points,
         append.ledger.len()
     )))
-}
-
-/// The points after each ledger entry of `append`, starting from `start`, moved by the
-/// domain's points rule: the one the pipeline applies between plugins.
-fn replay(start: Points, append: &AppendEvent) -> Vec<Points> {
-    points_after(start, &append.ledger)
 }
 
 /// The batch reads of a type with `events` and `customer_data` tables: a write
