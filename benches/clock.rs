@@ -154,6 +154,7 @@ fn seeded(index: usize, earned: Timestamp, expires: Timestamp) -> AppendEvent {
         reward: None,
         erase: false,
         merged: None,
+        snapshot: None,
     }
 }
 

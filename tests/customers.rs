@@ -683,6 +683,19 @@ async fn a_merge_moves_points_and_perks_and_later_events_land_on_the_survivor() 
         "the survivor's attributes win, the other's fill the gaps: {bob}"
     );
     assert_eq!(body["triggers"][0]["name"], "CustomerMerged", "{body}");
+    // The trigger carries the survivor as the merge left them, whatever happens next.
+    let (_, triggers) = host.get("/v1/triggers?limit=500", &key).await;
+    let merged = triggers["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|trigger| trigger["name"] == "CustomerMerged")
+        .unwrap();
+    let snapshot = &merged["customer_snapshot"];
+    assert_eq!(snapshot["points"]["balance"], 95, "{merged}");
+    assert_eq!(snapshot["summary"]["purchases"], 1, "{merged}");
+    assert_eq!(snapshot["summary"]["total_spend"], "40", "{merged}");
+    assert_eq!(snapshot["summary"], bob["summary"], "{merged}");
     let (_, ann) = host.get("/v1/customers/ann", &key).await;
     assert_eq!(ann["merged_into"], "bob", "{ann}");
     assert_eq!(ann["points"]["balance"], 0, "{ann}");

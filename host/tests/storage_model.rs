@@ -188,6 +188,7 @@ mod storage {
             reward: None,
             erase: false,
             merged: None,
+            snapshot: None,
         }
     }
 

@@ -118,6 +118,7 @@ mod storage {
             reward: None,
             erase: false,
             merged: None,
+            snapshot: None,
         }
     }
 

@@ -429,5 +429,6 @@ async fn triggers(
         service.queries.triggers(&tenant.id, after, limit)
     })
     .await?;
-    Ok(seq_page(&items, limit, |trigger| trigger.seq))
+    let views: Vec<_> = items.iter().map(views::trigger).collect();
+    Ok(seq_page(&views, limit, |view| view.seq))
 }

@@ -5,12 +5,12 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tally_sdk::{Decimal, Perk, PointEntry, Stats, Timestamp, Trigger};
+use tally_sdk::{Decimal, Perk, PointEntry, Points, Stats, Timestamp, Trigger};
 
 use std::collections::BTreeMap;
 
 use crate::domain::Policy;
-use crate::domain::records::RawJson;
+use crate::domain::records::{CustomerSnapshot, OutboxTrigger, RawJson};
 use crate::domain::schedule::expiring;
 
 use crate::schema::EventType;
@@ -69,31 +69,67 @@ pub struct SummaryView {
     member: bool,
 }
 
-fn summary(record: &CustomerRecord) -> SummaryView {
-    let customer = &record.customer;
-    let stats = &customer.stats;
-    let kept = &record.summary;
-    let purchases = stats.events("checkout");
+fn summary(snapshot: &CustomerSnapshot) -> SummaryView {
+    let kept = &snapshot.summary;
+    let purchases = snapshot.purchases;
     let average_order = (purchases > 0).then(|| {
         // Cents: a display figure, not money to compute with (total_spend is exact).
         (kept.total_spend.to_f64() / purchases as f64 * 100.0).round() / 100.0
     });
     SummaryView {
         purchases,
-        returns: stats.events("checkout_reject"),
+        returns: snapshot.returns,
         total_spend: kept.total_spend,
         average_order,
         last_purchase_at: kept.last_purchase_at,
-        last_seen_at: stats.last_event_at,
-        points_earned: customer
+        last_seen_at: snapshot.last_seen_at,
+        points_earned: snapshot
             .points
             .lifetime
             .saturating_add(kept.points_reversed),
         points_spent: kept.points_spent,
         points_expired: kept.points_expired,
         points_reversed: kept.points_reversed,
-        perks_redeemed: stats.events("perk_redeem"),
-        member: customer.member,
+        perks_redeemed: snapshot.perks_redeemed,
+        member: snapshot.member,
+    }
+}
+
+/// A trigger in the outbox, with the customer as its event left them.
+#[derive(Debug, Serialize)]
+pub struct TriggerView<'a> {
+    pub(super) seq: u64,
+    event_id: &'a str,
+    customer: &'a str,
+    plugin: &'a str,
+    name: &'a str,
+    data: &'a RawJson,
+    /// `null` for a trigger stored before snapshots were kept.
+    customer_snapshot: Option<SnapshotView<'a>>,
+}
+
+/// The customer as a trigger's event left them: points, tier and what a marketer reads.
+#[derive(Debug, Serialize)]
+pub struct SnapshotView<'a> {
+    points: Points,
+    tier: &'a Option<String>,
+    summary: SummaryView,
+}
+
+/// `trigger` as `GET /v1/triggers` shows it.
+pub fn trigger(trigger: &OutboxTrigger) -> TriggerView<'_> {
+    TriggerView {
+        seq: trigger.seq,
+        event_id: &trigger.event_id,
+        customer: &trigger.customer,
+        plugin: &trigger.plugin,
+        name: &trigger.name,
+        data: &trigger.data,
+        customer_snapshot: trigger.snapshot.as_ref().map(|snapshot| SnapshotView {
+            points: snapshot.points,
+            tier: &snapshot.tier,
+            summary: summary(snapshot),
+        }),
     }
 }
 
@@ -158,7 +194,7 @@ pub fn customer<'a>(record: &'a CustomerRecord, policy: &Policy) -> CustomerView
             })
             .collect(),
         plugins: &record.plugin_profiles,
-        summary: summary(record),
+        summary: summary(&CustomerSnapshot::of(record)),
         perks: &customer.perks,
         member: customer.member,
         attributes: &customer.attributes,

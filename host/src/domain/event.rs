@@ -10,8 +10,8 @@ use super::profile::{
     ContactCardValue, record_attributes, record_contact_card, record_stats, record_summary,
 };
 use super::records::{
-    AppendEvent, CustomerRecord, EventOutcome, NewTrigger, OnError, PluginErrorRecord, PluginRun,
-    PluginStatus, RawJson, StoredEvent, Summary,
+    AppendEvent, CustomerRecord, CustomerSnapshot, EventOutcome, NewTrigger, OnError,
+    PluginErrorRecord, PluginRun, PluginStatus, RawJson, StoredEvent, Summary,
 };
 use super::schedule::{DueKind, schedule};
 
@@ -207,6 +207,7 @@ pub fn apply_event(
         outcome.triggers.extend(plugins);
     }
     triggers.extend(decided.triggers);
+    let snapshot = (!triggers.is_empty()).then(|| CustomerSnapshot::of(&record));
     Ok(AppendEvent {
         tenant: event.tenant.to_string(),
         event: StoredEvent {
@@ -232,6 +233,7 @@ pub fn apply_event(
         reward: claim,
         erase,
         merged,
+        snapshot,
     })
 }
 

@@ -382,6 +382,57 @@ pub struct OutboxTrigger {
     /// What it carries, as the plugin wrote it.
     #[serde(default)]
     pub data: RawJson,
+    /// The customer as the event left them, for whoever the trigger goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<CustomerSnapshot>,
+}
+
+/// What marketing tools read of a customer with every trigger (the fields Yotpo/Rule send),
+/// as an event left them: kept with each trigger, since the profile moves on. The figures
+/// as counted; how they are shown (`average_order`, `points_earned`) is worked out on read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CustomerSnapshot {
+    /// Balance, pending and lifetime points.
+    pub points: tally_sdk::Points,
+    /// The tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Whether they are a member.
+    #[serde(default)]
+    pub member: bool,
+    /// Checkouts.
+    #[serde(default)]
+    pub purchases: u64,
+    /// Rejected checkouts.
+    #[serde(default)]
+    pub returns: u64,
+    /// Perks redeemed.
+    #[serde(default)]
+    pub perks_redeemed: u64,
+    /// The latest event from outside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<Timestamp>,
+    /// The sums the record keeps.
+    #[serde(default)]
+    pub summary: Summary,
+}
+
+impl CustomerSnapshot {
+    /// `record`'s figures now.
+    pub fn of(record: &CustomerRecord) -> CustomerSnapshot {
+        let customer = &record.customer;
+        let stats = &customer.stats;
+        CustomerSnapshot {
+            points: customer.points,
+            tier: customer.tier.clone(),
+            member: customer.member,
+            purchases: stats.events("checkout"),
+            returns: stats.events("checkout_reject"),
+            perks_redeemed: stats.events("perk_redeem"),
+            last_seen_at: stats.last_event_at,
+            summary: record.summary.clone(),
+        }
+    }
 }
 
 /// A reward in a tenant's catalogue: what it costs and the perk it issues.
@@ -466,6 +517,9 @@ pub struct AppendEvent {
     pub erase: bool,
     /// A `customer_merge`: the customer merged away, written in the same step.
     pub merged: Option<Box<MergedAway>>,
+    /// The customer as the event left them, kept with each of `triggers` (`None` without
+    /// triggers).
+    pub snapshot: Option<CustomerSnapshot>,
 }
 
 /// The other side of a `customer_merge`: the customer merged into the event's customer, as

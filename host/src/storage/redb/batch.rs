@@ -15,6 +15,7 @@ use super::tables::{
     SEQ_AUDIT, SEQ_EVENT, SEQ_LEDGER, SEQ_OUTBOX, SEQUENCES, TENANTS, history_key, ledger_key,
     record_key, state_key,
 };
+use crate::domain::records::CustomerSnapshot;
 use crate::storage::{
     AppendEvent, Appended, AuditEntry, BatchRead, BatchTxn, CustomerRecord, NewLedgerEntry,
     NewTrigger, OutboxTrigger, RawJson, StoreError, StoredEvent,
@@ -273,6 +274,7 @@ impl<'txn> RedbBatch<'txn> {
             reward,
             erase,
             merged: away,
+            snapshot,
         } = append;
         let tenant = tenant.as_str();
         if let Some(claim) = &reward {
@@ -303,7 +305,7 @@ impl<'txn> RedbBatch<'txn> {
             self.write_side(tenant, &event, &side, checked)?;
         }
         self.write_states(tenant, &event.customer, plugin_states)?;
-        self.write_triggers(tenant, &event, triggers)?;
+        self.write_triggers(tenant, &event, triggers, snapshot)?;
         if erase {
             self.erase(tenant, &event)?;
         }
@@ -492,6 +494,7 @@ impl<'txn> RedbBatch<'txn> {
         tenant: &str,
         event: &StoredEvent,
         triggers: Vec<NewTrigger>,
+        snapshot: Option<CustomerSnapshot>,
     ) -> Result<(), StoreError> {
         let first = self.reserve(tenant, SEQ_OUTBOX, len_u64(triggers.len()))?;
         for (seq, new) in (first..).zip(triggers) {
@@ -502,6 +505,7 @@ impl<'txn> RedbBatch<'txn> {
                 plugin: new.plugin,
                 name: new.trigger.name,
                 data: new.trigger.data,
+                snapshot: snapshot.clone(),
             };
             let bytes = encode(&trigger, || {
                 format!("outbox trigger {seq} of tenant {tenant}")
