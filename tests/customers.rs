@@ -830,6 +830,10 @@ async fn a_merge_moves_points_and_perks_and_later_events_land_on_the_survivor() 
                 event["data"] == json!({}) || event["action"] == "customer_erase",
                 "{customer}: {event}"
             );
+            assert!(
+                !event.to_string().contains(&perk),
+                "the perk's code: {event}"
+            );
         }
     }
     let (_, audit) = host.get("/v1/audit", &key).await;

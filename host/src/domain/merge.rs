@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 use serde_json::json;
-use tally_sdk::{PerkStatus, PointEntry, PointKind, Points, Stats};
+use tally_sdk::{PerkStatus, PointEntry, PointKind, Stats};
 
 use super::NewEvent;
 use super::account::{Account, Lot, SYSTEM, debt, move_points, take_soonest};
@@ -89,14 +89,9 @@ impl Account {
                 0,
             );
         }
-        let mut left = away.customer.points;
         for entry in &out {
-            left = move_points(left, entry);
+            away.customer.points = move_points(away.customer.points, entry);
         }
-        away.customer.points = Points {
-            lifetime: other.customer.points.lifetime,
-            ..left
-        };
 
         let (moving, staying): (Vec<_>, Vec<_>) = std::mem::take(&mut away.customer.perks)
             .into_iter()

@@ -37,7 +37,7 @@ pub use self::event::{NewEvent, PluginOutcome, Rejection, apply_event, new_accou
 pub use self::ids::{CustomerId, EventId, IdError, PluginName, TenantId};
 pub use self::merge::Absorbed;
 pub use self::policy::{Period, PointsExpiry, Policy, Schedule, TimeOfDay};
-pub use self::profile::ContactCardValue;
+pub use self::profile::{ContactCardValue, erase_event};
 pub use self::records::CustomerRecord;
 pub use self::redemption::EventRefusal;
 pub use self::schedule::{Due, DueKind};

@@ -6,7 +6,7 @@ use tally_sdk::{Decimal, PointKind, Stats, Timestamp};
 
 use super::NewEvent;
 use super::account::Account;
-use super::records::{NewLedgerEntry, Summary};
+use super::records::{NewLedgerEntry, RawJson, StoredEvent, Summary};
 
 /// A field of an event type marked `showInContactCard`, with the value one event carried.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -170,10 +170,30 @@ impl Account {
     /// they are the tenant's books, not the person.
     pub(super) fn erase(&mut self) {
         self.customer.attributes.clear();
-        for (index, perk) in self.customer.perks.iter_mut().enumerate() {
-            perk.id = format!("erased-{}", index + 1);
-            perk.data = serde_json::Value::Null;
-        }
+        erase_perks(&mut self.customer.perks);
+    }
+}
+
+/// A perk's code (`erased-N`) and data forgotten: a code handed to one person identifies
+/// them. Kind, value, dates and status stay.
+fn erase_perks(perks: &mut [tally_sdk::Perk]) {
+    for (index, perk) in perks.iter_mut().enumerate() {
+        perk.id = format!("erased-{}", index + 1);
+        perk.data = Value::Null;
+    }
+}
+
+/// What of a stored event an erasure forgets: its data, the sender's address, user agent and
+/// label, the codes and data of the perks it granted and the data of the triggers it sent.
+/// Its id, action, times, points and the plugins' runs stay.
+pub fn erase_event(event: &mut StoredEvent) {
+    event.data = RawJson::from_value(&json!({}));
+    event.ip_address = None;
+    event.user_agent = None;
+    event.label = None;
+    erase_perks(&mut event.outcome.perks);
+    for trigger in &mut event.outcome.triggers {
+        trigger.data = RawJson::from_value(&json!({}));
     }
 }
 

@@ -398,23 +398,28 @@ pub struct CustomerSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
     /// Whether they are a member.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub member: bool,
     /// Checkouts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_count")]
     pub purchases: u64,
     /// Rejected checkouts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_count")]
     pub returns: u64,
     /// Perks redeemed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_count")]
     pub perks_redeemed: u64,
     /// The latest event from outside.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_at: Option<Timestamp>,
     /// The sums the record keeps.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Summary::is_empty")]
     pub summary: Summary,
+}
+
+// Zeros are left out: a snapshot is written with every trigger.
+fn is_zero_count(count: &u64) -> bool {
+    *count == 0
 }
 
 impl CustomerSnapshot {

@@ -408,10 +408,10 @@ impl<'txn> RedbBatch<'txn> {
         Ok(())
     }
 
-    /// Takes the personal data out of every stored event of the customer of `erasing` (their
-    /// `data`, the sender's address and user agent, `label`; what the plugins decided stays:
-    /// amounts, actions, times), deletes every plugin state of theirs, and writes the
-    /// erasure in the tenant's audit log.
+    /// Takes the personal data out of every stored event of the customer of `erasing` (what
+    /// [`crate::domain::erase_event`] forgets; what the plugins decided stays: amounts,
+    /// actions, times), deletes every plugin state of theirs, and writes the erasure in the
+    /// tenant's audit log.
     fn erase(&mut self, tenant: &str, erasing: &StoredEvent) -> Result<(), StoreError> {
         let customer = erasing.customer.as_str();
         let history: Vec<String> = self
@@ -435,10 +435,7 @@ impl<'txn> RedbBatch<'txn> {
             let Some(mut event) = get_event(&self.events, tenant, id)? else {
                 continue;
             };
-            event.data = RawJson::from_value(&serde_json::json!({}));
-            event.ip_address = None;
-            event.user_agent = None;
-            event.label = None;
+            crate::domain::erase_event(&mut event);
             let json = encode(&event, || format!("event {id} of tenant {tenant}"))?;
             self.events
                 .insert((tenant, id.as_str()), encode_event_row(&json)?.as_slice())?;
