@@ -40,20 +40,17 @@ pub(super) fn run(
     let mut overlay = Overlay::default();
     let mut generation = progress.now().generation;
     let mut number = 0;
-    // A merge taken off the queue that starts the next batch.
-    let mut merge_next: Option<Job> = None;
+    // An event taken off the queue that is to be a batch of its own, next.
+    let mut alone_next: Option<Job> = None;
     // `blocking_recv` answers `None` once every sender is dropped and the queue is empty.
-    while let Some(first) = merge_next.take().or_else(|| receiver.blocking_recv()) {
+    while let Some(first) = alone_next.take().or_else(|| receiver.blocking_recv()) {
         let mut jobs = Vec::with_capacity(max_batch);
-        // A merge changes two customers, whose chains could not run side by side: it is a
-        // batch of its own, evaluated on everything before it, and everything after it is
-        // evaluated on it.
-        let alone = is_merge(&first);
+        let alone = runs_alone(&first);
         jobs.push(first);
         while !alone && jobs.len() < max_batch {
             match receiver.try_recv() {
-                Ok(job) if is_merge(&job) => {
-                    merge_next = Some(job);
+                Ok(job) if runs_alone(&job) => {
+                    alone_next = Some(job);
                     break;
                 }
                 Ok(job) => jobs.push(job),
@@ -106,6 +103,17 @@ pub(super) fn run(
         }
     }
     tracing::debug!("the evaluator has handed over everything queued and stops");
+}
+
+/// Whether `job` is a batch of its own, evaluated on everything before it with everything
+/// after it evaluated on it: a merge changes two customers, whose chains could not run side
+/// by side, and an erasure of an alias names that id itself where the batch's other events
+/// for it land on the survivor.
+fn runs_alone(job: &Job) -> bool {
+    matches!(
+        job.event.action.as_str(),
+        "customer_merge" | "customer_erase"
+    )
 }
 
 fn is_merge(job: &Job) -> bool {
@@ -291,9 +299,16 @@ fn plan_batch<'a>(
             Some(&chain) => chain,
             None => {
                 let (customer_id, customer) = land_on(reader, new)?;
-                let existing = chain_of_survivor
-                    .get(&(tenant, customer_id.clone()))
-                    .or_else(|| chain_of.get(&(tenant, &customer_id)))
+                let redirected = customer_id != new.customer;
+                // The chain of a survivor reached before through an alias, or directly.
+                let existing = (!chain_of_survivor.is_empty())
+                    .then(|| chain_of_survivor.get(&(tenant, customer_id.clone())))
+                    .flatten()
+                    .or_else(|| {
+                        redirected
+                            .then(|| chain_of.get(&(tenant, &customer_id)))
+                            .flatten()
+                    })
                     .copied();
                 let chain = match existing {
                     Some(chain) => chain,
@@ -316,7 +331,7 @@ fn plan_batch<'a>(
                         chains.len() - 1
                     }
                 };
-                if customer_id != new.customer {
+                if redirected {
                     chain_of_survivor.insert((tenant, customer_id), chain);
                 }
                 chain_of.insert((tenant, &new.customer), chain);
