@@ -44,6 +44,8 @@ pub struct Config {
     /// Whether the host runs on a test clock that `POST /v1/admin/clock` moves (`tally serve
     /// --test-clock`), rather than the system's.
     pub test_clock: bool,
+    /// How webhooks are delivered.
+    pub webhooks: crate::service::WebhookSettings,
 }
 
 /// One per core. On two cores one thread and two measure alike on the ingest bench (within
@@ -73,6 +75,7 @@ impl Config {
             cache_bytes: DEFAULT_CACHE_BYTES,
             evaluation_threads: default_evaluation_threads(),
             test_clock: false,
+            webhooks: crate::service::WebhookSettings::default(),
         }
     }
 

@@ -145,6 +145,13 @@ impl Store for Flaky {
         put_reward(tenant: &str, reward: &tally_host::storage::RewardRecord, create: bool) -> Result<(), StoreError>;
         reward(tenant: &str, id: &str) -> Result<Option<(tally_host::storage::RewardRecord, u64)>, StoreError>;
         rewards(tenant: &str) -> Result<Vec<(tally_host::storage::RewardRecord, u64)>, StoreError>;
+        last_outbox_seq(tenant: &str) -> Result<u64, StoreError>;
+        create_webhook(tenant: &str, webhook: &tally_host::storage::WebhookRecord) -> Result<(), StoreError>;
+        update_webhook(tenant: &str, id: &str, change: &mut dyn FnMut(&mut tally_host::storage::WebhookRecord), attempt: Option<&tally_host::storage::DeliveryAttempt>) -> Result<tally_host::storage::WebhookRecord, StoreError>;
+        webhook(tenant: &str, id: &str) -> Result<Option<tally_host::storage::WebhookRecord>, StoreError>;
+        webhooks(tenant: Option<&str>) -> Result<Vec<(String, tally_host::storage::WebhookRecord)>, StoreError>;
+        delete_webhook(tenant: &str, id: &str) -> Result<bool, StoreError>;
+        webhook_attempts(tenant: &str, id: &str, before: Option<u64>, limit: usize) -> Result<Vec<tally_host::storage::DeliveryAttempt>, StoreError>;
         customers(tenant: &str, after: Option<&str>, limit: usize, keep: &dyn Fn(&CustomerRecord) -> bool) -> Result<tally_host::storage::Page<CustomerRecord>, StoreError>;
         customers_by_email(tenant: &str, email: &str) -> Result<Vec<CustomerRecord>, StoreError>;
         read_batch(work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>) -> Result<(), StoreError>;

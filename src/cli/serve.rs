@@ -12,11 +12,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
 use tally_host::api;
 use tally_host::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use tally_host::service::{Opened, Service, ServiceError};
 use tally_host::storage::redb::DEFAULT_CACHE_BYTES;
 use tally_host::storage::{RedbStore, Store};
+
 use tracing_subscriber::EnvFilter;
 
 /// Options of `tally serve`.
@@ -51,6 +53,15 @@ pub struct ServeArgs {
     /// tests that drive time; never in production).
     #[arg(long)]
     test_clock: bool,
+    /// Let tenants register webhook endpoints on private, loopback and link-local addresses
+    /// (refused by default, so a tenant cannot reach the host's own network).
+    #[arg(long, env = "TALLY_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
+    /// Seconds to wait before each retry of a failed webhook delivery, comma-separated
+    /// (default 5,300,1800,7200,18000,36000,36000: about a day); after the last, the trigger
+    /// is dead-lettered. Tests shorten it.
+    #[arg(long, env = "TALLY_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',')]
+    webhook_retry_schedule: Option<Vec<f64>>,
 }
 
 /// The HTTP threads when none are asked for. Answering a request takes a fraction of what
@@ -110,6 +121,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.max_batch = args.max_batch.max(1);
     config.cache_bytes = args.cache_mb.saturating_mul(1 << 20);
     config.test_clock = args.test_clock;
+    config.webhooks.allow_private = args.allow_private_webhooks;
+    if let Some(schedule) = &args.webhook_retry_schedule {
+        config.webhooks.retry_schedule = schedule
+            .iter()
+            .map(|&seconds| Duration::try_from_secs_f64(seconds))
+            .collect::<Result<_, _>>()
+            .map_err(|error| format!("--webhook-retry-schedule: {error}"))?;
+    }
     if let Some(threads) = args.evaluation_threads.filter(|&threads| threads > 0) {
         config.evaluation_threads = threads;
     }

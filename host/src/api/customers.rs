@@ -308,7 +308,7 @@ fn bad_query(message: String) -> ApiError {
     ApiError::new(ErrorKind::BadRequest, "invalid_query", message)
 }
 
-fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE_LIMIT),
         Some(limit @ 1..=MAX_PAGE_LIMIT) => Ok(limit),

@@ -17,6 +17,7 @@ mod plugins;
 mod rewards;
 mod tenants;
 mod views;
+mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ pub fn app(state: AppState) -> Router {
         .merge(events::router())
         .merge(customers::router())
         .merge(rewards::router())
+        .merge(webhooks::router())
         .merge(admin::router(config.test_clock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -103,6 +105,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = app(AppState::new(service.clone()));
     let clock = tokio::spawn(crate::service::run_clock(service.clone()));
+    let webhooks = tokio::spawn(crate::service::run_webhooks(service.webhooks.clone()));
     let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -112,6 +115,9 @@ pub async fn serve(
     // The clock stops first: what it queued is committed with the rest; what it did not
     // queue stays due in the store for the next start.
     clock.abort();
+    // Delivery stops where it is: its cursor is in the store, so the next start goes on
+    // (a trigger whose answer was lost is sent again, with the same webhook-id).
+    webhooks.abort();
     // Whatever the server's outcome, everything the writer accepted is committed.
     let stopping = service.clone();
     if let Err(error) = tokio::task::spawn_blocking(move || stopping.shutdown()).await {

@@ -5,12 +5,12 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tally_sdk::{Decimal, Perk, PointEntry, Points, Stats, Timestamp, Trigger};
+use tally_sdk::{Perk, PointEntry, Stats, Timestamp, Trigger};
 
 use std::collections::BTreeMap;
 
 use crate::domain::Policy;
-use crate::domain::records::{CustomerSnapshot, OutboxTrigger, RawJson};
+use crate::domain::records::{CustomerSnapshot, OutboxTrigger, RawJson, SnapshotView, SummaryView};
 use crate::domain::schedule::expiring;
 
 use crate::schema::EventType;
@@ -49,52 +49,6 @@ pub struct CustomerView<'a> {
     merged_into: Option<&'a str>,
 }
 
-/// The fields marketing tools read on every customer (Yotpo/Rule's), worked out from the
-/// record.
-#[derive(Debug, Serialize)]
-pub struct SummaryView {
-    purchases: u64,
-    returns: u64,
-    total_spend: Decimal,
-    /// `total_spend / purchases`, to the cent; `null` before a purchase.
-    average_order: Option<f64>,
-    last_purchase_at: Option<Timestamp>,
-    /// The time of the latest event from outside (the clock's are not the customer).
-    last_seen_at: Option<Timestamp>,
-    points_earned: i64,
-    points_spent: i64,
-    points_expired: i64,
-    points_reversed: i64,
-    perks_redeemed: u64,
-    member: bool,
-}
-
-fn summary(snapshot: &CustomerSnapshot) -> SummaryView {
-    let kept = &snapshot.summary;
-    let purchases = snapshot.purchases;
-    let average_order = (purchases > 0).then(|| {
-        // Cents: a display figure, not money to compute with (total_spend is exact).
-        (kept.total_spend.to_f64() / purchases as f64 * 100.0).round() / 100.0
-    });
-    SummaryView {
-        purchases,
-        returns: snapshot.returns,
-        total_spend: kept.total_spend,
-        average_order,
-        last_purchase_at: kept.last_purchase_at,
-        last_seen_at: snapshot.last_seen_at,
-        points_earned: snapshot
-            .points
-            .lifetime
-            .saturating_add(kept.points_reversed),
-        points_spent: kept.points_spent,
-        points_expired: kept.points_expired,
-        points_reversed: kept.points_reversed,
-        perks_redeemed: snapshot.perks_redeemed,
-        member: snapshot.member,
-    }
-}
-
 /// A trigger in the outbox, with the customer as its event left them.
 #[derive(Debug, Serialize)]
 pub struct TriggerView<'a> {
@@ -108,14 +62,6 @@ pub struct TriggerView<'a> {
     customer_snapshot: Option<SnapshotView<'a>>,
 }
 
-/// The customer as a trigger's event left them: points, tier and what a marketer reads.
-#[derive(Debug, Serialize)]
-pub struct SnapshotView<'a> {
-    points: Points,
-    tier: &'a Option<String>,
-    summary: SummaryView,
-}
-
 /// `trigger` as `GET /v1/triggers` shows it.
 pub fn trigger(trigger: &OutboxTrigger) -> TriggerView<'_> {
     TriggerView {
@@ -125,11 +71,7 @@ pub fn trigger(trigger: &OutboxTrigger) -> TriggerView<'_> {
         plugin: &trigger.plugin,
         name: &trigger.name,
         data: &trigger.data,
-        customer_snapshot: trigger.snapshot.as_ref().map(|snapshot| SnapshotView {
-            points: snapshot.points,
-            tier: &snapshot.tier,
-            summary: summary(snapshot),
-        }),
+        customer_snapshot: trigger.snapshot.as_ref().map(CustomerSnapshot::view),
     }
 }
 
@@ -194,7 +136,7 @@ pub fn customer<'a>(record: &'a CustomerRecord, policy: &Policy) -> CustomerView
             })
             .collect(),
         plugins: &record.plugin_profiles,
-        summary: summary(&CustomerSnapshot::of(record)),
+        summary: CustomerSnapshot::of(record).summary_view(),
         perks: &customer.perks,
         member: customer.member,
         attributes: &customer.attributes,

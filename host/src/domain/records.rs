@@ -417,6 +417,70 @@ pub struct CustomerSnapshot {
     pub summary: Summary,
 }
 
+impl CustomerSnapshot {
+    /// How the snapshot is shown: points, tier and the marketer's summary (in a trigger's
+    /// `customer_snapshot` and a webhook's `customer`).
+    pub fn view(&self) -> SnapshotView<'_> {
+        SnapshotView {
+            points: self.points,
+            tier: &self.tier,
+            summary: self.summary_view(),
+        }
+    }
+
+    /// The fields marketing tools read, as shown (the profile's `summary`).
+    pub fn summary_view(&self) -> SummaryView {
+        let kept = &self.summary;
+        let purchases = self.purchases;
+        let average_order = (purchases > 0).then(|| {
+            // Cents: a display figure, not money to compute with (total_spend is exact).
+            (kept.total_spend.to_f64() / purchases as f64 * 100.0).round() / 100.0
+        });
+        SummaryView {
+            purchases,
+            returns: self.returns,
+            total_spend: kept.total_spend,
+            average_order,
+            last_purchase_at: kept.last_purchase_at,
+            last_seen_at: self.last_seen_at,
+            points_earned: self.points.lifetime.saturating_add(kept.points_reversed),
+            points_spent: kept.points_spent,
+            points_expired: kept.points_expired,
+            points_reversed: kept.points_reversed,
+            perks_redeemed: self.perks_redeemed,
+            member: self.member,
+        }
+    }
+}
+
+/// A [`CustomerSnapshot`] as shown.
+#[derive(Debug, Serialize)]
+pub struct SnapshotView<'a> {
+    points: tally_sdk::Points,
+    tier: &'a Option<String>,
+    summary: SummaryView,
+}
+
+/// The fields marketing tools read on every customer (Yotpo/Rule's), worked out from a
+/// snapshot.
+#[derive(Debug, Serialize)]
+pub struct SummaryView {
+    purchases: u64,
+    returns: u64,
+    total_spend: tally_sdk::Decimal,
+    /// `total_spend / purchases`, to the cent; `null` before a purchase.
+    average_order: Option<f64>,
+    last_purchase_at: Option<Timestamp>,
+    /// The time of the latest event from outside (the clock's are not the customer).
+    last_seen_at: Option<Timestamp>,
+    points_earned: i64,
+    points_spent: i64,
+    points_expired: i64,
+    points_reversed: i64,
+    perks_redeemed: u64,
+    member: bool,
+}
+
 // Zeros are left out: a snapshot is written with every trigger.
 fn is_zero_count(count: &u64) -> bool {
     *count == 0
@@ -584,4 +648,103 @@ pub struct NewTrigger {
     pub plugin: String,
     /// The trigger as the plugin made it.
     pub trigger: Trigger,
+}
+
+/// A tenant's webhook endpoint: where its triggers are delivered, signed per Standard
+/// Webhooks, and how far delivery has got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    /// `wh_` and 16 hex digits.
+    pub id: String,
+    /// Where triggers are POSTed (http or https).
+    pub url: String,
+    /// The trigger names delivered, or `["*"]` for all.
+    pub triggers: Vec<String>,
+    /// The signing secrets, newest first: during a rotation the old one stays valid until
+    /// its `expires_at`, and every delivery is signed with each valid one.
+    pub secrets: Vec<WebhookSecret>,
+    /// False when the tenant turned it off, or the host did because it kept failing.
+    pub enabled: bool,
+    /// Why the host turned it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// How far delivery has got.
+    #[serde(default)]
+    pub delivery: DeliveryState,
+}
+
+impl WebhookRecord {
+    /// Whether a trigger called `name` goes to this endpoint.
+    pub fn wants(&self, name: &str) -> bool {
+        self.triggers
+            .iter()
+            .any(|wanted| wanted == "*" || wanted == name)
+    }
+}
+
+/// A signing secret of an endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSecret {
+    /// `whsec_` and the base64 of 24 random bytes.
+    pub secret: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops being used (the old secret of a rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Where an endpoint's delivery stands: every trigger of the tenant's outbox up to `after`
+/// was delivered, dead-lettered or not for it; the next one after it is being tried.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryState {
+    /// The outbox sequence number handled last.
+    #[serde(default)]
+    pub after: u64,
+    /// Failed attempts at the next trigger so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the next trigger is tried again, after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
+    /// Triggers delivered.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Triggers given up on after every retry.
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// Triggers dead-lettered one after another, without a delivery between.
+    #[serde(default)]
+    pub dead_in_a_row: u32,
+}
+
+/// One attempt to deliver a trigger to an endpoint, for its delivery log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    /// The endpoint's attempt number, assigned by the store.
+    #[serde(default)]
+    pub seq: u64,
+    /// The trigger's outbox sequence number.
+    pub outbox_seq: u64,
+    /// The `webhook-id` sent: the same for every attempt at one trigger.
+    pub message_id: String,
+    /// The trigger's name.
+    pub trigger: String,
+    /// When the attempt was made (the host's clock).
+    pub at: Timestamp,
+    /// The HTTP status answered, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// How long the attempt took, in milliseconds.
+    pub latency_ms: u64,
+    /// Why it failed without a status (refused, timed out, a private address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The start of the response body, at most 512 bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub response: String,
+    /// `delivered`, `retrying` or `dead_lettered`.
+    pub outcome: String,
 }

@@ -25,6 +25,7 @@ mod events;
 mod ingest;
 mod queries;
 mod tenants;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -37,6 +38,10 @@ pub use self::events::{
 pub use self::ingest::{Checked, Ingest, Simulation};
 pub use self::queries::{CustomerFilter, LedgerLine, Queries};
 pub use self::tenants::{NewTenant, Principal, TenantPatch, Tenants};
+pub use self::webhooks::{
+    DEFAULT_RETRY_SCHEDULE, NewWebhook, WebhookPatch, WebhookSettings, Webhooks, is_private,
+    run_webhooks, sign,
+};
 use crate::config::Config;
 use crate::pipeline::writer::Writer;
 pub use crate::pipeline::writer::{IngestError, Ingested};
@@ -63,6 +68,8 @@ pub struct Service {
     pub ingest: Ingest,
     /// Reads.
     pub queries: Queries,
+    /// Webhook endpoints and their delivery.
+    pub webhooks: Arc<Webhooks>,
     config: Config,
 }
 
@@ -88,9 +95,11 @@ impl Service {
         .map_err(|error| ServiceError::internal(format!("cannot start the writer: {error}")))?;
         let (tenants, generated_admin_key) =
             Tenants::open(store.clone(), config.admin_key.as_deref(), clock.clone())?;
+        let webhooks = Arc::new(Webhooks::new(store.clone(), config.webhooks.clone())?);
         Ok(Opened {
             service: Service {
                 tenants,
+                webhooks,
                 ingest: Ingest::new(store.clone(), catalog.clone(), writer, clock),
                 queries: Queries::new(store),
                 catalog,

@@ -41,6 +41,7 @@ pub use crate::domain::records::{
     NewLedgerEntry, NewTrigger, OnError, OutboxTrigger, PluginErrorRecord, PluginRecord, PluginRun,
     PluginStatus, PluginVersion, RawJson, RewardRecord, StoredEvent, TenantRecord,
 };
+pub use crate::domain::records::{DeliveryAttempt, DeliveryState, WebhookRecord, WebhookSecret};
 
 /// A moment due for one customer of one tenant: what the clock turns into an internal event.
 #[derive(Debug, Clone, PartialEq)]
@@ -344,6 +345,42 @@ pub trait Store: BatchRead + Send + Sync {
 
     /// `tenant`'s catalogue, by id, each with how many were redeemed.
     fn rewards(&self, tenant: &str) -> Result<Vec<(RewardRecord, u64)>, StoreError>;
+
+    /// The outbox sequence number `tenant` used last; 0 before its first trigger.
+    fn last_outbox_seq(&self, tenant: &str) -> Result<u64, StoreError>;
+
+    /// Adds a webhook endpoint to `tenant`; `Conflict` when its id is taken.
+    fn create_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Result<(), StoreError>;
+
+    /// Changes endpoint `id` of `tenant` in one transaction (`change` gets it as stored, so
+    /// the tenant's edits and the delivery's progress never overwrite each other), and adds
+    /// `attempt` to its delivery log, which keeps the latest 1,000. Answers the endpoint as
+    /// changed; `NotFound` when there is none.
+    fn update_webhook(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: &mut dyn FnMut(&mut WebhookRecord),
+        attempt: Option<&DeliveryAttempt>,
+    ) -> Result<WebhookRecord, StoreError>;
+
+    /// Endpoint `id` of `tenant`.
+    fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookRecord>, StoreError>;
+
+    /// The endpoints of `tenant`, or of every tenant (`None`), by tenant and id.
+    fn webhooks(&self, tenant: Option<&str>) -> Result<Vec<(String, WebhookRecord)>, StoreError>;
+
+    /// Removes an endpoint and its log; false when there was none.
+    fn delete_webhook(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+
+    /// Up to `limit` attempts of an endpoint before attempt number `before`, newest first.
+    fn webhook_attempts(
+        &self,
+        tenant: &str,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError>;
 
     /// Works out again what is due for every customer of `tenant`, with the tenant's settings
     /// as stored (after they changed), keeping the clock's index in step; returns how many

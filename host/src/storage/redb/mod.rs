@@ -77,6 +77,7 @@ mod read;
 mod reschedule;
 mod rewards;
 mod tables;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -88,9 +89,9 @@ use self::format::Contents;
 use self::read::{get_customer, get_event, get_plugin_state};
 use self::tables::{CUSTOMER_DATA, EVENTS};
 use super::{
-    AuditEntry, BatchRead, BatchTxn, CustomerRecord, DueWork, EventQuery, EventTypeRecord,
-    LedgerEntry, OutboxTrigger, Page, PluginRecord, RawJson, RewardRecord, Store, StoreError,
-    StoredEvent, TenantRecord,
+    AuditEntry, BatchRead, BatchTxn, CustomerRecord, DeliveryAttempt, DueWork, EventQuery,
+    EventTypeRecord, LedgerEntry, OutboxTrigger, Page, PluginRecord, RawJson, RewardRecord, Store,
+    StoreError, StoredEvent, TenantRecord, WebhookRecord,
 };
 
 /// The [`Store`] on one redb file.
@@ -347,6 +348,50 @@ impl Store for RedbStore {
 
     fn rewards(&self, tenant: &str) -> Result<Vec<(RewardRecord, u64)>, StoreError> {
         rewards::all(&self.db, tenant)
+    }
+
+    fn last_outbox_seq(&self, tenant: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let sequences = txn.open_table(tables::SEQUENCES)?;
+        Ok(sequences
+            .get((tenant, tables::SEQ_OUTBOX))?
+            .map_or(0, |last| last.value()))
+    }
+
+    fn create_webhook(&self, tenant: &str, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        self.write(|txn| webhooks::create(txn, tenant, webhook))
+    }
+
+    fn update_webhook(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: &mut dyn FnMut(&mut WebhookRecord),
+        attempt: Option<&DeliveryAttempt>,
+    ) -> Result<WebhookRecord, StoreError> {
+        self.write(|txn| webhooks::update(txn, tenant, id, change, attempt))
+    }
+
+    fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        webhooks::get(&self.db, tenant, id)
+    }
+
+    fn webhooks(&self, tenant: Option<&str>) -> Result<Vec<(String, WebhookRecord)>, StoreError> {
+        webhooks::all(&self.db, tenant)
+    }
+
+    fn delete_webhook(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        self.write(|txn| webhooks::delete(txn, tenant, id))
+    }
+
+    fn webhook_attempts(
+        &self,
+        tenant: &str,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        webhooks::attempts(&self.db, tenant, id, before, limit)
     }
 
     fn reschedule(&self, tenant: &str) -> Result<usize, StoreError> {

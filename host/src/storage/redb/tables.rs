@@ -42,6 +42,12 @@ pub(super) const REWARD_COUNTS: TableDefinition<'_, (&str, &str), u64> =
 /// → the internal event's data as JSON. Kept in step with each customer record's `due` by
 /// the append that changes it, so the clock reads what is due with one range per tenant
 /// and never scans customers.
+/// Each tenant's webhook endpoints, by (tenant, id).
+pub(super) const WEBHOOKS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("webhooks");
+/// Each endpoint's delivery log, by (tenant, endpoint, attempt).
+pub(super) const WEBHOOK_ATTEMPTS: TableDefinition<'_, (&str, &str, u64), &[u8]> =
+    TableDefinition::new("webhook_attempts");
 pub(super) const DUE: TableDefinition<'_, (&str, i64, &str, &str), &[u8]> =
     TableDefinition::new("due");
 
@@ -75,6 +81,8 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(REWARDS)?;
     txn.open_table(REWARD_COUNTS)?;
     txn.open_table(AUDIT)?;
+    txn.open_table(WEBHOOKS)?;
+    txn.open_table(WEBHOOK_ATTEMPTS)?;
     Ok(())
 }
 
