@@ -147,7 +147,7 @@ impl Store for Flaky {
         rewards(tenant: &str) -> Result<Vec<(tally_host::storage::RewardRecord, u64)>, StoreError>;
         last_outbox_seq(tenant: &str) -> Result<u64, StoreError>;
         create_webhook(tenant: &str, webhook: &tally_host::storage::WebhookRecord) -> Result<(), StoreError>;
-        update_webhook(tenant: &str, id: &str, change: &mut dyn FnMut(&mut tally_host::storage::WebhookRecord), attempt: Option<&tally_host::storage::DeliveryAttempt>) -> Result<tally_host::storage::WebhookRecord, StoreError>;
+        update_webhook(tenant: &str, id: &str, change: &mut dyn FnMut(&mut tally_host::storage::WebhookRecord), attempts: &[tally_host::storage::DeliveryAttempt]) -> Result<tally_host::storage::WebhookRecord, StoreError>;
         webhook(tenant: &str, id: &str) -> Result<Option<tally_host::storage::WebhookRecord>, StoreError>;
         webhooks(tenant: Option<&str>) -> Result<Vec<(String, tally_host::storage::WebhookRecord)>, StoreError>;
         delete_webhook(tenant: &str, id: &str) -> Result<bool, StoreError>;

@@ -116,7 +116,14 @@ impl Webhooks {
         store: Arc<dyn Store>,
         settings: WebhookSettings,
     ) -> Result<Webhooks, ServiceError> {
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if !settings.allow_private {
+            // Every name is resolved here, and only to public addresses: a name that
+            // resolved to a public address when checked cannot be made to point inside at
+            // the moment of the request.
+            client = client.dns_resolver(Arc::new(PublicOnly));
+        }
+        let client = client
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             // A redirect could lead to an address the checks refused.
@@ -263,7 +270,7 @@ impl Webhooks {
         id: &str,
         change: &mut dyn FnMut(&mut WebhookRecord),
     ) -> Result<WebhookRecord, ServiceError> {
-        match self.store.update_webhook(tenant, id, change, None) {
+        match self.store.update_webhook(tenant, id, change, &[]) {
             Err(StoreError::NotFound(_)) => Err(not_found(id)),
             other => Ok(other?),
         }
@@ -337,11 +344,12 @@ impl Webhooks {
     }
 
     /// Delivers `webhook`'s wanted triggers after its cursor, in order, until one fails or a
-    /// page is done.
+    /// page is done, then records the attempts and the new cursor in one commit. A crash
+    /// before that commit sends them again (with the same `webhook-id`): at least once.
     async fn deliver_endpoint(
         &self,
         tenant: &str,
-        mut webhook: WebhookRecord,
+        webhook: WebhookRecord,
     ) -> Result<usize, ServiceError> {
         let store = self.store.clone();
         let (owner, after) = (tenant.to_owned(), webhook.delivery.after);
@@ -350,107 +358,86 @@ impl Webhooks {
             .map_err(|error| {
                 ServiceError::internal(format!("reading the outbox failed: {error}"))
             })??;
-        let mut delivered = 0;
+        let started_from = webhook.delivery.clone();
+        let mut state = webhook.delivery.clone();
+        let mut attempts = Vec::new();
         for trigger in page {
             if !webhook.wants(&trigger.name) {
                 // Not this endpoint's: the cursor passes it without a log line.
-                let seq = trigger.seq;
-                webhook = self
-                    .record(tenant, &webhook.id, None, move |state| state.after = seq)
-                    .await?;
+                state.after = trigger.seq;
                 continue;
             }
-            let attempt = self.attempt(tenant, &webhook, &trigger).await;
-            let ok = attempt.outcome == "delivered";
-            let retries = &self.settings.retry_schedule;
-            let attempts = webhook.delivery.attempts;
-            let now = system_now();
-            let (outcome, wait) = match (ok, retries.get(attempts as usize)) {
-                (true, _) => ("delivered", None),
-                (false, Some(wait)) => ("retrying", Some(*wait)),
-                (false, None) => ("dead_lettered", None),
-            };
-            let attempt = DeliveryAttempt {
-                outcome: outcome.to_owned(),
-                ..attempt
-            };
-            let seq = trigger.seq;
-            let retry_at = wait.map(|wait| now.plus_seconds(jittered_seconds(wait)));
-            webhook = self
-                .record(
-                    tenant,
-                    &webhook.id,
-                    Some(attempt),
-                    move |state| match outcome {
-                        "retrying" => {
-                            state.attempts += 1;
-                            state.retry_at = retry_at;
-                        }
-                        _ => {
-                            state.after = seq;
-                            state.attempts = 0;
-                            state.retry_at = None;
-                            if outcome == "delivered" {
-                                state.delivered += 1;
-                                state.dead_in_a_row = 0;
-                            } else {
-                                state.dead_lettered += 1;
-                                state.dead_in_a_row += 1;
-                            }
-                        }
-                    },
-                )
-                .await?;
-            if outcome == "delivered" {
-                delivered += 1;
+            let mut attempt = self.attempt(tenant, &webhook, &trigger).await;
+            let delivered = attempt.outcome == "delivered";
+            let retry = self.settings.retry_schedule.get(state.attempts as usize);
+            match (delivered, retry) {
+                (true, _) => {
+                    state.after = trigger.seq;
+                    state.attempts = 0;
+                    state.retry_at = None;
+                    state.delivered += 1;
+                    state.dead_in_a_row = 0;
+                }
+                (false, Some(wait)) => {
+                    attempt.outcome = "retrying".to_owned();
+                    state.attempts += 1;
+                    state.retry_at = Some(system_now().plus_seconds(jittered_seconds(*wait)));
+                }
+                (false, None) => {
+                    attempt.outcome = "dead_lettered".to_owned();
+                    state.after = trigger.seq;
+                    state.attempts = 0;
+                    state.retry_at = None;
+                    state.dead_lettered += 1;
+                    state.dead_in_a_row += 1;
+                }
             }
-            if webhook.delivery.dead_in_a_row >= DISABLE_AFTER_DEAD_IN_A_ROW {
-                let reason = format!(
-                    "{} triggers in a row were dead-lettered",
-                    webhook.delivery.dead_in_a_row
-                );
-                tracing::warn!(tenant, endpoint = %webhook.id, %reason, "webhook endpoint turned off");
-                self.store.update_webhook(
-                    tenant,
-                    &webhook.id,
-                    &mut |stored| {
-                        stored.enabled = false;
-                        stored.disabled_reason = Some(reason.clone());
-                    },
-                    None,
-                )?;
-                break;
-            }
-            if outcome == "retrying" {
+            let stop =
+                attempt.outcome == "retrying" || state.dead_in_a_row >= DISABLE_AFTER_DEAD_IN_A_ROW;
+            attempts.push(attempt);
+            if stop {
                 break;
             }
         }
-        Ok(delivered)
-    }
-
-    /// Moves the endpoint's delivery state and logs `attempt`, in the store.
-    async fn record(
-        &self,
-        tenant: &str,
-        id: &str,
-        attempt: Option<DeliveryAttempt>,
-        change: impl Fn(&mut DeliveryState) + Send + 'static,
-    ) -> Result<WebhookRecord, ServiceError> {
+        if state == started_from {
+            return Ok(0);
+        }
+        let delivered = state.delivered - started_from.delivered;
+        let turned_off = (state.dead_in_a_row >= DISABLE_AFTER_DEAD_IN_A_ROW).then(|| {
+            format!(
+                "{} triggers in a row were dead-lettered",
+                state.dead_in_a_row
+            )
+        });
+        if let Some(reason) = &turned_off {
+            tracing::warn!(tenant, endpoint = %webhook.id, %reason, "webhook endpoint turned off");
+        }
         let store = self.store.clone();
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        let stored = tokio::task::spawn_blocking(move || {
+        let (tenant, id) = (tenant.to_owned(), webhook.id.clone());
+        tokio::task::spawn_blocking(move || {
             store.update_webhook(
                 &tenant,
                 &id,
-                &mut |webhook| change(&mut webhook.delivery),
-                attempt.as_ref(),
+                &mut |stored| {
+                    // A redelivery asked for meanwhile moved the cursor: it wins, and this
+                    // pass's attempts are only logged.
+                    if stored.delivery.after != started_from.after {
+                        return;
+                    }
+                    stored.delivery = state.clone();
+                    if let Some(reason) = &turned_off {
+                        stored.enabled = false;
+                        stored.disabled_reason = Some(reason.clone());
+                    }
+                },
+                &attempts,
             )
         })
         .await
         .map_err(|error| {
-            ServiceError::internal(format!("recording a delivery failed: {error}"))
+            ServiceError::internal(format!("recording deliveries failed: {error}"))
         })??;
-        Ok(stored)
+        Ok(usize::try_from(delivered).unwrap_or(usize::MAX))
     }
 
     /// One POST of `trigger` to `webhook`; the outcome is filled in by the caller.
@@ -481,8 +468,9 @@ impl Webhooks {
                 return attempt;
             }
         };
-        if let Err(why) = self.check_destination(&webhook.url).await {
-            attempt.error = Some(why);
+        // Checked again: the operator may have stopped allowing private endpoints since.
+        if let Err(refused) = self.check_url(&webhook.url) {
+            attempt.error = Some(refused.message);
             return attempt;
         }
         let timestamp = system_now().unix_seconds();
@@ -562,28 +550,6 @@ impl Webhooks {
         serde_json::to_vec(&body)
             .map_err(|error| ServiceError::internal(format!("cannot write a payload: {error}")))
     }
-
-    /// Whether the URL's host resolves only to addresses the host may deliver to.
-    async fn check_destination(&self, url: &str) -> Result<(), String> {
-        if self.settings.allow_private {
-            return Ok(());
-        }
-        let parsed = reqwest::Url::parse(url).map_err(|error| error.to_string())?;
-        let host = parsed.host_str().ok_or("the URL has no host")?;
-        let port = parsed.port_or_known_default().unwrap_or(443);
-        let addresses: Vec<SocketAddr> =
-            tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-                .await
-                .map_err(|error| format!("cannot resolve {host}: {error}"))?
-                .collect();
-        match addresses.iter().find(|address| is_private(address.ip())) {
-            Some(private) => Err(format!(
-                "{host} resolves to {}, a private address (allowed only with --allow-private-webhooks)",
-                private.ip()
-            )),
-            None => Ok(()),
-        }
-    }
 }
 
 /// Runs [`Webhooks::deliver_due`] every 200 ms, for the host's life.
@@ -595,6 +561,30 @@ pub async fn run_webhooks(webhooks: Arc<Webhooks>) {
         if let Err(error) = webhooks.deliver_due().await {
             tracing::warn!(error = %error.message, "webhook delivery could not read its work");
         }
+    }
+}
+
+/// The resolver of a host that refuses private destinations: a name's private addresses
+/// are dropped, and a name with no other is an error.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| !is_private(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to private addresses (allowed with \
+                     --allow-private-webhooks)"
+                )
+                .into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

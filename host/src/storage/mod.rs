@@ -354,14 +354,14 @@ pub trait Store: BatchRead + Send + Sync {
 
     /// Changes endpoint `id` of `tenant` in one transaction (`change` gets it as stored, so
     /// the tenant's edits and the delivery's progress never overwrite each other), and adds
-    /// `attempt` to its delivery log, which keeps the latest 1,000. Answers the endpoint as
+    /// `attempts` to its delivery log, which keeps the latest 1,000. Answers the endpoint as
     /// changed; `NotFound` when there is none.
     fn update_webhook(
         &self,
         tenant: &str,
         id: &str,
         change: &mut dyn FnMut(&mut WebhookRecord),
-        attempt: Option<&DeliveryAttempt>,
+        attempts: &[DeliveryAttempt],
     ) -> Result<WebhookRecord, StoreError>;
 
     /// Endpoint `id` of `tenant`.

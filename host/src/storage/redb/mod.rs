@@ -367,9 +367,9 @@ impl Store for RedbStore {
         tenant: &str,
         id: &str,
         change: &mut dyn FnMut(&mut WebhookRecord),
-        attempt: Option<&DeliveryAttempt>,
+        attempts: &[DeliveryAttempt],
     ) -> Result<WebhookRecord, StoreError> {
-        self.write(|txn| webhooks::update(txn, tenant, id, change, attempt))
+        self.write(|txn| webhooks::update(txn, tenant, id, change, attempts))
     }
 
     fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookRecord>, StoreError> {

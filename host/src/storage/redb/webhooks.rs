@@ -32,14 +32,14 @@ pub(super) fn create(
     Ok(())
 }
 
-/// Changes an endpoint and logs an attempt, as
+/// Changes an endpoint and logs attempts, as
 /// [`Store::update_webhook`](crate::storage::Store::update_webhook).
 pub(super) fn update(
     txn: &WriteTransaction,
     tenant: &str,
     id: &str,
     change: &mut dyn FnMut(&mut WebhookRecord),
-    attempt: Option<&DeliveryAttempt>,
+    attempts: &[DeliveryAttempt],
 ) -> Result<WebhookRecord, StoreError> {
     let mut table = txn.open_table(WEBHOOKS)?;
     let mut webhook: WebhookRecord = match table.get((tenant, id))? {
@@ -53,24 +53,27 @@ pub(super) fn update(
     change(&mut webhook);
     let bytes = encode(&webhook, || format!("webhook {id} of tenant {tenant}"))?;
     table.insert((tenant, id), bytes.as_slice())?;
-    if let Some(attempt) = attempt {
+    if !attempts.is_empty() {
         let mut log = txn.open_table(WEBHOOK_ATTEMPTS)?;
-        let last = log
+        let mut last = log
             .range((tenant, id, 0)..=(tenant, id, u64::MAX))?
             .next_back()
             .transpose()?
             .map_or(0, |(key, _)| key.value().2);
-        let seq = last.saturating_add(1);
-        let attempt = DeliveryAttempt {
-            seq,
-            ..attempt.clone()
-        };
-        let bytes = encode(&attempt, || {
-            format!("attempt {seq} of webhook {id} of tenant {tenant}")
-        })?;
-        log.insert((tenant, id, seq), bytes.as_slice())?;
-        if let Some(gone) = seq.checked_sub(ATTEMPTS_KEPT) {
-            log.remove((tenant, id, gone))?;
+        for attempt in attempts {
+            last = last.saturating_add(1);
+            let seq = last;
+            let attempt = DeliveryAttempt {
+                seq,
+                ..attempt.clone()
+            };
+            let bytes = encode(&attempt, || {
+                format!("attempt {seq} of webhook {id} of tenant {tenant}")
+            })?;
+            log.insert((tenant, id, seq), bytes.as_slice())?;
+            if let Some(gone) = seq.checked_sub(ATTEMPTS_KEPT) {
+                log.remove((tenant, id, gone))?;
+            }
         }
     }
     Ok(webhook)
