@@ -85,6 +85,7 @@ fn build(dir: &std::path::Path, customers: usize, due: usize, moment: Timestamp)
         schedule: Default::default(),
         future_tolerance_seconds: 300,
         membership_required: false,
+        segment: Default::default(),
         customer_schema: None,
     };
     store.create_tenant(&tenant, hash_key(TENANT_KEY)).unwrap();

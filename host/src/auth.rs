@@ -54,10 +54,39 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The user name of an `Authorization: Basic` header: how Segment sends its write key (the
+/// key as the user name, no password).
+pub fn basic_user(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_user_obeyed() {
+        // "tly_key:" as Segment sends a write key.
+        assert_eq!(basic_user("Basic dGx5X2tleTo=").as_deref(), Some("tly_key"));
+    }
+
+    #[test]
+    fn basic_user_violated() {
+        for header in ["Bearer dGx5X2tleTo=", "Basic !!!", "Basic Og==", "Basic"] {
+            assert_eq!(basic_user(header), None, "{header}");
+        }
+    }
 
     #[test]
     fn keys_are_prefixed_random_and_hash_stably() {

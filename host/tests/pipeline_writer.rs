@@ -216,6 +216,7 @@ fn host_with(plugin: tally_plugin_wasm::Plugin, config: Value) -> Host {
                 schedule: Default::default(),
                 future_tolerance_seconds: 300,
                 membership_required: false,
+                segment: Default::default(),
                 customer_schema: None,
             },
             [7; 32],

@@ -396,6 +396,7 @@ mod storage {
                 schedule: Default::default(),
                 future_tolerance_seconds: 300,
                 membership_required: false,
+                segment: Default::default(),
                 customer_schema: None,
             };
             store.create_tenant(&record, [n; 32]).unwrap();

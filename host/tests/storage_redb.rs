@@ -43,6 +43,7 @@ mod storage {
             schedule: Default::default(),
             future_tolerance_seconds: 300,
             membership_required: false,
+            segment: Default::default(),
             customer_schema: None,
         }
     }

@@ -171,13 +171,19 @@ async fn ingest_all(
     })
     .await?;
     let answers = state.service.ingest.ingest_many(prepared).await;
+    Ok(axum::Json(batch_answer(&answers, &policy)))
+}
+
+/// Each event's answer on its own: `{"results": [{"status", ...the single-event answer or
+/// the error...}], "stored", "replayed", "failed"}`.
+pub(super) fn batch_answer(answers: &[Result<Ingested, ServiceError>], policy: &Policy) -> Value {
     let (mut stored, mut replayed, mut failed) = (0, 0, 0);
     let results: Vec<Value> = answers
         .iter()
         .map(|answer| match answer {
             Ok(ingested) => {
                 // A view always serializes: it is made of JSON values and plain fields.
-                let mut body = serde_json::to_value(views::ingested(ingested, &policy))
+                let mut body = serde_json::to_value(views::ingested(ingested, policy))
                     .unwrap_or_else(|_| json!({"event": {"id": ingested.event.id}}));
                 let status = if ingested.replayed {
                     replayed += 1;
@@ -201,12 +207,12 @@ async fn ingest_all(
             }
         })
         .collect();
-    Ok(axum::Json(json!({
+    json!({
         "stored": stored,
         "replayed": replayed,
         "failed": failed,
         "results": results,
-    })))
+    })
 }
 
 async fn get_event(

@@ -42,7 +42,13 @@ fn presented_key(parts: &Parts) -> Result<String, ApiError> {
         let text = value.to_str().unwrap_or_default();
         return auth::bearer_token(text)
             .map(str::to_owned)
-            .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <key>\""));
+            .or_else(|| auth::basic_user(text))
+            .ok_or_else(|| {
+                unauthorized(
+                    "the Authorization header must be \"Bearer <key>\" (or Basic with the key \
+                     as the user name, as Segment sends a write key)",
+                )
+            });
     }
     let from_query = parts.uri.query().and_then(|query| {
         url_pairs(query)

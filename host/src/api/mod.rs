@@ -15,6 +15,7 @@ mod events;
 mod extract;
 mod plugins;
 mod rewards;
+mod segment;
 mod tenants;
 mod views;
 mod webhooks;
@@ -61,6 +62,7 @@ pub fn app(state: AppState) -> Router {
         .merge(customers::router())
         .merge(rewards::router())
         .merge(webhooks::router())
+        .merge(segment::router())
         .merge(admin::router(config.test_clock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -126,6 +126,8 @@ struct TenantPatchBody {
     /// `null` removes the schema.
     #[serde(default, deserialize_with = "present_or_null")]
     customer_schema: Option<Option<Value>>,
+    #[serde(default)]
+    segment: Option<crate::domain::records::SegmentMapping>,
 }
 
 impl From<TenantPatchBody> for TenantPatch {
@@ -139,6 +141,7 @@ impl From<TenantPatchBody> for TenantPatch {
             future_tolerance_seconds: body.future_tolerance_seconds,
             membership_required: body.membership_required,
             customer_schema: body.customer_schema,
+            segment: body.segment,
         }
     }
 }

@@ -52,6 +52,38 @@ pub struct TenantRecord {
     /// `None` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_schema: Option<Value>,
+    /// What Segment events become (over the e-commerce defaults).
+    #[serde(default, skip_serializing_if = "SegmentMapping::is_empty")]
+    pub segment: SegmentMapping,
+}
+
+/// A tenant's reading of Segment `track` events: by event name, the action and data each
+/// becomes. Events it does not name follow Segment's e-commerce spec, or become their name
+/// in snake case with their properties as data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentMapping {
+    /// By Segment event name.
+    #[serde(default)]
+    pub events: BTreeMap<String, SegmentEvent>,
+}
+
+impl SegmentMapping {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// What one Segment event becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentEvent {
+    /// The Tally action.
+    pub action: String,
+    /// Each data field and the property path (dots for nesting) it is read from; absent:
+    /// the properties as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<BTreeMap<String, String>>,
 }
 
 /// Five minutes: more than honest clocks drift, less than a mistyped date.

@@ -24,6 +24,7 @@ mod error;
 mod events;
 mod ingest;
 mod queries;
+mod segment;
 mod tenants;
 mod webhooks;
 
@@ -37,6 +38,7 @@ pub use self::events::{
 };
 pub use self::ingest::{Checked, Ingest, Simulation};
 pub use self::queries::{CustomerFilter, LedgerLine, Queries};
+pub use self::segment::{Translated, snake_case, translate};
 pub use self::tenants::{NewTenant, Principal, TenantPatch, Tenants};
 pub use self::webhooks::{
     DEFAULT_RETRY_SCHEDULE, NewWebhook, WebhookPatch, WebhookSettings, Webhooks, is_private,

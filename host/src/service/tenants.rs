@@ -52,6 +52,8 @@ pub struct TenantPatch {
     pub membership_required: Option<bool>,
     /// A new customer schema (a JSON Schema for attributes); `Some(None)` removes it.
     pub customer_schema: Option<Option<serde_json::Value>>,
+    /// A new reading of Segment events (the whole mapping, replaced).
+    pub segment: Option<crate::domain::records::SegmentMapping>,
 }
 
 /// Tenants and keys.
@@ -151,6 +153,7 @@ impl Tenants {
             schedule: Schedule::default(),
             future_tolerance_seconds: DEFAULT_FUTURE_TOLERANCE_SECONDS,
             membership_required: false,
+            segment: Default::default(),
             customer_schema: None,
         };
         let key = new_tenant_key()?;
@@ -202,6 +205,9 @@ impl Tenants {
         }
         if let Some(required) = patch.membership_required {
             record.membership_required = required;
+        }
+        if let Some(segment) = patch.segment {
+            record.segment = segment;
         }
         if let Some(schema) = patch.customer_schema {
             // Compiled once here so that a schema that cannot be used is refused now, with
