@@ -12,6 +12,7 @@
 //! the URL and at delivery for whatever a name resolves to, unless the operator allows them
 //! (`tally serve --allow-private-webhooks`).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,6 +101,8 @@ pub struct WebhookPatch {
 pub struct Webhooks {
     store: Arc<dyn Store>,
     settings: WebhookSettings,
+    /// Endpoints with a pass running: one pass an endpoint at a time keeps its order.
+    running: std::sync::Mutex<HashSet<(String, String)>>,
     client: reqwest::Client,
 }
 
@@ -134,6 +137,7 @@ impl Webhooks {
         Ok(Webhooks {
             store,
             settings,
+            running: std::sync::Mutex::new(HashSet::new()),
             client,
         })
     }
@@ -312,9 +316,9 @@ impl Webhooks {
 }
 
 impl Webhooks {
-    /// One pass over every enabled endpoint of every tenant: each delivers what is due, up to
-    /// a page of its outbox, in order. Endpoints are delivered to side by side. Answers how
-    /// many triggers were delivered.
+    /// Starts a pass for every enabled endpoint of every tenant that is due and has none
+    /// running: each delivers up to a page of its outbox, in order, on a task of its own, so
+    /// a slow receiver holds up only its own endpoint. Answers how many passes it started.
     pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, ServiceError> {
         let store = self.store.clone();
         let endpoints = tokio::task::spawn_blocking(move || store.webhooks(None))
@@ -323,24 +327,37 @@ impl Webhooks {
                 ServiceError::internal(format!("reading endpoints failed: {error}"))
             })??;
         let now = system_now();
-        let mut passes = tokio::task::JoinSet::new();
+        let mut started = 0;
         for (tenant, webhook) in endpoints {
             let waiting = webhook.delivery.retry_at.is_some_and(|at| at > now);
             if !webhook.enabled || waiting {
                 continue;
             }
-            let webhooks = self.clone();
-            passes.spawn(async move { webhooks.deliver_endpoint(&tenant, webhook).await });
-        }
-        let mut delivered = 0;
-        while let Some(pass) = passes.join_next().await {
-            match pass {
-                Ok(Ok(count)) => delivered += count,
-                Ok(Err(error)) => tracing::warn!(error = %error.message, "a webhook pass failed"),
-                Err(error) => tracing::error!(%error, "a webhook pass panicked"),
+            let running = (tenant.clone(), webhook.id.clone());
+            if !self.running().insert(running.clone()) {
+                continue;
             }
+            started += 1;
+            let running = Running {
+                webhooks: self.clone(),
+                endpoint: running,
+            };
+            tokio::spawn(async move {
+                let webhooks = &running.webhooks;
+                if let Err(error) = webhooks.deliver_endpoint(&tenant, webhook).await {
+                    tracing::warn!(error = %error.message, "a webhook pass failed");
+                }
+                drop(running);
+            });
         }
-        Ok(delivered)
+        Ok(started)
+    }
+
+    /// The endpoints with a pass running, by tenant and id.
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Delivers `webhook`'s wanted triggers after its cursor, in order, until one fails or a
@@ -549,6 +566,19 @@ impl Webhooks {
         });
         serde_json::to_vec(&body)
             .map_err(|error| ServiceError::internal(format!("cannot write a payload: {error}")))
+    }
+}
+
+/// An endpoint's pass while it runs: dropped, however the pass ended (a panic included),
+/// it lets the next pass of the endpoint start.
+struct Running {
+    webhooks: Arc<Webhooks>,
+    endpoint: (String, String),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.webhooks.running().remove(&self.endpoint);
     }
 }
 
