@@ -146,6 +146,7 @@ impl Store for Flaky {
         reward(tenant: &str, id: &str) -> Result<Option<(tally_host::storage::RewardRecord, u64)>, StoreError>;
         rewards(tenant: &str) -> Result<Vec<(tally_host::storage::RewardRecord, u64)>, StoreError>;
         last_outbox_seq(tenant: &str) -> Result<u64, StoreError>;
+        events(tenant: &str, after: Option<&str>, limit: usize, keep: &dyn Fn(&tally_host::storage::StoredEvent) -> bool) -> Result<tally_host::storage::Page<tally_host::storage::StoredEvent>, StoreError>;
         create_webhook(tenant: &str, webhook: &tally_host::storage::WebhookRecord) -> Result<(), StoreError>;
         update_webhook(tenant: &str, id: &str, change: &mut dyn FnMut(&mut tally_host::storage::WebhookRecord), attempts: &[tally_host::storage::DeliveryAttempt]) -> Result<tally_host::storage::WebhookRecord, StoreError>;
         webhook(tenant: &str, id: &str) -> Result<Option<tally_host::storage::WebhookRecord>, StoreError>;

@@ -12,6 +12,7 @@ mod customers;
 mod error;
 mod event_types;
 mod events;
+mod exports;
 mod extract;
 mod plugins;
 mod rewards;
@@ -63,6 +64,7 @@ pub fn app(state: AppState) -> Router {
         .merge(rewards::router())
         .merge(webhooks::router())
         .merge(segment::router())
+        .merge(exports::router())
         .merge(admin::router(config.test_clock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -82,6 +82,18 @@ impl Queries {
         Ok(self.store.audit(tenant, after, limit)?)
     }
 
+    /// Up to `limit` of the tenant's events after event `after`, in id order, that `keep`
+    /// keeps (a page looks at a bounded number; `next_cursor` goes on).
+    pub fn events(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&StoredEvent) -> bool,
+    ) -> Result<Page<StoredEvent>, ServiceError> {
+        Ok(self.store.events(tenant, after, limit, keep)?)
+    }
+
     /// A page of a customer's events.
     pub fn customer_events(
         &self,

@@ -315,6 +315,17 @@ pub trait Store: BatchRead + Send + Sync {
         keep: &dyn Fn(&CustomerRecord) -> bool,
     ) -> Result<Page<CustomerRecord>, StoreError>;
 
+    /// Up to `limit` of `tenant`'s events after the event `after` (from the first when
+    /// `None`), in id order, that `keep` keeps. Like [`Store::customers`], a page looks at a
+    /// bounded number of events, so it may hold fewer and still have a `next_cursor`.
+    fn events(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&StoredEvent) -> bool,
+    ) -> Result<Page<StoredEvent>, StoreError>;
+
     /// The customers of `tenant` whose `email` attribute is `email`, compared trimmed and
     /// without case, from an index the append keeps.
     fn customers_by_email(

@@ -350,6 +350,16 @@ impl Store for RedbStore {
         rewards::all(&self.db, tenant)
     }
 
+    fn events(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&StoredEvent) -> bool,
+    ) -> Result<Page<StoredEvent>, StoreError> {
+        read::events(&self.db, tenant, after, limit, keep)
+    }
+
     fn last_outbox_seq(&self, tenant: &str) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         let sequences = txn.open_table(tables::SEQUENCES)?;

@@ -44,6 +44,52 @@ pub(super) fn get_event(
     decode(&json, what).map(Some)
 }
 
+/// Up to `limit` of `tenant`'s events after the id `after`, in id order, that `keep` keeps;
+/// a page looks at a bounded number of events and then hands back where it stopped.
+pub(super) fn events(
+    db: &::redb::Database,
+    tenant: &str,
+    after: Option<&str>,
+    limit: usize,
+    keep: &dyn Fn(&StoredEvent) -> bool,
+) -> Result<crate::storage::Page<StoredEvent>, StoreError> {
+    use ::redb::ReadableDatabase;
+    let txn = db.begin_read()?;
+    let table = txn.open_table(super::tables::EVENTS)?;
+    let lower = match after {
+        Some(after) => Bound::Excluded((tenant, after)),
+        None => Bound::Included((tenant, "")),
+    };
+    let mut page = crate::storage::Page {
+        items: Vec::new(),
+        next_cursor: None,
+    };
+    let mut last: Option<String> = None;
+    for (looked, row) in table
+        .range::<(&str, &str)>((lower, Bound::Unbounded))?
+        .enumerate()
+    {
+        let (key, value) = row?;
+        let (owner, id) = key.value();
+        if owner != tenant {
+            return Ok(page);
+        }
+        if page.items.len() == limit || looked == super::customers::SCAN_PER_PAGE {
+            page.next_cursor = last;
+            return Ok(page);
+        }
+        let what = || format!("event {id} of tenant {tenant}");
+        let json = decode_event_row(value.value())
+            .ok_or_else(|| StoreError::Corrupt(format!("{} is not an event row", what())))?;
+        let event: StoredEvent = decode(&json, what)?;
+        if keep(&event) {
+            page.items.push(event);
+        }
+        last = Some(id.to_owned());
+    }
+    Ok(page)
+}
+
 /// The customer record of (tenant, id), decoded as `T`: the whole
 /// [`CustomerRecord`](crate::storage::CustomerRecord), or only the part a check needs.
 pub(super) fn get_customer<T: DeserializeOwned>(
