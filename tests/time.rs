@@ -335,6 +335,7 @@ fn replay_gives_the_same_ledger(data: &std::path::Path, tenant: &str, customer: 
             received_at: stored.received_at,
             contact_card: Vec::new(),
             due,
+            interaction: None,
         };
         let calls: Vec<_> = plugins
             .iter()

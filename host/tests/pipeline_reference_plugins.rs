@@ -72,6 +72,7 @@ impl Journey {
             received_at: timestamp,
             contact_card: Vec::new(),
             due: None,
+            interaction: Default::default(),
         };
         let calls: Vec<PluginCall<'_>> = self
             .plugins

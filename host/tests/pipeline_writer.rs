@@ -257,6 +257,7 @@ fn checkout(id: &str, customer: &str, total: u32) -> NewEvent {
         received_at: "2026-11-23T10:00:00Z".parse::<Timestamp>().expect("a time"),
         contact_card: Vec::new(),
         due: None,
+        interaction: Default::default(),
     }
 }
 

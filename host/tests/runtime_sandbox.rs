@@ -157,6 +157,7 @@ fn abi_doc_example() -> (NewEvent, CustomerRecord, RawJson, RawJson) {
         received_at: at("2026-11-23T10:00:00Z"),
         contact_card: Vec::new(),
         due: None,
+        interaction: Default::default(),
     };
     let customer = Customer {
         id: "374397439743".to_owned(),

@@ -176,6 +176,10 @@ mod storage {
                 user_agent: None,
                 data: RawJson::from_value(&json!({})),
                 received_at,
+                channel: None,
+                campaign: None,
+                goals: Vec::new(),
+                engagement_value: None,
                 outcome: EventOutcome {
                     points: planned.points.clone(),
                     ..EventOutcome::default()
@@ -318,6 +322,8 @@ mod storage {
                 let actions = rng.chance(50).then(|| vec![rng.pick(&ACTIONS).to_owned()]);
                 let query = EventQuery {
                     actions: actions.clone(),
+                    channel: None,
+                    campaign: None,
                     from: from.map(Timestamp::from_unix_seconds),
                     to: to.map(Timestamp::from_unix_seconds),
                     newest_first: rng.chance(50),

@@ -107,6 +107,10 @@ mod storage {
                 user_agent: None,
                 data: raw(json!({"id": id})),
                 received_at,
+                channel: None,
+                campaign: None,
+                goals: Vec::new(),
+                engagement_value: None,
                 outcome: EventOutcome {
                     points: points.to_vec(),
                     ..EventOutcome::default()
@@ -947,6 +951,8 @@ mod storage {
                     for limit in [1, 4, 7, 100] {
                         let query = EventQuery {
                             actions: actions.map(|a| a.iter().map(|s| (*s).to_owned()).collect()),
+                            channel: None,
+                            campaign: None,
                             from: from.map(Timestamp::from_unix_seconds),
                             to: to.map(Timestamp::from_unix_seconds),
                             newest_first,

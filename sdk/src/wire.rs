@@ -120,6 +120,20 @@ pub struct Event {
     pub source: String,
     /// The action's own attributes.
     pub data: RawJson,
+    /// The channel it came through (`app`, `store`, `web`, ...), when the sender said:
+    /// Sitecore's interaction channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The campaign it belongs to, when the sender said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// Ids of the goals it reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub goals: Vec<String>,
+    /// What it is worth to the brand's engagement (Sitecore's engagement value); the host
+    /// sums it on the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engagement_value: Option<Decimal>,
     #[serde(skip)]
     parsed: OnceLock<Result<Fields, String>>,
 }
@@ -134,6 +148,10 @@ impl Clone for Event {
             timestamp: self.timestamp,
             source: self.source.clone(),
             data: self.data.clone(),
+            channel: self.channel.clone(),
+            campaign: self.campaign.clone(),
+            goals: self.goals.clone(),
+            engagement_value: self.engagement_value,
             parsed: OnceLock::new(),
         }
     }
@@ -173,6 +191,10 @@ impl Event {
             timestamp,
             source: "api".to_owned(),
             data,
+            channel: None,
+            campaign: None,
+            goals: Vec::new(),
+            engagement_value: None,
             parsed: OnceLock::new(),
         })
     }

@@ -155,6 +155,7 @@ fn evaluate(args: &EvalArgs) -> Result<(Value, bool), String> {
         received_at: system_now(),
         contact_card: Vec::new(),
         due: None,
+        interaction: Default::default(),
     };
     // The account a posted event would start from: a new one, holding the given customer.
     let before = CustomerRecord {

@@ -6,7 +6,7 @@
 //!   the contact card (fields marked `showInContactCard`, from recent events)
 //! - `PUT /v1/customers/{id}` (whole) and `PATCH` (merge patch) `{"attributes": {...}}`: a
 //!   `profile_update` event, checked against the tenant's customer schema
-//! - `GET /v1/customers/{id}/events?action=a,b&from=&to=&order=newest|oldest&limit=&cursor=`
+//! - `GET /v1/customers/{id}/events?action=a,b&channel=&campaign=&from=&to=&order=newest|oldest&limit=&cursor=`
 //! - `GET /v1/customers/{id}/ledger?limit=&cursor=`: entries, oldest first, each with its event
 //! - `POST /v1/customers/{id}/perks/{code}/redeem`: redeems a perk once (`perk_redeem`)
 //! - `POST /v1/customers/{id}/rewards/{reward}/redeem`: spends a reward's cost and issues its
@@ -292,6 +292,10 @@ struct EventsQuery {
     #[serde(default)]
     action: Option<String>,
     #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    campaign: Option<String>,
+    #[serde(default)]
     from: Option<String>,
     #[serde(default)]
     to: Option<String>,
@@ -350,6 +354,8 @@ async fn events(
     });
     let event_query = EventQuery {
         actions,
+        channel: query.channel.filter(|channel| !channel.is_empty()),
+        campaign: query.campaign.filter(|campaign| !campaign.is_empty()),
         from: time("from", query.from)?,
         to: time("to", query.to)?,
         newest_first,

@@ -1,7 +1,7 @@
 //! Exports, streamed page by page in constant memory, as NDJSON (the default, one JSON
 //! object a line) or CSV:
 //!
-//! - `GET /v1/exports/events?from=&to=&action=a,b&customer=&after=&format=`: events in id
+//! - `GET /v1/exports/events?from=&to=&action=a,b&channel=&campaign=&customer=&after=&format=`: events in id
 //!   order (or a customer's, by time), each as `GET /v1/events/{id}` shows it;
 //! - `GET /v1/exports/customers?after=&format=`: customers in id order, as
 //!   `GET /v1/customers/{id}` shows them (aliases left out);
@@ -50,6 +50,10 @@ struct ExportQuery {
     action: Option<String>,
     #[serde(default)]
     customer: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    campaign: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +238,14 @@ fn events_page(
         .unwrap_or_default();
     let keep = |event: &StoredEvent| {
         (actions.is_empty() || actions.contains(&event.action.as_str()))
+            && query
+                .channel
+                .as_ref()
+                .is_none_or(|channel| event.channel.as_ref() == Some(channel))
+            && query
+                .campaign
+                .as_ref()
+                .is_none_or(|campaign| event.campaign.as_ref() == Some(campaign))
             && query.from.is_none_or(|from| event.timestamp >= from)
             && query.to.is_none_or(|to| event.timestamp < to)
     };
@@ -243,6 +255,8 @@ fn events_page(
             let events = EventQuery {
                 actions: (!actions.is_empty())
                     .then(|| actions.iter().map(|action| (*action).to_owned()).collect()),
+                channel: query.channel.clone(),
+                campaign: query.campaign.clone(),
                 from: query.from,
                 to: query.to,
                 newest_first: false,

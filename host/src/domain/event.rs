@@ -45,6 +45,24 @@ pub struct NewEvent {
     pub contact_card: Vec<ContactCardValue>,
     /// For an internal event, the moment of the customer's schedule it was written for.
     pub due: Option<DueKind>,
+    /// Channel, campaign, goals and engagement value, when the sender gave any (boxed: most
+    /// events carry none, and every queued event carries this field).
+    pub interaction: Option<Box<Interaction>>,
+}
+
+/// Sitecore's interaction attributes, first-class on any event: the channel it came
+/// through, the campaign it belongs to, the goals it reached, and what it is worth to the
+/// brand's engagement.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interaction {
+    /// `app`, `store`, `web`, ...
+    pub channel: Option<String>,
+    /// The campaign's name or id.
+    pub campaign: Option<String>,
+    /// Ids of the goals reached.
+    pub goals: Vec<String>,
+    /// The engagement value; summed on the profile.
+    pub engagement_value: Option<tally_sdk::Decimal>,
 }
 
 impl NewEvent {
@@ -60,6 +78,12 @@ impl NewEvent {
         )?;
         event.label.clone_from(&self.label);
         event.source.clone_from(&self.source);
+        if let Some(interaction) = &self.interaction {
+            event.channel.clone_from(&interaction.channel);
+            event.campaign.clone_from(&interaction.campaign);
+            event.goals.clone_from(&interaction.goals);
+            event.engagement_value = interaction.engagement_value;
+        }
         Ok(event)
     }
 }
@@ -207,6 +231,8 @@ pub fn apply_event(
         outcome.triggers.extend(plugins);
     }
     triggers.extend(decided.triggers);
+    let none = Interaction::default();
+    let interaction = event.interaction.as_deref().unwrap_or(&none);
     let snapshot = (!triggers.is_empty()).then(|| CustomerSnapshot::of(&record));
     Ok(AppendEvent {
         tenant: event.tenant.to_string(),
@@ -224,6 +250,10 @@ pub fn apply_event(
             user_agent: event.user_agent.clone(),
             data: event.data.clone(),
             received_at: event.received_at,
+            channel: interaction.channel.clone(),
+            campaign: interaction.campaign.clone(),
+            goals: interaction.goals.clone(),
+            engagement_value: interaction.engagement_value,
             outcome,
         },
         customer: record,

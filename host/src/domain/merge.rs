@@ -119,6 +119,7 @@ impl Account {
         let summary = Summary {
             total_spend: std::mem::take(&mut away.summary.total_spend),
             last_purchase_at: away.summary.last_purchase_at.take(),
+            engagement_value: std::mem::take(&mut away.summary.engagement_value),
             ..Summary::default()
         };
         away.merged_into = Some(survivor);

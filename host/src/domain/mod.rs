@@ -33,7 +33,7 @@ mod redemption;
 pub mod schedule;
 
 pub use self::account::{Account, Hold, Lot, Refusal, SYSTEM, move_points, points_after};
-pub use self::event::{NewEvent, PluginOutcome, Rejection, apply_event, new_account};
+pub use self::event::{Interaction, NewEvent, PluginOutcome, Rejection, apply_event, new_account};
 pub use self::ids::{CustomerId, EventId, IdError, PluginName, TenantId};
 pub use self::merge::Absorbed;
 pub use self::policy::{Period, PointsExpiry, Policy, Schedule, TimeOfDay};

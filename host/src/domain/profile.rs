@@ -42,6 +42,14 @@ pub fn record_stats(stats: &mut Stats, action: &str, at: Timestamp, activity: bo
 
 /// Counts `event` and the ledger entries it made in the customer's summary.
 pub fn record_summary(summary: &mut Summary, event: &NewEvent, ledger: &[NewLedgerEntry]) {
+    if let Some(value) = event
+        .interaction
+        .as_ref()
+        .and_then(|interaction| interaction.engagement_value)
+        && let Ok(sum) = summary.engagement_value.checked_add(value)
+    {
+        summary.engagement_value = sum;
+    }
     if event.action == "checkout" {
         summary.last_purchase_at = summary.last_purchase_at.max(Some(event.timestamp));
         #[derive(serde::Deserialize)]

@@ -208,6 +208,18 @@ pub struct StoredEvent {
     pub data: RawJson,
     /// When the host received it (RFC 3339 in JSON).
     pub received_at: Timestamp,
+    /// The channel it came through, when the sender said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The campaign it belongs to, when the sender said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// Ids of the goals it reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub goals: Vec<String>,
+    /// Its engagement value, when the sender gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engagement_value: Option<tally_sdk::Decimal>,
     /// What the plugins decided.
     #[serde(default)]
     pub outcome: EventOutcome,
@@ -337,6 +349,9 @@ pub struct Summary {
     /// Points reversed (returns), as a positive sum.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub points_reversed: i64,
+    /// The events' engagement values, summed.
+    #[serde(default, skip_serializing_if = "is_zero_decimal")]
+    pub engagement_value: tally_sdk::Decimal,
 }
 
 impl Summary {
@@ -353,6 +368,9 @@ impl Summary {
         self.points_spent = self.points_spent.saturating_add(other.points_spent);
         self.points_expired = self.points_expired.saturating_add(other.points_expired);
         self.points_reversed = self.points_reversed.saturating_add(other.points_reversed);
+        if let Ok(sum) = self.engagement_value.checked_add(other.engagement_value) {
+            self.engagement_value = sum;
+        }
     }
 }
 
@@ -481,6 +499,7 @@ impl CustomerSnapshot {
             points_reversed: kept.points_reversed,
             perks_redeemed: self.perks_redeemed,
             member: self.member,
+            engagement_value: kept.engagement_value,
         }
     }
 }
@@ -511,6 +530,8 @@ pub struct SummaryView {
     points_reversed: i64,
     perks_redeemed: u64,
     member: bool,
+    /// The events' engagement values, summed (Sitecore's).
+    engagement_value: tally_sdk::Decimal,
 }
 
 // Zeros are left out: a snapshot is written with every trigger.

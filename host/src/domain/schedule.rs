@@ -309,6 +309,7 @@ pub fn internal_event(
         received_at: now,
         contact_card: Vec::new(),
         due: Some(due.kind),
+        interaction: Default::default(),
     }
 }
 

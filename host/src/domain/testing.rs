@@ -23,5 +23,6 @@ pub(crate) fn event(action: &str, at: &str, data: Value) -> NewEvent {
         received_at: "2026-11-23T00:00:00Z".parse().unwrap(),
         contact_card: Vec::new(),
         due: None,
+        interaction: Default::default(),
     }
 }

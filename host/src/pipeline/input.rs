@@ -73,6 +73,14 @@ struct EventRef<'a> {
     customer: &'a str,
     timestamp: tally_sdk::Timestamp,
     source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    campaign: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    goals: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engagement_value: Option<tally_sdk::Decimal>,
     data_bytes: usize,
     data: &'a RawJson,
 }
@@ -86,6 +94,10 @@ impl<'a> EventRef<'a> {
             customer: &event.customer,
             timestamp: event.timestamp,
             source: &event.source,
+            channel: event.channel.as_deref(),
+            campaign: event.campaign.as_deref(),
+            goals: &event.goals,
+            engagement_value: event.engagement_value,
             data_bytes: event.data.get().len(),
             data: &event.data,
         }

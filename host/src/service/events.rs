@@ -10,7 +10,7 @@ use super::{ErrorKind, ServiceError};
 use crate::auth;
 use crate::domain::records::TenantRecord;
 use crate::domain::schedule::is_internal_event_id;
-use crate::domain::{CustomerId, EventId, IdError, NewEvent};
+use crate::domain::{CustomerId, EventId, IdError, Interaction, NewEvent};
 use crate::schema::EventTypes;
 use crate::storage::RawJson;
 use tally_sdk::{INTERNAL_ACTIONS, is_internal_action};
@@ -21,7 +21,21 @@ pub const MAX_LABEL_LEN: usize = 200;
 
 /// The fields an event may have; anything else is refused, so a typo (`"costumer"`) is
 /// caught instead of silently dropped.
-const FIELDS: [&str; 6] = ["customer", "action", "data", "id", "timestamp", "label"];
+const FIELDS: [&str; 10] = [
+    "customer",
+    "action",
+    "data",
+    "id",
+    "timestamp",
+    "label",
+    "channel",
+    "campaign",
+    "goals",
+    "engagement_value",
+];
+
+/// The most goals one event may name.
+const MAX_GOALS: usize = 100;
 
 /// Where a request came from, recorded on its events.
 #[derive(Debug, Clone, Default)]
@@ -121,7 +135,8 @@ pub(super) fn read_event(
         )
         .with_details(json!({"field": "timestamp", "now": now, "tolerance_seconds": tolerance})));
     }
-    let label = label_of(&mut fields)?;
+    let label = short_text(&mut fields, "label")?;
+    let interaction = interaction_of(&mut fields)?;
 
     let resolved = types.check_event(&action, &data)?;
     let contact_card = resolved
@@ -142,7 +157,58 @@ pub(super) fn read_event(
         received_at: now,
         contact_card,
         due: None,
+        interaction,
     })
+}
+
+/// `channel`, `campaign`, `goals` and `engagement_value`, each optional; `None` for none.
+fn interaction_of(
+    fields: &mut Map<String, Value>,
+) -> Result<Option<Box<Interaction>>, ServiceError> {
+    let channel = short_text(fields, "channel")?;
+    let campaign = short_text(fields, "campaign")?;
+    let goals = match fields.remove("goals") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(goals)) if goals.len() <= MAX_GOALS => goals
+            .into_iter()
+            .map(|goal| match goal {
+                Value::String(goal) if !goal.is_empty() && goal.len() <= MAX_LABEL_LEN => Ok(goal),
+                Value::Number(goal) => Ok(goal.to_string()),
+                other => Err(ServiceError::invalid_event(
+                    "goals",
+                    format!(
+                        "each of \"goals\" is a goal's id (a string of at most \
+                         {MAX_LABEL_LEN} bytes), not {}",
+                        kind_of(&other)
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ServiceError::invalid_event(
+                "goals",
+                format!("\"goals\" is a list of at most {MAX_GOALS} goal ids"),
+            ));
+        }
+    };
+    let engagement_value = match fields.remove("engagement_value") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(serde_json::from_value::<tally_sdk::Decimal>(value).map_err(
+            |error| {
+                ServiceError::invalid_event(
+                    "engagement_value",
+                    format!("\"engagement_value\" is a number: {error}"),
+                )
+            },
+        )?),
+    };
+    let interaction = Interaction {
+        channel,
+        campaign,
+        goals,
+        engagement_value,
+    };
+    Ok((interaction != Interaction::default()).then(|| Box::new(interaction)))
 }
 
 /// `action`: required, a non-empty string.
@@ -206,21 +272,21 @@ fn timestamp_of(
     })
 }
 
-/// `label`: an optional string of at most [`MAX_LABEL_LEN`] bytes.
-fn label_of(fields: &mut Map<String, Value>) -> Result<Option<String>, ServiceError> {
-    Ok(match fields.remove("label") {
+/// `label`, `channel`, `campaign`: an optional string of at most [`MAX_LABEL_LEN`] bytes.
+fn short_text(fields: &mut Map<String, Value>, name: &str) -> Result<Option<String>, ServiceError> {
+    Ok(match fields.remove(name) {
         None | Some(Value::Null) => None,
-        Some(Value::String(label)) if label.len() <= MAX_LABEL_LEN => Some(label),
+        Some(Value::String(text)) if text.len() <= MAX_LABEL_LEN => Some(text),
         Some(Value::String(_)) => {
             return Err(ServiceError::invalid_event(
-                "label",
-                format!("\"label\" is longer than {MAX_LABEL_LEN} bytes"),
+                name,
+                format!("\"{name}\" is longer than {MAX_LABEL_LEN} bytes"),
             ));
         }
         Some(other) => {
             return Err(ServiceError::invalid_event(
-                "label",
-                format!("\"label\" must be a string, not {}", kind_of(&other)),
+                name,
+                format!("\"{name}\" must be a string, not {}", kind_of(&other)),
             ));
         }
     })

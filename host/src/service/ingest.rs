@@ -336,6 +336,7 @@ impl Ingest {
             received_at: now,
             contact_card: Vec::new(),
             due: None,
+            interaction: Default::default(),
         }
     }
 

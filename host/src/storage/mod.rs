@@ -135,6 +135,10 @@ pub struct Page<T> {
 pub struct EventQuery {
     /// Only these actions; `None` means every action.
     pub actions: Option<Vec<String>>,
+    /// Only events that came through this channel.
+    pub channel: Option<String>,
+    /// Only events of this campaign.
+    pub campaign: Option<String>,
     /// Only events at or after this moment.
     pub from: Option<Timestamp>,
     /// Only events before this moment.
@@ -152,6 +156,8 @@ impl Default for EventQuery {
     fn default() -> EventQuery {
         EventQuery {
             actions: None,
+            channel: None,
+            campaign: None,
             from: None,
             to: None,
             newest_first: false,

@@ -31,8 +31,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Map;
 
 use super::{
-    CONFIG_BYTES, Customer, EVENT_DATA_BYTES, Event, Input, Perk, PluginInfo, Points, RawJson,
-    STATE_BYTES, skip_whitespace, string_end, value_end,
+    CONFIG_BYTES, Customer, Decimal, EVENT_DATA_BYTES, Event, Input, Perk, PluginInfo, Points,
+    RawJson, STATE_BYTES, skip_whitespace, string_end, value_end,
 };
 
 /// Reads `text` as an [`Input`]: with this module's reader when it can, else with serde_json.
@@ -91,7 +91,15 @@ fn plugin_info(cursor: &mut Cursor<'_>) -> Option<PluginInfo> {
 fn event_of(cursor: &mut Cursor<'_>) -> Option<Event> {
     let (mut id, mut action, mut label, mut customer) = (None, None, None, None);
     let (mut timestamp, mut source, mut data, mut data_bytes) = (None, None, None, None);
+    let (mut channel, mut campaign, mut goals, mut engagement_value) = (None, None, None, None);
     plain_object(cursor, |cursor, key| match key {
+        "channel" => once(&mut channel, cursor.optional_string()?),
+        "campaign" => once(&mut campaign, cursor.optional_string()?),
+        "goals" => once(&mut goals, list::<String>(cursor.value()?)?),
+        "engagement_value" => once(
+            &mut engagement_value,
+            serde_json::from_str::<Option<Decimal>>(cursor.value()?).ok()?,
+        ),
         "id" => once(&mut id, cursor.string()?.to_owned()),
         "action" => once(&mut action, cursor.string()?.to_owned()),
         "label" => once(&mut label, cursor.optional_string()?),
@@ -110,6 +118,10 @@ fn event_of(cursor: &mut Cursor<'_>) -> Option<Event> {
         timestamp: timestamp?,
         source: source.unwrap_or_default(),
         data: data?,
+        channel: channel.flatten(),
+        campaign: campaign.flatten(),
+        goals: goals.unwrap_or_default(),
+        engagement_value: engagement_value.flatten(),
         parsed: OnceLock::new(),
     })
 }

@@ -64,14 +64,19 @@ pub(super) fn customer_events(
         {
             continue;
         }
+        let event = listed_event(&events, tenant, customer, id, seq)?;
+        let wanted =
+            |filter: &Option<String>, value: &Option<String>| filter.is_none() || filter == value;
+        if !wanted(&query.channel, &event.channel) || !wanted(&query.campaign, &event.campaign) {
+            continue;
+        }
         if page.items.len() == query.limit {
             // One more match exists, so there is a next page; it starts after the last item
             // of this one.
             page.next_cursor = last.map(cursor::encode_event);
             break;
         }
-        page.items
-            .push(listed_event(&events, tenant, customer, id, seq)?);
+        page.items.push(event);
         last = Some((seconds, seq));
     }
     Ok(page)
