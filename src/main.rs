@@ -3,6 +3,7 @@
 //! - `tally serve` runs the host with its embedded redb store (`--demo` sets up a demo tenant).
 //! - `tally eval` runs plugins on an event locally, exactly as the host would.
 //! - `tally plugin check` says whether the host would accept a module, and why not.
+//! - `tally import` and `tally export` move large files of events in and out of a running host.
 
 mod cli;
 

@@ -138,3 +138,87 @@ async fn an_export_gives_back_what_was_posted() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     host.stop();
 }
+
+/// `tally import` and `tally export`, the real binary against a real host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_imports_a_large_file_once_and_exports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path());
+    let key = host.tenant("acme").await;
+    let ndjson: String = (0..2500)
+        .map(|n| {
+            let event = if n == 1234 {
+                json!({"customer": format!("c{n}"), "action": "checkout", "data": {"total": "x"}})
+            } else {
+                json!({"customer": format!("c{}", n % 400), "action": "opt_in"})
+            };
+            format!("{event}\n")
+        })
+        .collect();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, ndjson).unwrap();
+    let csv = dir.path().join("opt-in.csv");
+    std::fs::write(&csv, include_str!("../examples/events/opt-in.csv")).unwrap();
+    let tally = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .env("TALLY_URL", &host.base)
+            .env("TALLY_KEY", &key)
+            .output()
+            .unwrap()
+    };
+    let summary = |output: &std::process::Output| -> Value {
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+            panic!("{}", String::from_utf8_lossy(&output.stderr));
+        })
+    };
+
+    let first = tally(&["import", file.to_str().unwrap()]);
+    assert_eq!(first.status.code(), Some(1), "one row fails");
+    let counts = summary(&first);
+    assert_eq!(
+        (&counts["read"], &counts["stored"], &counts["failed"]),
+        (&json!(2500), &json!(2499), &json!(1)),
+        "{counts}"
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("row 1235: schema_violation"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // Read again, nothing is stored twice.
+    let again = summary(&tally(&["import", file.to_str().unwrap()]));
+    assert_eq!(
+        (&again["stored"], &again["replayed"]),
+        (&json!(0), &json!(2499)),
+        "{again}"
+    );
+    let csv_import = tally(&["import", csv.to_str().unwrap()]);
+    assert!(
+        csv_import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&csv_import.stderr)
+    );
+
+    let out = dir.path().join("events.out");
+    let export = tally(&[
+        "export",
+        "events",
+        "--action",
+        "opt_in",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let exported = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        exported.lines().count() >= 2499,
+        "{}",
+        exported.lines().count()
+    );
+    host.stop();
+}

@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file.
 
 mod check;
+mod client;
 mod eval;
 mod serve;
 
@@ -25,6 +26,10 @@ enum Command {
     /// Work with plugin modules.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Post a CSV or NDJSON file of events to a running host, in chunks, with progress.
+    Import(client::ImportArgs),
+    /// Stream a tenant's events, customers or ledger from a running host.
+    Export(client::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,5 +44,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Plugin(PluginCommand::Check(args)) => check::run(args),
+        Command::Import(args) => client::import(args),
+        Command::Export(args) => client::export(args),
     }
 }
