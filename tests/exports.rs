@@ -101,6 +101,15 @@ async fn an_export_gives_back_what_was_posted() {
     let (_, _, one) = export(&host, &key, "/v1/exports/events?customer=c007").await;
     assert!(lines(&one).iter().all(|event| event["customer"] == "c007"));
     assert_eq!(lines(&one).len(), 5);
+    // A customer's export resumes after an event id too.
+    let second = lines(&one)[1]["id"].as_str().unwrap().to_owned();
+    let (_, _, rest_of_one) = export(
+        &host,
+        &key,
+        &format!("/v1/exports/events?customer=c007&after={second}"),
+    )
+    .await;
+    assert_eq!(lines(&rest_of_one), lines(&one)[2..].to_vec());
 
     // CSV, with a header.
     let (status, kind, csv) =

@@ -72,9 +72,24 @@ enum Format {
 /// What an export goes on from.
 #[derive(Debug, Clone)]
 struct Cursor {
+    /// Where the next page starts: an id, or a customer history's own cursor.
     after: Option<String>,
+    /// In a customer's history, the event id the client resumes after: its events up to
+    /// that one are read past, not sent.
+    skip_until: Option<String>,
     first: bool,
     done: bool,
+}
+
+impl Cursor {
+    fn finished() -> Cursor {
+        Cursor {
+            after: None,
+            skip_until: None,
+            first: false,
+            done: true,
+        }
+    }
 }
 
 async fn export(
@@ -113,8 +128,15 @@ async fn export(
         })
         .await?;
     }
+    let resume = query.after.clone().filter(|after| !after.is_empty());
+    // A customer's history pages by its own cursor; `after` is still the last event id.
+    let (after, skip_until) = match &query.customer {
+        Some(_) => (None, resume),
+        None => (resume, None),
+    };
     let start = Cursor {
-        after: query.after.clone().filter(|after| !after.is_empty()),
+        after,
+        skip_until,
         first: true,
         done: false,
     };
@@ -126,30 +148,22 @@ async fn export(
             if cursor.done {
                 return None;
             }
-            let page = tokio::task::spawn_blocking(move || {
-                page(&service, &tenant, what, format, &query, cursor)
+            let written = tokio::task::spawn_blocking(move || {
+                write_page(&service, &tenant, what, format, &query, cursor)
             })
             .await;
-            match page {
+            match written {
                 Ok(Ok((bytes, next))) => Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), next)),
                 Ok(Err(error)) => {
                     tracing::warn!(error = %error.message, "an export stopped");
                     Some((
                         Err(std::io::Error::other(error.message)),
-                        Cursor {
-                            after: None,
-                            first: false,
-                            done: true,
-                        },
+                        Cursor::finished(),
                     ))
                 }
                 Err(error) => Some((
                     Err(std::io::Error::other(error.to_string())),
-                    Cursor {
-                        after: None,
-                        first: false,
-                        done: true,
-                    },
+                    Cursor::finished(),
                 )),
             }
         }
@@ -166,7 +180,7 @@ async fn export(
 }
 
 /// One page of the export, written out, and where the next goes on from.
-fn page(
+fn write_page(
     service: &Service,
     tenant: &TenantRecord,
     what: What,
@@ -179,8 +193,21 @@ fn page(
     if cursor.first && format == Format::Csv {
         out.extend_from_slice(header_row(what).as_bytes());
     }
+    let mut skip_until = cursor.skip_until;
     let (rows, next): (Vec<Value>, Option<String>) = match what {
-        What::Events => events_page(service, tenant, query, cursor.after.as_deref())?,
+        What::Events => {
+            let (mut rows, next) = events_page(service, tenant, query, cursor.after.as_deref())?;
+            if let Some(resume) = &skip_until {
+                match rows.iter().position(|row| row["id"] == resume.as_str()) {
+                    Some(at) => {
+                        rows.drain(..=at);
+                        skip_until = None;
+                    }
+                    None => rows.clear(),
+                }
+            }
+            (rows, next)
+        }
         What::Customers => {
             let page = service.queries.customers(
                 &tenant.id,
@@ -213,6 +240,7 @@ fn page(
         out,
         Cursor {
             after: next,
+            skip_until,
             first: false,
             done,
         },
