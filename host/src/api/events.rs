@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::{ApiError, error_body, status_of};
-use super::extract::{RawBody, RequestOrigin, Tenant, blocking, parse_json, unsupported};
+use super::extract::{Admin, RawBody, RequestOrigin, Tenant, blocking, parse_json, unsupported};
 use super::views;
 use crate::domain::Policy;
 use crate::pipeline::writer::Ingested;
@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/events/batch", post(post_batch))
         .route("/v1/events/import", post(post_import))
         .route("/v1/events/{id}", get(get_event))
+        .route("/v1/tenants/{tenant}/events", post(post_as_operator))
 }
 
 async fn post_event(
@@ -40,6 +41,54 @@ async fn post_event(
     RequestOrigin(origin): RequestOrigin,
     super::extract::EventBody(input): super::extract::EventBody,
 ) -> Result<Response, ApiError> {
+    ingest_one(&state, tenant, origin, input).await
+}
+
+/// `POST /v1/tenants/{tenant}/events` with the admin key: an operator registers an event by
+/// hand for a tenant (a purchase the till missed, a goodwill award). It is any event a
+/// tenant could post, with source `platform` and `data.admin` saying who registered it (the
+/// body's `admin`, `"admin"` when absent), so the history tells it from the tenant's own.
+async fn post_as_operator(
+    State(state): State<AppState>,
+    _: Admin,
+    RequestOrigin(mut origin): RequestOrigin,
+    Path(tenant): Path<String>,
+    super::extract::EventBody(mut input): super::extract::EventBody,
+) -> Result<Response, ApiError> {
+    let lookup = tenant.clone();
+    let tenant = blocking(&state, move |service| service.tenants.tenant(&lookup))
+        .await?
+        .ok_or_else(|| ServiceError::not_found(format!("no tenant {tenant:?}")))?;
+    let Value::Object(fields) = &mut input else {
+        return Err(ServiceError::invalid_request("an event is a JSON object").into());
+    };
+    let admin = match fields.remove("admin") {
+        None | Some(Value::Null) => "admin".to_owned(),
+        Some(Value::String(who)) if !who.trim().is_empty() => who,
+        Some(_) => {
+            return Err(ServiceError::invalid_event(
+                "admin",
+                "\"admin\" names who registered the event (a string)",
+            )
+            .into());
+        }
+    };
+    match fields
+        .entry("data")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()))
+    {
+        Value::Object(data) => {
+            data.insert("admin".to_owned(), Value::String(admin));
+        }
+        _ => {
+            return Err(ServiceError::invalid_event(
+                "data",
+                "\"data\" must be a JSON object of the action's attributes",
+            )
+            .into());
+        }
+    }
+    origin.source = "platform".to_owned();
     ingest_one(&state, tenant, origin, input).await
 }
 
