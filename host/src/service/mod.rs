@@ -1,11 +1,14 @@
-//! What the host does, in domain terms, for the API (and `tally serve --demo`) to call, in four
-//! parts over one [`Store`]:
+//! What the host does, in domain terms, for the API (and `tally serve --demo`) to call, in
+//! five parts over one [`Store`]:
 //!
 //! - [`Tenants`]: tenants and their keys, and whose a key is;
 //! - [`Catalog`]: each tenant's event types and plugins, with the caches that keep checking
 //!   and evaluating an event off the store;
 //! - [`Ingest`]: checking posted events, the group-commit writer, and simulation;
-//! - [`Queries`]: events, customers, histories, ledgers and the outbox.
+//! - [`Queries`]: events, customers, histories, ledgers and the outbox;
+//! - [`Webhooks`]: each tenant's webhook endpoints and the delivery of its outbox to them.
+//!
+//! Segment messages are read as posted events by [`translate`].
 //!
 //! Methods that touch storage or compile wasm block: the API calls them off the async
 //! runtime. Two answer from memory and never block, so that posting an event needs no
