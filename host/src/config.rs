@@ -14,6 +14,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The data directory `tally serve` uses unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./tally-data";
 
+/// The largest import file by default, 10 GiB: millions of rows, well inside a disk that
+/// holds the events they become.
+pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 10 << 30;
+
 /// Everything a host needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,6 +50,8 @@ pub struct Config {
     pub test_clock: bool,
     /// How webhooks are delivered.
     pub webhooks: crate::service::WebhookSettings,
+    /// The largest file `POST /v1/imports` takes.
+    pub max_import_bytes: u64,
 }
 
 /// One per core. On two cores one thread and two measure alike on the ingest bench (within
@@ -76,6 +82,7 @@ impl Config {
             evaluation_threads: default_evaluation_threads(),
             test_clock: false,
             webhooks: crate::service::WebhookSettings::default(),
+            max_import_bytes: DEFAULT_MAX_IMPORT_BYTES,
         }
     }
 
@@ -87,6 +94,11 @@ impl Config {
     /// Where compiled plugin artifacts are cached, so a restart does not recompile.
     pub fn artifact_dir(&self) -> PathBuf {
         self.data_dir.join("artifacts")
+    }
+
+    /// Where files of bulk imports wait for their job to read them.
+    pub fn import_dir(&self) -> PathBuf {
+        self.data_dir.join("imports")
     }
 
     /// The data directory.

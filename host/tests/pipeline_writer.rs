@@ -153,6 +153,11 @@ impl Store for Flaky {
         webhooks(tenant: Option<&str>) -> Result<Vec<(String, tally_host::storage::WebhookRecord)>, StoreError>;
         delete_webhook(tenant: &str, id: &str) -> Result<bool, StoreError>;
         webhook_attempts(tenant: &str, id: &str, before: Option<u64>, limit: usize) -> Result<Vec<tally_host::storage::DeliveryAttempt>, StoreError>;
+        create_import(tenant: &str, job: &tally_host::storage::ImportJob) -> Result<(), StoreError>;
+        update_import(tenant: &str, id: &str, change: &mut dyn FnMut(&mut tally_host::storage::ImportJob), errors: &[tally_host::storage::ImportRowError]) -> Result<tally_host::storage::ImportJob, StoreError>;
+        import(tenant: &str, id: &str) -> Result<Option<tally_host::storage::ImportJob>, StoreError>;
+        imports(tenant: Option<&str>) -> Result<Vec<(String, tally_host::storage::ImportJob)>, StoreError>;
+        import_errors(tenant: &str, id: &str, after: u64, limit: usize) -> Result<Vec<tally_host::storage::ImportRowError>, StoreError>;
         customers(tenant: &str, after: Option<&str>, limit: usize, keep: &dyn Fn(&CustomerRecord) -> bool) -> Result<tally_host::storage::Page<CustomerRecord>, StoreError>;
         customers_by_email(tenant: &str, email: &str) -> Result<Vec<CustomerRecord>, StoreError>;
         read_batch(work: &mut dyn FnMut(&dyn BatchRead) -> Result<(), StoreError>) -> Result<(), StoreError>;

@@ -186,7 +186,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-fn media_type(headers: &HeaderMap) -> String {
+pub(super) fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

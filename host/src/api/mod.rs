@@ -14,6 +14,7 @@ mod event_types;
 mod events;
 mod exports;
 mod extract;
+mod imports;
 mod plugins;
 mod rewards;
 mod segment;
@@ -65,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(segment::router())
         .merge(exports::router())
+        .merge(imports::router())
         .merge(admin::router(config.test_clock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -110,6 +112,7 @@ pub async fn serve(
     let router = app(AppState::new(service.clone()));
     let clock = tokio::spawn(crate::service::run_clock(service.clone()));
     let webhooks = tokio::spawn(crate::service::run_webhooks(service.webhooks.clone()));
+    let imports = tokio::spawn(crate::service::run_imports(service.clone()));
     let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -122,6 +125,9 @@ pub async fn serve(
     // Delivery stops where it is: its cursor is in the store, so the next start goes on
     // (a trigger whose answer was lost is sent again, with the same webhook-id).
     webhooks.abort();
+    // An import stops between chunks: what it queued is committed with the rest, and the
+    // next start resumes at its last stored progress (rows read again are replays).
+    imports.abort();
     // Whatever the server's outcome, everything the writer accepted is committed.
     let stopping = service.clone();
     if let Err(error) = tokio::task::spawn_blocking(move || stopping.shutdown()).await {

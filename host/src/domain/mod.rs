@@ -25,6 +25,7 @@
 mod account;
 mod event;
 pub mod ids;
+pub mod imports;
 mod merge;
 mod policy;
 mod profile;

@@ -41,28 +41,95 @@ enum Column {
 /// without `customer`/`email`, an empty or repeated column name, a row with the wrong
 /// number of fields, a row without an action or a customer, or cells that conflict.
 pub fn csv_to_events(text: &str) -> Result<Vec<Value>, SchemaError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let headers = reader.headers().map_err(csv_error)?.clone();
-    if headers.is_empty() || headers.iter().all(str::is_empty) {
-        return Err(SchemaError::csv(
-            1,
-            "the file is empty: the first line must name the columns (e.g. `_id,action,customer`)",
-        ));
-    }
-    let columns = columns_of(&headers)?;
-    let email_column = headers.iter().position(|h| h == "email");
-
+    let mut rows = CsvEvents::new(text.as_bytes())?;
     let mut events = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(csv_error)?;
-        let line = record.position().map_or(0, csv::Position::line);
+    while let Some(row) = rows.next_event() {
+        events.push(row.event?);
+    }
+    Ok(events)
+}
+
+/// A CSV import read a row at a time from any reader, for files too large to hold: each
+/// row is an event, or the error that row has (a bad row does not stop the rows after it).
+/// Over a file it can stop at a row's [`CsvEvents::position`] and start there again with
+/// [`CsvEvents::seek`].
+#[derive(Debug)]
+pub struct CsvEvents<R> {
+    reader: csv::Reader<R>,
+    columns: Vec<Column>,
+    email_column: Option<usize>,
+    record: csv::StringRecord,
+}
+
+/// One row of a CSV import.
+#[derive(Debug)]
+pub struct CsvRow {
+    /// The 1-based line of the file the row starts on.
+    pub line: u64,
+    /// The event, or what is wrong with the row.
+    pub event: Result<Value, SchemaError>,
+}
+
+impl<R: std::io::Read> CsvEvents<R> {
+    /// Reads the header row.
+    ///
+    /// # Errors
+    /// [`SchemaError::InvalidCsv`]: an empty file, a header without `action` or without
+    /// `customer`/`email`, an empty or repeated column name.
+    pub fn new(input: R) -> Result<CsvEvents<R>, SchemaError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .trim(csv::Trim::All)
+            .flexible(false)
+            .from_reader(input);
+        let headers = reader.headers().map_err(csv_error)?.clone();
+        if headers.is_empty() || headers.iter().all(str::is_empty) {
+            return Err(SchemaError::csv(
+                1,
+                "the file is empty: the first line must name the columns (e.g. `_id,action,customer`)",
+            ));
+        }
+        let columns = columns_of(&headers)?;
+        let email_column = headers.iter().position(|h| h == "email");
+        Ok(CsvEvents {
+            reader,
+            columns,
+            email_column,
+            record: csv::StringRecord::new(),
+        })
+    }
+
+    /// The next row; `None` at the end of the file. A reader that fails (not a row that is
+    /// wrong) is a row whose error has line 0 and after which nothing is read.
+    pub fn next_event(&mut self) -> Option<CsvRow> {
+        match self.reader.read_record(&mut self.record) {
+            Ok(false) => None,
+            Ok(true) => {
+                let line = self.record.position().map_or(0, csv::Position::line);
+                Some(CsvRow {
+                    line,
+                    event: self.event_of_record(line),
+                })
+            }
+            Err(error) => {
+                let line = error.position().map_or(0, csv::Position::line);
+                let event = Err(csv_error(error));
+                Some(CsvRow { line, event })
+            }
+        }
+    }
+
+    /// Where the next row starts: give it to [`CsvEvents::seek`] to read on from here.
+    pub fn position(&self) -> (u64, u64) {
+        let position = self.reader.position();
+        (position.byte(), position.line())
+    }
+
+    fn event_of_record(&self, line: u64) -> Result<Value, SchemaError> {
+        let record = &self.record;
         let mut event = Map::new();
         let mut data = Tree::default();
-        for (column, cell) in columns.iter().zip(record.iter()) {
+        for (column, cell) in self.columns.iter().zip(record.iter()) {
             if cell.is_empty() {
                 continue;
             }
@@ -89,7 +156,8 @@ pub fn csv_to_events(text: &str) -> Result<Vec<Value>, SchemaError> {
             return Err(SchemaError::csv(line, "the `action` of this row is empty"));
         }
         if !event.contains_key("customer") {
-            let email = email_column
+            let email = self
+                .email_column
                 .and_then(|i| record.get(i))
                 .filter(|e| !e.is_empty());
             let Some(email) = email else {
@@ -104,9 +172,21 @@ pub fn csv_to_events(text: &str) -> Result<Vec<Value>, SchemaError> {
             "data".to_owned(),
             data.into_value().map_err(|m| SchemaError::csv(line, m))?,
         );
-        events.push(Value::Object(event));
+        Ok(Value::Object(event))
     }
-    Ok(events)
+}
+
+impl<R: std::io::Read + std::io::Seek> CsvEvents<R> {
+    /// Goes to a row's start, as [`CsvEvents::position`] gave it (byte offset and line);
+    /// the header is kept.
+    ///
+    /// # Errors
+    /// The reader's error.
+    pub fn seek(&mut self, (byte, line): (u64, u64)) -> Result<(), SchemaError> {
+        let mut position = csv::Position::new();
+        position.set_byte(byte).set_line(line);
+        self.reader.seek(position).map_err(csv_error)
+    }
 }
 
 fn columns_of(headers: &csv::StringRecord) -> Result<Vec<Column>, SchemaError> {

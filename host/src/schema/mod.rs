@@ -28,7 +28,7 @@ mod jsonc;
 mod registry;
 
 pub use builtins::{BUILTIN_IDS, builtin, builtin_documents, builtins, is_builtin_id};
-pub use csv_import::csv_to_events;
+pub use csv_import::{CsvEvents, CsvRow, csv_to_events};
 pub use document::{
     ContactCardField, ContactCardValue, DRAFT_2020_12, EventType, MAX_DISPLAY_NAME_LEN, MAX_ID_LEN,
     document_hash, is_valid_id, parse_document,

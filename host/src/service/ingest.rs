@@ -354,35 +354,89 @@ impl Ingest {
         &self,
         events: Vec<Result<NewEvent, ServiceError>>,
     ) -> Vec<Result<Ingested, ServiceError>> {
-        // Every event is queued before any answer is awaited, so that they share batches;
-        // redemptions of rewards go one at a time after them (see `redeem_reward`).
-        let mut redemptions = Vec::new();
-        let waiting: Vec<Result<_, ServiceError>> = events
-            .into_iter()
-            .enumerate()
-            .map(|(index, event)| {
-                let event = event?;
-                if event.action == "reward_redeem" {
-                    redemptions.push((index, event));
-                    return Ok(None);
+        let queued = self.queue(events, Pace::RefuseWhenFull).await;
+        self.answers(queued).await
+    }
+
+    /// Queues events in their order, each as soon as the writer takes it: with
+    /// [`Pace::LeaveRoom`] only while a quarter of the queue stays free for requests (a
+    /// bulk import yields to live traffic), with [`Pace::RefuseWhenFull`] at once, an event
+    /// the full queue refuses failing with `overloaded`. Wait for the answers with
+    /// [`Ingest::answers`].
+    pub async fn queue(
+        &self,
+        events: Vec<Result<NewEvent, ServiceError>>,
+        pace: Pace,
+    ) -> Vec<Queued> {
+        let reserve = self.writer.capacity() / 4;
+        let mut queued = Vec::with_capacity(events.len());
+        for event in events {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    queued.push(Queued(QueuedAs::Refused(error)));
+                    continue;
                 }
-                Ok(Some(self.writer.submit(event)?))
-            })
-            .collect();
-        let mut answers = Vec::with_capacity(waiting.len());
-        for answer in waiting {
-            answers.push(match answer {
-                Ok(Some(answer)) => receive(answer).await,
-                // Filled in below.
-                Ok(None) => Err(ServiceError::internal("a redemption was left unanswered")),
-                Err(error) => Err(error),
+            };
+            // Redemptions of rewards go one at a time, after the rest (see `redeem_reward`).
+            if event.action == "reward_redeem" {
+                queued.push(Queued(QueuedAs::Redemption(Box::new(event))));
+                continue;
+            }
+            if pace == Pace::LeaveRoom {
+                // A writer shutting down has no queue left; submitting then says so.
+                while self.writer.room() <= reserve && self.writer.capacity() > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+            queued.push(Queued(match self.writer.submit(event) {
+                Ok(answer) => QueuedAs::Waiting(answer),
+                Err(error) => QueuedAs::Refused(error.into()),
+            }));
+        }
+        queued
+    }
+
+    /// The answers of events queued by [`Ingest::queue`], in their order.
+    pub async fn answers(&self, queued: Vec<Queued>) -> Vec<Result<Ingested, ServiceError>> {
+        let mut answers = Vec::with_capacity(queued.len());
+        let mut redemptions = Vec::new();
+        for (index, Queued(queued)) in queued.into_iter().enumerate() {
+            answers.push(match queued {
+                QueuedAs::Waiting(answer) => receive(answer).await,
+                QueuedAs::Refused(error) => Err(error),
+                QueuedAs::Redemption(event) => {
+                    redemptions.push((index, event));
+                    // Filled in below.
+                    Err(ServiceError::internal("a redemption was left unanswered"))
+                }
             });
         }
         for (index, event) in redemptions {
-            answers[index] = self.redeem_reward(event).await;
+            answers[index] = self.redeem_reward(*event).await;
         }
         answers
     }
+}
+
+/// How [`Ingest::queue`] treats a busy writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Queue at once; an event the full queue refuses fails with `overloaded`.
+    RefuseWhenFull,
+    /// Wait while less than a quarter of the queue is free.
+    LeaveRoom,
+}
+
+/// An event [`Ingest::queue`] handled: its answer to wait for, or why it was not queued.
+#[derive(Debug)]
+pub struct Queued(QueuedAs);
+
+#[derive(Debug)]
+enum QueuedAs {
+    Waiting(tokio::sync::oneshot::Receiver<Result<Ingested, IngestError>>),
+    Refused(ServiceError),
+    Redemption(Box<NewEvent>),
 }
 
 impl Ingest {

@@ -1,12 +1,13 @@
 //! What the host does, in domain terms, for the API (and `tally serve --demo`) to call, in
-//! five parts over one [`Store`]:
+//! six parts over one [`Store`]:
 //!
 //! - [`Tenants`]: tenants and their keys, and whose a key is;
 //! - [`Catalog`]: each tenant's event types and plugins, with the caches that keep checking
 //!   and evaluating an event off the store;
 //! - [`Ingest`]: checking posted events, the group-commit writer, and simulation;
 //! - [`Queries`]: events, customers, histories, ledgers and the outbox;
-//! - [`Webhooks`]: each tenant's webhook endpoints and the delivery of its outbox to them.
+//! - [`Webhooks`]: each tenant's webhook endpoints and the delivery of its outbox to them;
+//! - [`Imports`]: bulk imports, files of events read in the background through the writer.
 //!
 //! Segment messages are read as posted events by [`translate`].
 //!
@@ -25,6 +26,7 @@ mod catalog;
 mod clock;
 mod error;
 mod events;
+mod imports;
 mod ingest;
 mod queries;
 mod segment;
@@ -39,7 +41,8 @@ pub use self::error::{ErrorKind, ServiceError};
 pub use self::events::{
     MAX_CUSTOMER_LEN, MAX_EVENT_ID_LEN, MAX_LABEL_LEN, Origin, generate_id, kind_of,
 };
-pub use self::ingest::{Checked, Ingest, Simulation};
+pub use self::imports::{Imports, Upload, run_imports};
+pub use self::ingest::{Checked, Ingest, Pace, Queued, Simulation};
 pub use self::queries::{CustomerFilter, LedgerLine, Queries};
 pub use self::segment::{Translated, snake_case, translate};
 pub use self::tenants::{NewTenant, Principal, TenantPatch, Tenants};
@@ -75,6 +78,8 @@ pub struct Service {
     pub queries: Queries,
     /// Webhook endpoints and their delivery.
     pub webhooks: Arc<Webhooks>,
+    /// Bulk import jobs.
+    pub imports: Imports,
     config: Config,
 }
 
@@ -101,10 +106,12 @@ impl Service {
         let (tenants, generated_admin_key) =
             Tenants::open(store.clone(), config.admin_key.as_deref(), clock.clone())?;
         let webhooks = Arc::new(Webhooks::new(store.clone(), config.webhooks.clone())?);
+        let imports = Imports::new(store.clone(), config.import_dir(), config.max_import_bytes)?;
         Ok(Opened {
             service: Service {
                 tenants,
                 webhooks,
+                imports,
                 ingest: Ingest::new(store.clone(), catalog.clone(), writer, clock),
                 queries: Queries::new(store),
                 catalog,

@@ -36,6 +36,7 @@ use serde::Serialize;
 use tally_sdk::Timestamp;
 
 pub use self::redb::RedbStore;
+pub use crate::domain::imports::{IMPORT_ERRORS_KEPT, ImportJob, ImportRowError};
 pub use crate::domain::records::{
     AppendEvent, Appended, AuditEntry, CustomerRecord, EventOutcome, EventTypeRecord, LedgerEntry,
     NewLedgerEntry, NewTrigger, OnError, OutboxTrigger, PluginErrorRecord, PluginRecord, PluginRun,
@@ -398,6 +399,37 @@ pub trait Store: BatchRead + Send + Sync {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<DeliveryAttempt>, StoreError>;
+
+    /// Adds a bulk import job to `tenant`; `Conflict` when its id is taken.
+    fn create_import(&self, tenant: &str, job: &ImportJob) -> Result<(), StoreError>;
+
+    /// Changes import `id` of `tenant` in one transaction (`change` gets it as stored, so a
+    /// cancel and the runner's progress never overwrite each other) and adds `errors` to its
+    /// row report, which keeps the first [`IMPORT_ERRORS_KEPT`] rows refused (`change` is to
+    /// count them in `progress.failed`). Answers the job as changed; `NotFound` when there is
+    /// none.
+    fn update_import(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: &mut dyn FnMut(&mut ImportJob),
+        errors: &[ImportRowError],
+    ) -> Result<ImportJob, StoreError>;
+
+    /// Import `id` of `tenant`.
+    fn import(&self, tenant: &str, id: &str) -> Result<Option<ImportJob>, StoreError>;
+
+    /// The imports of `tenant`, or of every tenant (`None`), by tenant and id.
+    fn imports(&self, tenant: Option<&str>) -> Result<Vec<(String, ImportJob)>, StoreError>;
+
+    /// Up to `limit` refused rows of an import after row number `after`, in row order.
+    fn import_errors(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ImportRowError>, StoreError>;
 
     /// Works out again what is due for every customer of `tenant`, with the tenant's settings
     /// as stored (after they changed), keeping the clock's index in step; returns how many

@@ -223,6 +223,24 @@ impl Writer {
         Ok(answer)
     }
 
+    /// How many events the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, mpsc::Sender::max_capacity)
+    }
+
+    /// How many more events the queue takes now.
+    pub fn room(&self) -> usize {
+        self.sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, mpsc::Sender::capacity)
+    }
+
     /// Stops taking events, lets the writer commit and answer everything queued, and waits
     /// for it to finish. Call it after the server stopped accepting requests.
     pub fn shutdown(&self) {

@@ -72,6 +72,7 @@ mod codec;
 mod cursor;
 mod customers;
 mod format;
+mod imports;
 mod pages;
 mod read;
 mod reschedule;
@@ -90,8 +91,8 @@ use self::read::{get_customer, get_event, get_plugin_state};
 use self::tables::{CUSTOMER_DATA, EVENTS};
 use super::{
     AuditEntry, BatchRead, BatchTxn, CustomerRecord, DeliveryAttempt, DueWork, EventQuery,
-    EventTypeRecord, LedgerEntry, OutboxTrigger, Page, PluginRecord, RawJson, RewardRecord, Store,
-    StoreError, StoredEvent, TenantRecord, WebhookRecord,
+    EventTypeRecord, ImportJob, ImportRowError, LedgerEntry, OutboxTrigger, Page, PluginRecord,
+    RawJson, RewardRecord, Store, StoreError, StoredEvent, TenantRecord, WebhookRecord,
 };
 
 /// The [`Store`] on one redb file.
@@ -402,6 +403,38 @@ impl Store for RedbStore {
         limit: usize,
     ) -> Result<Vec<DeliveryAttempt>, StoreError> {
         webhooks::attempts(&self.db, tenant, id, before, limit)
+    }
+
+    fn create_import(&self, tenant: &str, job: &ImportJob) -> Result<(), StoreError> {
+        self.write(|txn| imports::create(txn, tenant, job))
+    }
+
+    fn update_import(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: &mut dyn FnMut(&mut ImportJob),
+        errors: &[ImportRowError],
+    ) -> Result<ImportJob, StoreError> {
+        self.write(|txn| imports::update(txn, tenant, id, change, errors))
+    }
+
+    fn import(&self, tenant: &str, id: &str) -> Result<Option<ImportJob>, StoreError> {
+        imports::get(&self.db, tenant, id)
+    }
+
+    fn imports(&self, tenant: Option<&str>) -> Result<Vec<(String, ImportJob)>, StoreError> {
+        imports::all(&self.db, tenant)
+    }
+
+    fn import_errors(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ImportRowError>, StoreError> {
+        imports::errors(&self.db, tenant, id, after, limit)
     }
 
     fn reschedule(&self, tenant: &str) -> Result<usize, StoreError> {

@@ -38,16 +38,22 @@ pub(super) const REWARDS: TableDefinition<'_, (&str, &str), &[u8]> =
 /// that redeems one, which refuses it when the stock is gone.
 pub(super) const REWARD_COUNTS: TableDefinition<'_, (&str, &str), u64> =
     TableDefinition::new("reward_counts");
-/// What the clock is to write, by tenant and time: (tenant, due unix seconds, customer, kind)
-/// → the internal event's data as JSON. Kept in step with each customer record's `due` by
-/// the append that changes it, so the clock reads what is due with one range per tenant
-/// and never scans customers.
 /// Each tenant's webhook endpoints, by (tenant, id).
 pub(super) const WEBHOOKS: TableDefinition<'_, (&str, &str), &[u8]> =
     TableDefinition::new("webhooks");
 /// Each endpoint's delivery log, by (tenant, endpoint, attempt).
 pub(super) const WEBHOOK_ATTEMPTS: TableDefinition<'_, (&str, &str, u64), &[u8]> =
     TableDefinition::new("webhook_attempts");
+/// Each tenant's bulk import jobs, by (tenant, id).
+pub(super) const IMPORTS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("imports");
+/// Each import's report of refused rows, by (tenant, import, row).
+pub(super) const IMPORT_ERRORS: TableDefinition<'_, (&str, &str, u64), &[u8]> =
+    TableDefinition::new("import_errors");
+/// What the clock is to write, by tenant and time: (tenant, due unix seconds, customer, kind)
+/// → the internal event's data as JSON. Kept in step with each customer record's `due` by
+/// the append that changes it, so the clock reads what is due with one range per tenant
+/// and never scans customers.
 pub(super) const DUE: TableDefinition<'_, (&str, i64, &str, &str), &[u8]> =
     TableDefinition::new("due");
 
@@ -83,6 +89,8 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(AUDIT)?;
     txn.open_table(WEBHOOKS)?;
     txn.open_table(WEBHOOK_ATTEMPTS)?;
+    txn.open_table(IMPORTS)?;
+    txn.open_table(IMPORT_ERRORS)?;
     Ok(())
 }
 
