@@ -188,15 +188,8 @@ async fn triggers_arrive_signed_in_order_through_failures_and_a_rotation() {
             .as_secs() as i64;
         assert!((now - at).abs() < 120, "{request:?}");
     }
-    // In outbox order, so in order per customer, each with what a marketing tool reads.
+    // In order per customer (customers side by side), each with what a marketing tool reads.
     let arrived = delivered(&receiver);
-    let seqs: Vec<u64> = arrived
-        .iter()
-        .map(|got| got.body["data"]["seq"].as_u64().unwrap())
-        .collect();
-    let mut sorted = seqs.clone();
-    sorted.sort_unstable();
-    assert_eq!(seqs, sorted, "{arrived:?}");
     for customer in ["ann", "bob"] {
         let names: Vec<&str> = arrived
             .iter()
@@ -229,9 +222,9 @@ async fn triggers_arrive_signed_in_order_through_failures_and_a_rotation() {
         2,
         "{log}"
     );
-    assert_eq!(
-        outcomes.iter().filter(|o| **o == "delivered").count(),
-        6,
+    // A customer's delivery that went ahead of another's failure is sent again after it.
+    assert!(
+        outcomes.iter().filter(|o| **o == "delivered").count() >= 6,
         "{log}"
     );
     let (_, endpoint) = host.get(&format!("/v1/webhooks/{id}"), &key).await;
@@ -399,5 +392,74 @@ async fn private_destinations_are_refused_unless_the_operator_allows_them() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = host.get(&format!("/v1/webhooks/{id}"), &key).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    host.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_turned_off_the_tenant_told_and_the_outbox_pruned() {
+    let failing = Arc::new(Mutex::new(Receiver {
+        down: true,
+        ..Receiver::default()
+    }));
+    let told = Arc::new(Mutex::new(Receiver::default()));
+    let (failing_url, told_url) = (
+        start_receiver(failing.clone()).await,
+        start_receiver(told.clone()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = delivering("0.05");
+    options
+        .args
+        .extend(["--outbox-retention-hours".to_owned(), "0".to_owned()]);
+    let host = Host::start_with(dir.path(), &options);
+    let key = host.tenant("acme").await;
+    let (_, endpoint) = host
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({"url": failing_url, "triggers": ["LoyaltyOptIn"]}),
+        )
+        .await;
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    host.post(
+        "/v1/webhooks",
+        &key,
+        &json!({"url": told_url, "triggers": ["WebhookEndpointDisabled"]}),
+    )
+    .await;
+    for n in 0..5 {
+        opt(&host, &key, &format!("c{n}"), "opt_in", n).await;
+    }
+
+    // Five dead letters in a row turn the endpoint off, and the tenant hears of it.
+    wait_until("the tenant told", || !delivered(&told).is_empty()).await;
+    let notice = &delivered(&told)[0].body;
+    assert_eq!(notice["type"], "WebhookEndpointDisabled", "{notice}");
+    assert_eq!(notice["data"]["trigger"]["endpoint"], json!(id), "{notice}");
+    let (_, endpoint) = host.get(&format!("/v1/webhooks/{id}"), &key).await;
+    assert_eq!(endpoint["enabled"], false, "{endpoint}");
+    assert_eq!(endpoint["delivery"]["dead_lettered"], 5, "{endpoint}");
+    assert!(
+        endpoint["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("5 triggers in a row"),
+        "{endpoint}"
+    );
+
+    // Past the retention (none here) and past every enabled endpoint, the outbox is pruned:
+    // the opt-ins and the notice are gone from it.
+    let started = Instant::now();
+    loop {
+        let (_, triggers) = host.get("/v1/triggers", &key).await;
+        if triggers["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the outbox was not pruned: {triggers}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     host.stop();
 }

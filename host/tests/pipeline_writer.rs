@@ -153,6 +153,8 @@ impl Store for Flaky {
         webhooks(tenant: Option<&str>) -> Result<Vec<(String, tally_host::storage::WebhookRecord)>, StoreError>;
         delete_webhook(tenant: &str, id: &str) -> Result<bool, StoreError>;
         webhook_attempts(tenant: &str, id: &str, before: Option<u64>, limit: usize) -> Result<Vec<tally_host::storage::DeliveryAttempt>, StoreError>;
+        add_trigger(tenant: &str, trigger: &tally_host::storage::OutboxTrigger) -> Result<u64, StoreError>;
+        prune_outbox(tenant: &str, up_to: u64, before: Timestamp, limit: usize) -> Result<usize, StoreError>;
         create_import(tenant: &str, job: &tally_host::storage::ImportJob) -> Result<(), StoreError>;
         update_import(tenant: &str, id: &str, change: &mut dyn FnMut(&mut tally_host::storage::ImportJob), errors: &[tally_host::storage::ImportRowError]) -> Result<tally_host::storage::ImportJob, StoreError>;
         import(tenant: &str, id: &str) -> Result<Option<tally_host::storage::ImportJob>, StoreError>;

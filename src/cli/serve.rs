@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use std::time::Duration;
 use tally_host::api;
-use tally_host::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
-use tally_host::service::{Opened, Service, ServiceError};
+use tally_host::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_IMPORT_BYTES};
+use tally_host::service::{DEFAULT_OUTBOX_RETENTION_DAYS, Opened, Service, ServiceError};
 use tally_host::storage::redb::DEFAULT_CACHE_BYTES;
 use tally_host::storage::{RedbStore, Store};
 
@@ -62,6 +62,13 @@ pub struct ServeArgs {
     /// is dead-lettered. Tests shorten it.
     #[arg(long, env = "TALLY_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',')]
     webhook_retry_schedule: Option<Vec<f64>>,
+    /// Hours a trigger stays in the outbox (for `GET /v1/triggers`) once every enabled
+    /// webhook endpoint is past it; then it is removed. Fractions allowed.
+    #[arg(long, env = "TALLY_OUTBOX_RETENTION_HOURS", default_value_t = (DEFAULT_OUTBOX_RETENTION_DAYS * 24) as f64)]
+    outbox_retention_hours: f64,
+    /// The largest file `POST /v1/imports` takes, in MiB.
+    #[arg(long, env = "TALLY_MAX_IMPORT_MB", default_value_t = DEFAULT_MAX_IMPORT_BYTES >> 20)]
+    max_import_mb: u64,
 }
 
 /// The HTTP threads when none are asked for. Answering a request takes a fraction of what
@@ -129,6 +136,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .collect::<Result<_, _>>()
             .map_err(|error| format!("--webhook-retry-schedule: {error}"))?;
     }
+    config.webhooks.outbox_retention =
+        Duration::try_from_secs_f64(args.outbox_retention_hours * 3600.0)
+            .map_err(|error| format!("--outbox-retention-hours: {error}"))?;
+    config.max_import_bytes = args.max_import_mb.saturating_mul(1 << 20);
     if let Some(threads) = args.evaluation_threads.filter(|&threads| threads > 0) {
         config.evaluation_threads = threads;
     }

@@ -435,6 +435,10 @@ pub struct OutboxTrigger {
     /// The customer as the event left them, for whoever the trigger goes to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<CustomerSnapshot>,
+    /// When it entered the outbox (the event's receipt); what its retention counts from.
+    /// Absent in rows written before it was kept, which count as old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
 }
 
 /// What marketing tools read of a customer with every trigger (the fields Yotpo/Rule send),

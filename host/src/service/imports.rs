@@ -450,12 +450,12 @@ async fn run_chunks(service: &Arc<Service>, tenant: &str, job: ImportJob) -> Res
                     .next_chunk(CHUNK_ROWS)
                     .map_err(ServiceError::internal)?;
                 let prepared = prepare(&service, &tenant, &chunk, &origin);
-                Ok::<_, ServiceError>(Next::Chunk(rows, chunk, prepared))
+                Ok::<_, ServiceError>(Next::Chunk(Box::new((rows, chunk, prepared))))
             }
         })
         .await?;
         let (returned, chunk, prepared) = match next {
-            Next::Chunk(rows, chunk, prepared) => (rows, chunk, prepared),
+            Next::Chunk(read) => *read,
             stop @ (Next::Gone | Next::Cancel) => {
                 if let Some((chunk, queued)) = pending.take() {
                     checkpoint(service, tenant, &job.id, chunk, queued, &mut since).await?;
@@ -479,13 +479,19 @@ async fn run_chunks(service: &Arc<Service>, tenant: &str, job: ImportJob) -> Res
     }
 }
 
+/// The file read on, a chunk of its rows, and their events checked.
+type ReadChunk = (
+    Rows,
+    Chunk,
+    Vec<Result<crate::domain::NewEvent, ServiceError>>,
+);
+
+/// A row's line, and its event or what is wrong with it.
+type RowRead = (u64, Result<Value, ServiceError>);
+
 /// What the runner does next.
 enum Next {
-    Chunk(
-        Rows,
-        Chunk,
-        Vec<Result<crate::domain::NewEvent, ServiceError>>,
-    ),
+    Chunk(Box<ReadChunk>),
     Cancel,
     Gone,
 }
@@ -719,7 +725,7 @@ impl Rows {
 
     /// The next row and the line it starts on; `None` at the end. An error is the file's
     /// (it cannot be read on), a row's own is in the row.
-    fn next_row(&mut self) -> Result<Option<(u64, Result<Value, ServiceError>)>, String> {
+    fn next_row(&mut self) -> Result<Option<RowRead>, String> {
         match &mut self.format {
             Format::Csv(csv) => Ok(csv
                 .next_event()

@@ -47,8 +47,8 @@ pub use self::queries::{CustomerFilter, LedgerLine, Queries};
 pub use self::segment::{Translated, snake_case, translate};
 pub use self::tenants::{NewTenant, Principal, TenantPatch, Tenants};
 pub use self::webhooks::{
-    DEFAULT_RETRY_SCHEDULE, NewWebhook, WebhookPatch, WebhookSettings, Webhooks, is_private,
-    run_webhooks, sign,
+    DEFAULT_OUTBOX_RETENTION_DAYS, DEFAULT_RETRY_SCHEDULE, ENDPOINT_DISABLED, NewWebhook,
+    WebhookPatch, WebhookSettings, Webhooks, is_private, run_webhooks, sign,
 };
 use crate::config::Config;
 use crate::pipeline::writer::Writer;

@@ -400,6 +400,20 @@ pub trait Store: BatchRead + Send + Sync {
         limit: usize,
     ) -> Result<Vec<DeliveryAttempt>, StoreError>;
 
+    /// Adds a trigger of the host's own (not of an event: an endpoint turned off, ...) at the
+    /// end of `tenant`'s outbox; its `seq` is assigned and answered.
+    fn add_trigger(&self, tenant: &str, trigger: &OutboxTrigger) -> Result<u64, StoreError>;
+
+    /// Removes up to `limit` of `tenant`'s triggers numbered at most `up_to` that entered the
+    /// outbox before `before`, oldest first; answers how many went.
+    fn prune_outbox(
+        &self,
+        tenant: &str,
+        up_to: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
     /// Adds a bulk import job to `tenant`; `Conflict` when its id is taken.
     fn create_import(&self, tenant: &str, job: &ImportJob) -> Result<(), StoreError>;
 

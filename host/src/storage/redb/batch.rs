@@ -503,6 +503,7 @@ impl<'txn> RedbBatch<'txn> {
                 name: new.trigger.name,
                 data: new.trigger.data,
                 snapshot: snapshot.clone(),
+                created_at: Some(event.received_at),
             };
             let bytes = encode(&trigger, || {
                 format!("outbox trigger {seq} of tenant {tenant}")

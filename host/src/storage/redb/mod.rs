@@ -405,6 +405,20 @@ impl Store for RedbStore {
         webhooks::attempts(&self.db, tenant, id, before, limit)
     }
 
+    fn add_trigger(&self, tenant: &str, trigger: &OutboxTrigger) -> Result<u64, StoreError> {
+        self.write(|txn| pages::add_trigger(txn, tenant, trigger))
+    }
+
+    fn prune_outbox(
+        &self,
+        tenant: &str,
+        up_to: u64,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.write(|txn| pages::prune_outbox(txn, tenant, up_to, before, limit))
+    }
+
     fn create_import(&self, tenant: &str, job: &ImportJob) -> Result<(), StoreError> {
         self.write(|txn| imports::create(txn, tenant, job))
     }

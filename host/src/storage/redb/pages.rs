@@ -3,13 +3,14 @@
 
 use std::ops::Bound;
 
-use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
+use ::redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::codec::{LedgerRow, decode, decode_history};
+use super::codec::{LedgerRow, decode, decode_history, encode};
 use super::cursor;
 use super::read::get_event;
 use super::tables::{
-    AUDIT, CUSTOMER_DATA, CustomerKey, DUE, EVENTS, OUTBOX, history_key, ledger_key, ledger_seq,
+    AUDIT, CUSTOMER_DATA, CustomerKey, DUE, EVENTS, OUTBOX, SEQ_OUTBOX, SEQUENCES, history_key,
+    ledger_key, ledger_seq,
 };
 use crate::domain::{Due, DueKind};
 use crate::storage::{
@@ -188,6 +189,62 @@ pub(super) fn outbox(
         })?);
     }
     Ok(triggers)
+}
+
+/// A trigger of the host's own, not of an event, at the end of the tenant's outbox, as
+/// [`Store::add_trigger`](crate::storage::Store::add_trigger).
+pub(super) fn add_trigger(
+    txn: &WriteTransaction,
+    tenant: &str,
+    trigger: &OutboxTrigger,
+) -> Result<u64, StoreError> {
+    let mut sequences = txn.open_table(SEQUENCES)?;
+    let last = sequences
+        .get((tenant, SEQ_OUTBOX))?
+        .map_or(0, |last| last.value());
+    let seq = last.checked_add(1).ok_or_else(|| {
+        StoreError::Invalid(format!("the outbox sequence of tenant {tenant} is full"))
+    })?;
+    sequences.insert((tenant, SEQ_OUTBOX), seq)?;
+    let trigger = OutboxTrigger {
+        seq,
+        ..trigger.clone()
+    };
+    let bytes = encode(&trigger, || {
+        format!("outbox trigger {seq} of tenant {tenant}")
+    })?;
+    txn.open_table(OUTBOX)?
+        .insert((tenant, seq), bytes.as_slice())?;
+    Ok(seq)
+}
+
+/// Removes a tenant's oldest triggers, as
+/// [`Store::prune_outbox`](crate::storage::Store::prune_outbox).
+pub(super) fn prune_outbox(
+    txn: &WriteTransaction,
+    tenant: &str,
+    up_to: u64,
+    before: Timestamp,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let mut table = txn.open_table(OUTBOX)?;
+    let mut gone = Vec::new();
+    for row in table.range((tenant, 0)..=(tenant, up_to))?.take(limit) {
+        let (key, value) = row?;
+        let seq = key.value().1;
+        let trigger: OutboxTrigger = decode(value.value(), || {
+            format!("outbox trigger {seq} of tenant {tenant}")
+        })?;
+        // The outbox is in order of receipt, so the first one young enough ends the run.
+        if trigger.created_at.is_some_and(|at| at >= before) {
+            break;
+        }
+        gone.push(seq);
+    }
+    for seq in &gone {
+        table.remove((tenant, *seq))?;
+    }
+    Ok(gone.len())
 }
 
 /// Up to `limit` of a tenant's audit entries after `after_seq`, as
