@@ -191,7 +191,7 @@ async fn the_cli_imports_a_large_file_once_and_exports_it() {
         "{counts}"
     );
     assert!(
-        String::from_utf8_lossy(&first.stderr).contains("row 1235: schema_violation"),
+        String::from_utf8_lossy(&first.stderr).contains("row 1235 (line 1235): schema_violation"),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );

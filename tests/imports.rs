@@ -40,7 +40,8 @@ async fn upload(host: &Host, key: &str, content_type: &str, body: Vec<u8>) -> (S
     answer(response).await
 }
 
-/// Polls a job until `done` says so (or five minutes pass), and returns it.
+/// Polls a job until `done` says so (or fifteen minutes pass: a million rows on a slow
+/// machine), and returns it.
 async fn poll(host: &Host, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
@@ -50,7 +51,7 @@ async fn poll(host: &Host, key: &str, id: &str, done: impl Fn(&Value) -> bool) -
             return job;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(300),
+            started.elapsed() < Duration::from_secs(900),
             "the import did not get there: {job}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

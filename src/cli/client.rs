@@ -1,22 +1,22 @@
 //! `tally import` and `tally export`: a client of a running host, for files too large for
 //! one request.
 //!
-//! - `tally import FILE` posts a CSV file (Antavo's import format, as `POST
+//! - `tally import FILE` uploads a CSV file (Antavo's import format, as `POST
 //!   /v1/events/import` takes it) or an NDJSON file (one event a line, as `POST /v1/events`
-//!   takes it) in chunks of `--chunk` rows, printing progress and a summary; a file read
-//!   again stores nothing twice (a row without an id gets one made from its chunk and row).
+//!   takes it) as an import job (`POST /v1/imports`), streamed from the file, then shows the
+//!   job's progress until it ends, the first rows refused, and a summary; a file imported
+//!   again stores nothing twice (a row without an id gets one made from the file and row).
 //! - `tally export events|customers|ledger` streams `GET /v1/exports/...` to standard output
 //!   or `--out FILE`.
 //!
 //! The host's URL and the tenant's key come from `--url`/`TALLY_URL` and `--key`/`TALLY_KEY`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// Where the host is and whose key to use.
 #[derive(Debug, clap::Args)]
@@ -34,9 +34,6 @@ pub struct Connection {
 pub struct ImportArgs {
     /// A `.csv` file, or `.ndjson`/`.jsonl` (one event a line).
     file: PathBuf,
-    /// Rows a request (the host takes at most 1,000).
-    #[arg(long, default_value_t = 1000)]
-    chunk: usize,
     #[command(flatten)]
     connection: Connection,
 }
@@ -71,22 +68,15 @@ pub struct ExportArgs {
     connection: Connection,
 }
 
-/// What an import has done so far.
-#[derive(Debug, Default)]
-struct Tally {
-    read: u64,
-    stored: u64,
-    replayed: u64,
-    failed: u64,
-    failures: Vec<String>,
-}
-
-/// The failures a summary lists; the rest are counted.
+/// The failed rows a summary lists; the rest are in the job's report.
 const FAILURES_SHOWN: usize = 20;
+
+/// How often the job's progress is read.
+const POLL_EVERY: Duration = Duration::from_millis(500);
 
 pub fn import(args: ImportArgs) -> ExitCode {
     match runtime().and_then(|runtime| runtime.block_on(run_import(&args))) {
-        Ok(tally) if tally.failed == 0 => ExitCode::SUCCESS,
+        Ok(job) if job["state"] == "done" && job["rows"]["failed"] == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(error) => {
             eprintln!("tally import: {error}");
@@ -95,142 +85,124 @@ pub fn import(args: ImportArgs) -> ExitCode {
     }
 }
 
-async fn run_import(args: &ImportArgs) -> Result<Tally, String> {
-    let file = std::fs::File::open(&args.file)
+/// Uploads the file as an import job, follows its progress on standard error until it
+/// ends, lists the first rows refused, and prints the summary on standard output.
+async fn run_import(args: &ImportArgs) -> Result<Value, String> {
+    let connection = &args.connection;
+    let base = connection.url.trim_end_matches('/');
+    let file = tokio::fs::File::open(&args.file)
+        .await
         .map_err(|error| format!("cannot open {}: {error}", args.file.display()))?;
     let csv = args
         .file
         .extension()
         .is_some_and(|extension| extension.eq_ignore_ascii_case("csv"));
-    let chunk = args.chunk.clamp(1, 1000);
     let client = reqwest::Client::new();
     let started = Instant::now();
-    let mut tally = Tally::default();
-    let mut lines = BufReader::new(file).lines();
-    let header = if csv {
-        match lines.next() {
-            Some(line) => Some(line.map_err(|error| error.to_string())?),
-            None => return Ok(tally),
+    // Streamed from the file: a file of millions of rows is never held whole.
+    let job = send(
+        client
+            .post(format!("{base}/v1/imports"))
+            .bearer_auth(&connection.key)
+            .header(
+                "content-type",
+                if csv {
+                    "text/csv"
+                } else {
+                    "application/x-ndjson"
+                },
+            )
+            .body(reqwest::Body::from(file)),
+    )
+    .await?;
+    let id = job["id"]
+        .as_str()
+        .ok_or_else(|| format!("the host answered no job id: {job}"))?
+        .to_owned();
+    eprintln!(
+        "tally import: {} uploaded as import {id}",
+        args.file.display()
+    );
+    let job = loop {
+        let job = send(
+            client
+                .get(format!("{base}/v1/imports/{id}"))
+                .bearer_auth(&connection.key),
+        )
+        .await?;
+        eprint!("\r{}", progress_line(&job));
+        if matches!(job["state"].as_str(), Some("done" | "failed" | "cancelled")) {
+            eprintln!();
+            break job;
         }
-    } else {
-        None
+        tokio::time::sleep(POLL_EVERY).await;
     };
-    let mut rows: Vec<String> = Vec::with_capacity(chunk);
-    let mut first_row = 1_u64;
-    loop {
-        let line = lines
-            .next()
-            .transpose()
-            .map_err(|error| error.to_string())?;
-        if let Some(line) = line {
-            if !line.trim().is_empty() {
-                rows.push(line);
-            }
-            if rows.len() < chunk {
-                continue;
-            }
-        }
-        if rows.is_empty() {
-            break;
-        }
-        let count = rows.len() as u64;
-        let answer = match &header {
-            Some(header) => post_csv(&client, &args.connection, header, &rows).await?,
-            None => post_ndjson(&client, &args.connection, &rows, first_row).await?,
-        };
-        count_answer(&mut tally, &answer, first_row);
-        tally.read += count;
-        first_row += count;
-        rows.clear();
-        let seconds = started.elapsed().as_secs_f64().max(0.001);
+    if let Some(error) = job["error"].as_str() {
         eprintln!(
-            "tally import: {} rows read, {} stored, {} replayed, {} failed ({:.0} rows/s)",
-            tally.read,
-            tally.stored,
-            tally.replayed,
-            tally.failed,
-            tally.read as f64 / seconds
+            "tally import: the import {}: {error}",
+            job["state"].as_str().unwrap_or("ended")
         );
     }
-    for failure in tally.failures.iter().take(FAILURES_SHOWN) {
-        eprintln!("  {failure}");
+    let failed = job["rows"]["failed"].as_u64().unwrap_or(0);
+    if failed > 0 {
+        let report = send(
+            client
+                .get(format!("{base}/v1/imports/{id}/errors"))
+                .query(&[("limit", FAILURES_SHOWN)])
+                .bearer_auth(&connection.key),
+        )
+        .await?;
+        for row in report["items"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            eprintln!(
+                "  row {} (line {}): {}: {}",
+                row["row"],
+                row["line"],
+                row["code"].as_str().unwrap_or_default(),
+                row["message"].as_str().unwrap_or_default()
+            );
+        }
+        if failed > FAILURES_SHOWN as u64 {
+            eprintln!(
+                "  ... and {} more: GET /v1/imports/{id}/errors",
+                failed - FAILURES_SHOWN as u64
+            );
+        }
     }
-    if tally.failures.len() > FAILURES_SHOWN {
-        eprintln!("  ... and {} more", tally.failures.len() - FAILURES_SHOWN);
-    }
+    let rows = &job["rows"];
     println!(
         "{}",
-        json!({"read": tally.read, "stored": tally.stored, "replayed": tally.replayed,
-               "failed": tally.failed,
+        json!({"id": id, "state": job["state"], "read": rows["read"], "stored": rows["stored"],
+               "replayed": rows["replayed"], "failed": rows["failed"],
                "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0})
     );
-    Ok(tally)
+    Ok(job)
 }
 
-/// One chunk of a CSV file, with its header, as `POST /v1/events/import` takes it.
-async fn post_csv(
-    client: &reqwest::Client,
-    connection: &Connection,
-    header: &str,
-    rows: &[String],
-) -> Result<Value, String> {
-    let mut body = String::with_capacity(
-        header.len() + rows.iter().map(String::len).sum::<usize>() + rows.len() + 1,
+/// `[#######.............]  35%  350000 rows read, 349998 stored, ... (41000 rows/s)`
+fn progress_line(job: &Value) -> String {
+    let (read, total) = (
+        job["bytes_read"].as_u64().unwrap_or(0),
+        job["bytes"].as_u64().unwrap_or(0).max(1),
     );
-    body.push_str(header);
-    body.push('\n');
-    for row in rows {
-        body.push_str(row);
-        body.push('\n');
-    }
-    send(
-        client
-            .post(format!(
-                "{}/v1/events/import",
-                connection.url.trim_end_matches('/')
-            ))
-            .bearer_auth(&connection.key)
-            .header("content-type", "text/csv")
-            .body(body),
+    let done = usize::try_from(read.saturating_mul(20) / total)
+        .unwrap_or(20)
+        .min(20);
+    let rows = &job["rows"];
+    format!(
+        "[{}{}] {:>3}%  {} rows read, {} stored, {} replayed, {} failed ({} rows/s)  ",
+        "#".repeat(done),
+        ".".repeat(20 - done),
+        read.saturating_mul(100) / total,
+        rows["read"],
+        rows["stored"],
+        rows["replayed"],
+        rows["failed"],
+        job["rate"]
     )
-    .await
-}
-
-/// One chunk of an NDJSON file as `POST /v1/events/batch` takes it; an event without an id
-/// gets `import-<the file chunk's SHA-256>-<line>`, so reading the file again is a replay.
-async fn post_ndjson(
-    client: &reqwest::Client,
-    connection: &Connection,
-    rows: &[String],
-    first_row: u64,
-) -> Result<Value, String> {
-    let digest = Sha256::digest(rows.join("\n").as_bytes());
-    let chunk = hex::encode(&digest[..8]);
-    let mut events = Vec::with_capacity(rows.len());
-    for (offset, row) in rows.iter().enumerate() {
-        let mut event: Value = serde_json::from_str(row).unwrap_or_else(|error| {
-            // Sent as it is: the host answers it with its own invalid_json-like refusal.
-            json!({"unreadable": error.to_string()})
-        });
-        if let Value::Object(fields) = &mut event
-            && !fields.contains_key("id")
-            && !fields.contains_key("unreadable")
-        {
-            let line = first_row + offset as u64;
-            fields.insert("id".to_owned(), json!(format!("import-{chunk}-{line}")));
-        }
-        events.push(event);
-    }
-    send(
-        client
-            .post(format!(
-                "{}/v1/events/batch",
-                connection.url.trim_end_matches('/')
-            ))
-            .bearer_auth(&connection.key)
-            .json(&events),
-    )
-    .await
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Result<Value, String> {
@@ -247,26 +219,6 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Value, String> {
         ));
     }
     Ok(body)
-}
-
-fn count_answer(tally: &mut Tally, answer: &Value, first_row: u64) {
-    let count = |name: &str| answer[name].as_u64().unwrap_or(0);
-    tally.stored += count("stored");
-    tally.replayed += count("replayed");
-    tally.failed += count("failed");
-    let results = answer["results"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    for (offset, result) in results.iter().enumerate() {
-        if let Some(code) = result["error"]["code"].as_str() {
-            tally.failures.push(format!(
-                "row {}: {code}: {}",
-                first_row + offset as u64,
-                result["error"]["message"].as_str().unwrap_or_default()
-            ));
-        }
-    }
 }
 
 pub fn export(args: ExportArgs) -> ExitCode {

@@ -8,7 +8,8 @@ use tally_sdk::Timestamp;
 /// A bulk import: one uploaded file of events, read a chunk at a time through the writer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportJob {
-    /// `imp_` and 16 hex digits.
+    /// `imp_` and 16 hex digits, the first ten the milliseconds it came in at: ids sort by
+    /// age.
     pub id: String,
     /// How the file is read.
     pub format: ImportFormat,

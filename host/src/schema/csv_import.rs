@@ -267,6 +267,31 @@ mod tests {
     }
 
     #[test]
+    fn reading_on_from_a_position_obeyed() {
+        let text = "action,customer,note\nopt_in,c1,\"a\nb\"\nopt_in,c2,x\nopt_in,c3,y\n";
+        let mut rows = CsvEvents::new(std::io::Cursor::new(text.as_bytes())).unwrap();
+        let first = rows.next_event().unwrap();
+        assert_eq!(first.line, 2);
+        let position = rows.position();
+        // A reader opened again on the file, moved to where the first stopped.
+        let mut again = CsvEvents::new(std::io::Cursor::new(text.as_bytes())).unwrap();
+        again.seek(position).unwrap();
+        let second = again.next_event().unwrap();
+        assert_eq!(second.line, 4, "the quoted field took two lines");
+        assert_eq!(second.event.unwrap()["customer"], "c2");
+        assert_eq!(again.next_event().unwrap().event.unwrap()["customer"], "c3");
+        assert!(again.next_event().is_none());
+    }
+
+    #[test]
+    fn a_bad_row_does_not_stop_the_rows_after_it_obeyed() {
+        let text = "action,customer\nopt_in,c1,extra\nopt_in,c2\n";
+        let mut rows = CsvEvents::new(text.as_bytes()).unwrap();
+        assert!(rows.next_event().unwrap().event.is_err());
+        assert_eq!(rows.next_event().unwrap().event.unwrap()["customer"], "c2");
+    }
+
+    #[test]
     fn nested_columns_and_timestamp_obeyed() {
         let text = "action,customer,timestamp,items[0][price],items[1][price]\n\
                     purchase,c1,2026-01-02T03:04:05Z,10,20\n";

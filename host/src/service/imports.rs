@@ -87,9 +87,14 @@ impl Imports {
         tenant: &str,
         format: ImportFormat,
     ) -> Result<Upload<'_>, ServiceError> {
+        // The time first, so that ids sort in the order the files came in.
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis());
         let id = format!(
-            "imp_{}",
-            random_hex(8).map_err(|error| ServiceError::internal(error.to_string()))?
+            "imp_{:010x}{}",
+            millis & 0xff_ffff_ffff,
+            random_hex(3).map_err(|error| ServiceError::internal(error.to_string()))?
         );
         let partial = self.dir.join(format!("{id}.part"));
         let file = tokio::fs::File::create(&partial).await.map_err(|error| {
@@ -120,7 +125,7 @@ impl Imports {
             .into_iter()
             .map(|(_, job)| job)
             .collect();
-        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        jobs.sort_by(|a, b| b.id.cmp(&a.id));
         Ok(jobs)
     }
 
@@ -338,11 +343,7 @@ fn next_job(store: &dyn Store) -> Result<Option<(String, ImportJob)>, ServiceErr
         .into_iter()
         .filter(|(_, job)| !job.state.is_finished())
         .min_by(|(_, a), (_, b)| {
-            (a.state != ImportState::Running, a.created_at, &a.id).cmp(&(
-                b.state != ImportState::Running,
-                b.created_at,
-                &b.id,
-            ))
+            (a.state != ImportState::Running, &a.id).cmp(&(b.state != ImportState::Running, &b.id))
         }))
 }
 
