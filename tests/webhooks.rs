@@ -38,10 +38,14 @@ struct Got {
 }
 
 /// A webhook receiver on loopback that answers 500 to its first `fail_first` requests (or
-/// to all while `down`), and keeps everything it got.
+/// to all while `down`), answers its first `slow_first` only after two seconds, and keeps
+/// everything it got.
 #[derive(Debug, Default)]
 struct Receiver {
     fail_first: usize,
+    slow_first: usize,
+    /// Requests that came in, answered or not yet.
+    arrived: usize,
     down: bool,
     got: Vec<Got>,
 }
@@ -50,6 +54,14 @@ async fn start_receiver(receiver: Arc<Mutex<Receiver>>) -> String {
     let handler = move |headers: HeaderMap, body: Bytes| {
         let receiver = receiver.clone();
         async move {
+            let slow = {
+                let mut receiver = receiver.lock().unwrap();
+                receiver.arrived += 1;
+                receiver.arrived <= receiver.slow_first
+            };
+            if slow {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             let mut receiver = receiver.lock().unwrap();
             let fail = receiver.down || receiver.got.len() < receiver.fail_first;
             let status = if fail {
@@ -461,5 +473,51 @@ async fn a_failing_endpoint_is_turned_off_the_tenant_told_and_the_outbox_pruned(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    host.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_times_out_and_gets_the_trigger_again() {
+    let receiver = Arc::new(Mutex::new(Receiver {
+        slow_first: 1,
+        ..Receiver::default()
+    }));
+    let url = start_receiver(receiver.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = delivering("0.1,0.1");
+    options
+        .args
+        .extend(["--webhook-timeout-ms".to_owned(), "300".to_owned()]);
+    let host = Host::start_with(dir.path(), &options);
+    let key = host.tenant("acme").await;
+    let (_, endpoint) = host
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({"url": url, "triggers": ["*"]}),
+        )
+        .await;
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    opt(&host, &key, "ann", "opt_in", 0).await;
+    let delivered_once = || async {
+        let (_, endpoint) = host.get(&format!("/v1/webhooks/{id}"), &key).await;
+        endpoint["delivery"]["delivered"] == 1
+    };
+    let started = Instant::now();
+    while !delivered_once().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first attempt gave up waiting and was retried with the same id.
+    let (_, log) = host.get(&format!("/v1/webhooks/{id}/attempts"), &key).await;
+    let attempts = log["items"].as_array().unwrap();
+    let oldest = attempts.last().unwrap();
+    assert_eq!(oldest["outcome"], "retrying", "{log}");
+    assert_eq!(oldest["error"], "no answer within 300 ms", "{log}");
+    assert_eq!(attempts[0]["outcome"], "delivered", "{log}");
+    assert_eq!(attempts[0]["message_id"], oldest["message_id"], "{log}");
     host.stop();
 }

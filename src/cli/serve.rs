@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// is dead-lettered. Tests shorten it.
     #[arg(long, env = "TALLY_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',')]
     webhook_retry_schedule: Option<Vec<f64>>,
+    /// Milliseconds one webhook delivery attempt may take, connecting included; past it the
+    /// attempt failed and is retried.
+    #[arg(long, env = "TALLY_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    webhook_timeout_ms: u64,
     /// Hours a trigger stays in the outbox (for `GET /v1/triggers`) once every enabled
     /// webhook endpoint is past it; then it is removed. Fractions allowed.
     #[arg(long, env = "TALLY_OUTBOX_RETENTION_HOURS", default_value_t = (DEFAULT_OUTBOX_RETENTION_DAYS * 24) as f64)]
@@ -136,6 +140,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .collect::<Result<_, _>>()
             .map_err(|error| format!("--webhook-retry-schedule: {error}"))?;
     }
+    config.webhooks.timeout = Duration::from_millis(args.webhook_timeout_ms.max(1));
     config.webhooks.outbox_retention =
         Duration::try_from_secs_f64(args.outbox_retention_hours * 3600.0)
             .map_err(|error| format!("--outbox-retention-hours: {error}"))?;

@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream;
 use serde::Deserialize;
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 use tally_sdk::Timestamp;
 
@@ -196,17 +198,24 @@ fn write_page(
     let mut skip_until = cursor.skip_until;
     let (rows, next): (Vec<Value>, Option<String>) = match what {
         What::Events => {
-            let (mut rows, next) = events_page(service, tenant, query, cursor.after.as_deref())?;
+            let (mut events, next) = events_page(service, tenant, query, cursor.after.as_deref())?;
             if let Some(resume) = &skip_until {
-                match rows.iter().position(|row| row["id"] == resume.as_str()) {
+                match events.iter().position(|event| event.id == *resume) {
                     Some(at) => {
-                        rows.drain(..=at);
+                        events.drain(..=at);
                         skip_until = None;
                     }
-                    None => rows.clear(),
+                    None => events.clear(),
                 }
             }
-            (rows, next)
+            // Written straight from the stored events: no JSON tree between.
+            for event in &events {
+                match format {
+                    Format::Ndjson => write_json_line(&mut out, event)?,
+                    Format::Csv => write_csv_row(&mut out, event_fields(event)),
+                }
+            }
+            (Vec::new(), next)
         }
         What::Customers => {
             let page = service.queries.customers(
@@ -226,13 +235,8 @@ fn write_page(
     };
     for row in &rows {
         match format {
-            Format::Ndjson => {
-                serde_json::to_writer(&mut out, row).map_err(|error| {
-                    ServiceError::internal(format!("cannot write a row: {error}"))
-                })?;
-                out.push(b'\n');
-            }
-            Format::Csv => out.extend_from_slice(csv_row(what, row).as_bytes()),
+            Format::Ndjson => write_json_line(&mut out, row)?,
+            Format::Csv => write_csv_row(&mut out, value_fields(what, row)),
         }
     }
     let done = next.is_none();
@@ -252,7 +256,7 @@ fn events_page(
     tenant: &TenantRecord,
     query: &ExportQuery,
     after: Option<&str>,
-) -> Result<(Vec<Value>, Option<String>), ServiceError> {
+) -> Result<(Vec<StoredEvent>, Option<String>), ServiceError> {
     let actions: Vec<&str> = query
         .action
         .as_deref()
@@ -297,8 +301,7 @@ fn events_page(
         }
         None => service.queries.events(&tenant.id, after, PAGE, &keep)?,
     };
-    let rows = page.items.iter().map(|event| json!(event)).collect();
-    Ok((rows, page.next_cursor))
+    Ok((page.items, page.next_cursor))
 }
 
 /// The ledger of a page of customers, each whole.
@@ -389,31 +392,58 @@ fn header_row(what: What) -> String {
     row
 }
 
-/// One CSV row of `row` (RFC 4180: fields with a comma, quote or line break quoted, quotes
-/// doubled); objects and arrays as their JSON.
-fn csv_row(what: What, row: &Value) -> String {
-    let field = |name: &str| -> Value {
-        match (what, name) {
-            (What::Customers, "balance" | "pending" | "lifetime") => row["points"][name].clone(),
-            _ => row.get(name).cloned().unwrap_or(Value::Null),
+/// One JSON object and a line break.
+fn write_json_line(out: &mut Vec<u8>, row: &impl serde::Serialize) -> Result<(), ServiceError> {
+    serde_json::to_writer(&mut *out, row)
+        .map_err(|error| ServiceError::internal(format!("cannot write a row: {error}")))?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// An event's CSV fields, in [`EVENT_COLUMNS`]' order.
+fn event_fields(event: &StoredEvent) -> impl Iterator<Item = Cow<'_, str>> {
+    [
+        Cow::Borrowed(event.id.as_str()),
+        Cow::Borrowed(event.action.as_str()),
+        Cow::Borrowed(event.customer.as_str()),
+        Cow::Owned(event.timestamp.to_string()),
+        Cow::Owned(event.received_at.to_string()),
+        Cow::Owned(event.points.to_string()),
+        Cow::Borrowed(event.source.as_str()),
+        Cow::Borrowed(event.label.as_deref().unwrap_or_default()),
+        Cow::Borrowed(event.data.get()),
+    ]
+    .into_iter()
+}
+
+/// A row's CSV fields by its columns; objects and arrays as their JSON.
+fn value_fields(what: What, row: &Value) -> impl Iterator<Item = Cow<'_, str>> {
+    columns(what).iter().map(move |name| {
+        let value = match (what, *name) {
+            (What::Customers, "balance" | "pending" | "lifetime") => &row["points"][*name],
+            _ => row.get(*name).unwrap_or(&Value::Null),
+        };
+        match value {
+            Value::Null => Cow::Borrowed(""),
+            Value::String(text) => Cow::Borrowed(text.as_str()),
+            other => Cow::Owned(other.to_string()),
         }
-    };
-    let mut line = columns(what)
-        .iter()
-        .map(|name| {
-            let text = match field(name) {
-                Value::Null => String::new(),
-                Value::String(text) => text,
-                other => other.to_string(),
-            };
-            if text.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", text.replace('"', "\"\""))
-            } else {
-                text
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    line.push('\n');
-    line
+    })
+}
+
+/// One CSV row (RFC 4180: fields with a comma, quote or line break quoted, quotes doubled).
+fn write_csv_row<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = Cow<'a, str>>) {
+    for (index, field) in fields.enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        if field.contains([',', '"', '\n', '\r']) {
+            out.push(b'"');
+            out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(field.as_bytes());
+        }
+    }
+    out.push(b'\n');
 }

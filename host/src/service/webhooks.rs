@@ -165,7 +165,11 @@ impl Webhooks {
         let now = system_now();
         let start = self.store.last_outbox_seq(tenant)?;
         let webhook = WebhookRecord {
-            id: format!("wh_{}", random_hex(8)?),
+            id: format!(
+                "wh_{}",
+                crate::auth::random_hex(8)
+                    .map_err(|error| ServiceError::internal(error.to_string()))?
+            ),
             url: new.url,
             triggers: new.triggers,
             secrets: vec![new_secret(now)?],
@@ -897,13 +901,6 @@ fn new_secret(now: Timestamp) -> Result<WebhookSecret, ServiceError> {
         created_at: now,
         expires_at: None,
     })
-}
-
-fn random_hex(bytes: usize) -> Result<String, ServiceError> {
-    let mut buffer = vec![0_u8; bytes];
-    getrandom::fill(&mut buffer)
-        .map_err(|error| ServiceError::internal(format!("no randomness: {error}")))?;
-    Ok(hex::encode(buffer))
 }
 
 /// `wait` less up to a tenth at random, in whole seconds (the clock's unit), at least one.
