@@ -541,6 +541,62 @@ fn memory_limit_violated() {
     assert_eq!(error.code(), "memory_limit", "{error}");
 }
 
+/// A plugin whose growth is refused, that ignores the refusal and answers: `answer`
+/// is what it returns, packed as `(ptr << 32) | len`, after trying to grow past the cap.
+fn refused_then_answers(answer: &str) -> Vec<u8> {
+    wat(&format!(
+        r#"(module
+        (memory (export "memory") 1)
+        (data (i32.const 1024) "{{\"points\": []}}")
+        (func (export "tally_abi_version") (result i32) (i32.const 1))
+        (func (export "tally_alloc") (param i32) (result i32) (i32.const 4096))
+        (func (export "tally_evaluate") (param i32 i32) (result i64)
+          (drop (memory.grow (i32.const 1000)))
+          {answer}))"#
+    ))
+}
+
+#[test]
+fn a_refused_growth_is_the_cause_violated() {
+    let runtime = runtime_with(Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    });
+    // It returns nothing at all, then a decision that does not decode, then one that does:
+    // each failure is reported as the memory limit, not as what it looked like.
+    for answer in ["(i64.const 0)", "(i64.const 0x0000040000000005)"] {
+        let module = refused_then_answers(answer);
+        let error = error_of(
+            runtime
+                .load(&module)
+                .expect("valid")
+                .evaluate(&input_for(Value::Null)),
+        );
+        match error {
+            EvalError::MemoryLimit { requested, limit } => {
+                assert_eq!(limit, 4 << 20);
+                assert!(requested > limit, "{requested}");
+            }
+            other => panic!("{answer}: expected the memory limit, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_refused_growth_is_the_cause_obeyed() {
+    let runtime = runtime_with(Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    });
+    // A plugin that was refused but still answers well has its decision taken.
+    let module = refused_then_answers("(i64.const 0x000004000000000e)");
+    let evaluation = runtime
+        .load(&module)
+        .expect("valid")
+        .evaluate(&input_for(Value::Null));
+    assert!(evaluation.result.is_ok(), "{:?}", evaluation.result);
+}
+
 #[test]
 fn deep_recursion_is_a_stack_overflow() {
     let runtime = runtime();

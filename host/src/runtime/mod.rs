@@ -372,7 +372,17 @@ impl Plugin {
         let started = Instant::now();
         let limits = &self.shared.limits;
         let mut store = new_store(&self.shared, limits.fuel);
-        let result = self.run(&mut store, input);
+        let result = self.run(&mut store, input).map_err(|error| {
+            // A plugin refused memory may go on and fail in any way (return nothing, a
+            // truncated output, its own error): the refusal is the cause to report.
+            match store.data().memory.denied {
+                Some(requested) => EvalError::MemoryLimit {
+                    requested,
+                    limit: limits.memory_bytes,
+                },
+                None => error,
+            }
+        });
         let fuel_used = limits
             .fuel
             .map(|budget| budget.saturating_sub(store.get_fuel().unwrap_or(0)));
