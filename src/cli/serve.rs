@@ -7,6 +7,7 @@
 
 mod demo;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,10 @@ pub struct ServeArgs {
     /// webhook endpoint is past it; then it is removed. Fractions allowed.
     #[arg(long, env = "TALLY_OUTBOX_RETENTION_HOURS", default_value_t = (DEFAULT_OUTBOX_RETENTION_DAYS * 24) as f64)]
     outbox_retention_hours: f64,
+    /// How the log on standard error is written: `text` for a person (coloured only at a
+    /// terminal) or `json`, one object a line with the request's id, for a log collector.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// The largest file `POST /v1/imports` takes, in MiB.
     #[arg(long, env = "TALLY_MAX_IMPORT_MB", default_value_t = DEFAULT_MAX_IMPORT_BYTES >> 20)]
     max_import_mb: u64,
@@ -89,7 +94,7 @@ fn default_http_threads() -> usize {
 
 /// Runs the host until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs) -> ExitCode {
-    init_logging();
+    init_logging(args.log_format);
     let http_threads = args
         .http_threads
         .filter(|&threads| threads > 0)
@@ -115,14 +120,29 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
-    // A second initialisation (there is none in the binary) would only be refused.
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        // Colour only for a person at a terminal: a log file or a collector gets plain text.
+        .with_ansi(std::io::stderr().is_terminal());
+    // A second initialisation (there is none in the binary) would only be refused.
+    let _ = match format {
+        LogFormat::Text => logs.try_init(),
+        // One JSON object a line, the request's span (method, path, request id) in it.
+        LogFormat::Json => logs.json().with_current_span(true).try_init(),
+    };
+}
+
+/// How the log is written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for a person.
+    Text,
+    /// One JSON object a line, for a log collector.
+    Json,
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {

@@ -28,9 +28,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
 use axum::http::Request;
 use axum::routing::get;
 use serde_json::json;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use self::error::{ApiError, error_body, status_of};
@@ -47,6 +51,38 @@ impl AppState {
     /// State around a service.
     pub fn new(service: Arc<Service>) -> AppState {
         AppState { service }
+    }
+}
+
+/// The header that carries a request's id, both ways: a caller's own is kept, otherwise the
+/// host gives one; it is answered back and on every log line of the request.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids `req_<process>_<n>`: a random process prefix (ids of two hosts, or of one
+/// host before and after a restart, do not collide) and a counter, so making one costs no
+/// system call.
+#[derive(Debug, Clone)]
+struct RequestIds {
+    process: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> RequestIds {
+        let process = crate::auth::random_hex(4).unwrap_or_else(|_| "00000000".to_owned());
+        RequestIds {
+            process: process.into(),
+            next: Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        axum::http::HeaderValue::from_str(&format!("req_{}_{n}", self.process))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -72,16 +108,25 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Routes that take modules set their own, larger limit; this is everyone else's.
         .layer(DefaultBodyLimit::max(json_limit))
+        // Layers run bottom to top: the id is set first, then traced, then answered.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(
-            // The span names method and path only: a query may carry an `api_key`.
+            // The span names method, path and request id only: a query may carry an
+            // `api_key`. Every line logged while a request is answered carries its span.
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<axum::body::Body>| {
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                    let id = request
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|id| id.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
                 })
                 // A 503 under load is the queue working as meant, not a failure to shout
                 // about; internal errors are logged where they are answered.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RequestIds::default()))
         .with_state(state)
 }
 
