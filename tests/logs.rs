@@ -20,7 +20,14 @@ async fn json_logs_carry_the_request_id_each_answer_carries() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("host.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data",
+        ])
         .arg(dir.path().join("data"))
         .env("TALLY_ADMIN_KEY", "tly_admin_test_0123456789abcdef")
         .env("RUST_LOG", "info,tower_http=debug")
@@ -50,7 +57,12 @@ async fn json_logs_carry_the_request_id_each_answer_carries() {
         let mut made = Vec::new();
         for _ in 0..2 {
             let answer = client.get(format!("{base}/healthz")).send().await.unwrap();
-            made.push(answer.headers()["x-request-id"].to_str().unwrap().to_owned());
+            made.push(
+                answer.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         made
     };
@@ -60,7 +72,10 @@ async fn json_logs_carry_the_request_id_each_answer_carries() {
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains('\u{1b}'), "no colour codes in a file: {text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a file: {text}"
+    );
     let entries: Vec<Value> = text
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
@@ -71,7 +86,8 @@ async fn json_logs_carry_the_request_id_each_answer_carries() {
         .collect();
     assert!(!ours.is_empty(), "the request's lines carry its id: {text}");
     assert!(
-        ours.iter().all(|entry| entry["span"]["path"] == "/v1/tenant"),
+        ours.iter()
+            .all(|entry| entry["span"]["path"] == "/v1/tenant"),
         "{text}"
     );
 }

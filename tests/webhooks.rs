@@ -118,6 +118,22 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Polls endpoint `id` until `done` says so (or a minute passes), and returns it.
+async fn endpoint_when(host: &Host, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, endpoint) = host.get(&format!("/v1/webhooks/{id}"), key).await;
+        if done(&endpoint) {
+            return endpoint;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the endpoint did not get there: {endpoint}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn delivering(schedule: &str) -> Options {
     Options {
         args: vec![
@@ -281,18 +297,10 @@ async fn a_trigger_is_dead_lettered_after_its_retries_and_can_be_redelivered() {
     opt(&host, &key, "ann", "opt_out", 1).await;
 
     // One try and one retry, then given up on; the opt-out is not this endpoint's.
-    let dead = || async {
-        let (_, endpoint) = host.get(&format!("/v1/webhooks/{id}"), &key).await;
+    endpoint_when(&host, &key, &id, |endpoint| {
         endpoint["delivery"]["dead_lettered"] == 1
-    };
-    let started = Instant::now();
-    while !dead().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no dead letter"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert_eq!(receiver.lock().unwrap().got.len(), 2);
     let (_, log) = host.get(&format!("/v1/webhooks/{id}/attempts"), &key).await;
     assert_eq!(log["items"][0]["outcome"], "dead_lettered", "{log}");
@@ -499,18 +507,10 @@ async fn a_slow_receiver_times_out_and_gets_the_trigger_again() {
         .await;
     let id = endpoint["id"].as_str().unwrap().to_owned();
     opt(&host, &key, "ann", "opt_in", 0).await;
-    let delivered_once = || async {
-        let (_, endpoint) = host.get(&format!("/v1/webhooks/{id}"), &key).await;
+    endpoint_when(&host, &key, &id, |endpoint| {
         endpoint["delivery"]["delivered"] == 1
-    };
-    let started = Instant::now();
-    while !delivered_once().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // The first attempt gave up waiting and was retried with the same id.
     let (_, log) = host.get(&format!("/v1/webhooks/{id}/attempts"), &key).await;
     let attempts = log["items"].as_array().unwrap();

@@ -223,22 +223,22 @@ impl Writer {
         Ok(answer)
     }
 
-    /// How many events the queue holds at most.
+    /// How many events the queue holds at most; 0 once the writer is shutting down.
     pub fn capacity(&self) -> usize {
-        self.sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, mpsc::Sender::max_capacity)
+        self.queue_figure(mpsc::Sender::max_capacity)
     }
 
-    /// How many more events the queue takes now.
+    /// How many more events the queue takes now; 0 once the writer is shutting down.
     pub fn room(&self) -> usize {
+        self.queue_figure(mpsc::Sender::capacity)
+    }
+
+    fn queue_figure(&self, figure: impl FnOnce(&mpsc::Sender<Job>) -> usize) -> usize {
         self.sender
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map_or(0, mpsc::Sender::capacity)
+            .map_or(0, figure)
     }
 
     /// Stops taking events, lets the writer commit and answer everything queued, and waits
