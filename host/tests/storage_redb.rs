@@ -814,6 +814,77 @@ mod storage {
         assert_eq!(store.event("acme2", "e1").unwrap().unwrap().points, 7);
     }
 
+    /// A host trigger in `tenant`'s outbox, entered at `created_at`; answers its seq.
+    fn host_trigger(store: &RedbStore, tenant: &str, created_at: Option<&str>) -> u64 {
+        let trigger = tally_host::storage::OutboxTrigger {
+            seq: 0,
+            event_id: String::new(),
+            customer: String::new(),
+            plugin: "system".to_owned(),
+            name: "WebhookEndpointDisabled".to_owned(),
+            data: raw(json!({"endpoint": "wh_1"})),
+            snapshot: None,
+            created_at: created_at.map(at),
+        };
+        store.add_trigger(tenant, &trigger).unwrap()
+    }
+
+    fn outbox_seqs(store: &RedbStore, tenant: &str) -> Vec<u64> {
+        let outbox = store.outbox(tenant, 0, 100).unwrap();
+        outbox.iter().map(|trigger| trigger.seq).collect()
+    }
+
+    #[test]
+    fn outbox_pruning_obeyed() {
+        let (_dir, store) = with_tenants(&["acme", "other"]);
+        // A row from before `created_at` was kept counts as old.
+        assert_eq!(host_trigger(&store, "acme", None), 1);
+        assert_eq!(
+            host_trigger(&store, "acme", Some("2026-01-01T00:00:00Z")),
+            2
+        );
+        assert_eq!(
+            host_trigger(&store, "acme", Some("2026-01-01T00:00:00Z")),
+            3
+        );
+        assert_eq!(
+            host_trigger(&store, "acme", Some("2026-03-01T00:00:00Z")),
+            4
+        );
+        host_trigger(&store, "other", Some("2026-01-01T00:00:00Z"));
+        // Old enough, up to where every endpoint is: 1 and 2 go, 3 waits for its endpoint.
+        let before = at("2026-02-01T00:00:00Z");
+        assert_eq!(store.prune_outbox("acme", 2, before, 10).unwrap(), 2);
+        assert_eq!(outbox_seqs(&store, "acme"), [3, 4]);
+        // Past the endpoints now, but no further than the first that is too young.
+        assert_eq!(store.prune_outbox("acme", u64::MAX, before, 10).unwrap(), 1);
+        assert_eq!(outbox_seqs(&store, "acme"), [4]);
+        assert_eq!(outbox_seqs(&store, "other"), [1], "another tenant's stays");
+        // The sequence goes on after pruning.
+        assert_eq!(host_trigger(&store, "acme", None), 5);
+    }
+
+    #[test]
+    fn outbox_pruning_violated() {
+        let (_dir, store) = with_tenants(&["acme"]);
+        host_trigger(&store, "acme", Some("2026-03-01T00:00:00Z"));
+        host_trigger(&store, "acme", Some("2026-03-02T00:00:00Z"));
+        // Too young, or past where the endpoints are: nothing goes.
+        let before = at("2026-02-01T00:00:00Z");
+        assert_eq!(store.prune_outbox("acme", u64::MAX, before, 10).unwrap(), 0);
+        assert_eq!(
+            store
+                .prune_outbox("acme", 0, at("2027-01-01T00:00:00Z"), 10)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store.prune_outbox("nobody", u64::MAX, before, 10).unwrap(),
+            0
+        );
+        assert_eq!(outbox_seqs(&store, "acme"), [1, 2]);
+    }
+
     #[test]
     fn reopening_the_file_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();

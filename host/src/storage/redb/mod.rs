@@ -416,6 +416,9 @@ impl Store for RedbStore {
         before: Timestamp,
         limit: usize,
     ) -> Result<usize, StoreError> {
+        if !pages::anything_to_prune(&self.db, tenant, up_to, before)? {
+            return Ok(0);
+        }
         self.write(|txn| pages::prune_outbox(txn, tenant, up_to, before, limit))
     }
 

@@ -218,6 +218,27 @@ pub(super) fn add_trigger(
     Ok(seq)
 }
 
+/// Whether the oldest trigger of a tenant is one [`prune_outbox`] would remove: read first,
+/// so that a tenant with nothing to prune costs no write transaction.
+pub(super) fn anything_to_prune(
+    db: &Database,
+    tenant: &str,
+    up_to: u64,
+    before: Timestamp,
+) -> Result<bool, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(OUTBOX)?;
+    let Some(row) = table.range((tenant, 0)..=(tenant, up_to))?.next() else {
+        return Ok(false);
+    };
+    let (key, value) = row?;
+    let seq = key.value().1;
+    let trigger: OutboxTrigger = decode(value.value(), || {
+        format!("outbox trigger {seq} of tenant {tenant}")
+    })?;
+    Ok(trigger.created_at.is_none_or(|at| at < before))
+}
+
 /// Removes a tenant's oldest triggers, as
 /// [`Store::prune_outbox`](crate::storage::Store::prune_outbox).
 pub(super) fn prune_outbox(
