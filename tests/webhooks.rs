@@ -118,6 +118,19 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Adds an endpoint for `triggers` at `url`, which must be taken; answers its id and body.
+async fn add_endpoint(host: &Host, key: &str, url: &str, triggers: &[&str]) -> (String, Value) {
+    let (status, endpoint) = host
+        .post(
+            "/v1/webhooks",
+            key,
+            &json!({"url": url, "triggers": triggers}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
+    (endpoint["id"].as_str().unwrap().to_owned(), endpoint)
+}
+
 /// Polls endpoint `id` until `done` says so (or a minute passes), and returns it.
 async fn endpoint_when(host: &Host, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
@@ -134,13 +147,16 @@ async fn endpoint_when(host: &Host, key: &str, id: &str, done: impl Fn(&Value) -
     }
 }
 
-fn delivering(schedule: &str) -> Options {
+/// A host that may deliver to loopback, retrying on `schedule`, with `more` arguments.
+fn delivering(schedule: &str, more: &[&str]) -> Options {
+    let mut args = vec![
+        "--allow-private-webhooks",
+        "--webhook-retry-schedule",
+        schedule,
+    ];
+    args.extend(more);
     Options {
-        args: vec![
-            "--allow-private-webhooks".to_owned(),
-            "--webhook-retry-schedule".to_owned(),
-            schedule.to_owned(),
-        ],
+        args: args.into_iter().map(str::to_owned).collect(),
         ..Options::default()
     }
 }
@@ -176,17 +192,9 @@ async fn triggers_arrive_signed_in_order_through_failures_and_a_rotation() {
     }));
     let url = start_receiver(receiver.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start_with(dir.path(), &delivering("0.2,0.2,0.2,0.2"));
+    let host = Host::start_with(dir.path(), &delivering("0.2,0.2,0.2,0.2", &[]));
     let key = host.tenant("acme").await;
-    let (status, endpoint) = host
-        .post(
-            "/v1/webhooks",
-            &key,
-            &json!({"url": url, "triggers": ["*"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
-    let id = endpoint["id"].as_str().unwrap().to_owned();
+    let (id, endpoint) = add_endpoint(&host, &key, &url, &["*"]).await;
     let secret = endpoint["secrets"][0]["secret"]
         .as_str()
         .unwrap()
@@ -283,16 +291,9 @@ async fn a_trigger_is_dead_lettered_after_its_retries_and_can_be_redelivered() {
     }));
     let url = start_receiver(receiver.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start_with(dir.path(), &delivering("0.1"));
+    let host = Host::start_with(dir.path(), &delivering("0.1", &[]));
     let key = host.tenant("acme").await;
-    let (_, endpoint) = host
-        .post(
-            "/v1/webhooks",
-            &key,
-            &json!({"url": url, "triggers": ["LoyaltyOptIn"]}),
-        )
-        .await;
-    let id = endpoint["id"].as_str().unwrap().to_owned();
+    let (id, _) = add_endpoint(&host, &key, &url, &["LoyaltyOptIn"]).await;
     opt(&host, &key, "ann", "opt_in", 0).await;
     opt(&host, &key, "ann", "opt_out", 1).await;
 
@@ -326,19 +327,14 @@ async fn nothing_acknowledged_is_lost_across_a_kill_mid_delivery() {
     let receiver = Arc::new(Mutex::new(Receiver::default()));
     let url = start_receiver(receiver.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut host = Host::start_with(dir.path(), &delivering("0.2"));
+    let mut host = Host::start_with(dir.path(), &delivering("0.2", &[]));
     let key = host.tenant("acme").await;
-    host.post(
-        "/v1/webhooks",
-        &key,
-        &json!({"url": url, "triggers": ["*"]}),
-    )
-    .await;
+    add_endpoint(&host, &key, &url, &["*"]).await;
     for n in 0..20 {
         opt(&host, &key, &format!("c{n}"), "opt_in", n).await;
     }
     host.kill();
-    host = Host::start_with(dir.path(), &delivering("0.2"));
+    host = Host::start_with(dir.path(), &delivering("0.2", &[]));
     wait_until("every trigger", || delivered(&receiver).len() == 20).await;
     let mut customers: Vec<String> = delivered(&receiver)
         .iter()
@@ -427,26 +423,13 @@ async fn a_failing_endpoint_is_turned_off_the_tenant_told_and_the_outbox_pruned(
         start_receiver(told.clone()).await,
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut options = delivering("0.05");
-    options
-        .args
-        .extend(["--outbox-retention-hours".to_owned(), "0".to_owned()]);
-    let host = Host::start_with(dir.path(), &options);
+    let host = Host::start_with(
+        dir.path(),
+        &delivering("0.05", &["--outbox-retention-hours", "0"]),
+    );
     let key = host.tenant("acme").await;
-    let (_, endpoint) = host
-        .post(
-            "/v1/webhooks",
-            &key,
-            &json!({"url": failing_url, "triggers": ["LoyaltyOptIn"]}),
-        )
-        .await;
-    let id = endpoint["id"].as_str().unwrap().to_owned();
-    host.post(
-        "/v1/webhooks",
-        &key,
-        &json!({"url": told_url, "triggers": ["WebhookEndpointDisabled"]}),
-    )
-    .await;
+    let (id, _) = add_endpoint(&host, &key, &failing_url, &["LoyaltyOptIn"]).await;
+    add_endpoint(&host, &key, &told_url, &["WebhookEndpointDisabled"]).await;
     for n in 0..5 {
         opt(&host, &key, &format!("c{n}"), "opt_in", n).await;
     }
@@ -492,20 +475,12 @@ async fn a_slow_receiver_times_out_and_gets_the_trigger_again() {
     }));
     let url = start_receiver(receiver.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut options = delivering("0.1,0.1");
-    options
-        .args
-        .extend(["--webhook-timeout-ms".to_owned(), "300".to_owned()]);
-    let host = Host::start_with(dir.path(), &options);
+    let host = Host::start_with(
+        dir.path(),
+        &delivering("0.1,0.1", &["--webhook-timeout-ms", "300"]),
+    );
     let key = host.tenant("acme").await;
-    let (_, endpoint) = host
-        .post(
-            "/v1/webhooks",
-            &key,
-            &json!({"url": url, "triggers": ["*"]}),
-        )
-        .await;
-    let id = endpoint["id"].as_str().unwrap().to_owned();
+    let (id, _) = add_endpoint(&host, &key, &url, &["*"]).await;
     opt(&host, &key, "ann", "opt_in", 0).await;
     endpoint_when(&host, &key, &id, |endpoint| {
         endpoint["delivery"]["delivered"] == 1
