@@ -109,17 +109,13 @@ impl Host {
     }
 
     async fn tenant(&self, plugins: bool) -> String {
-        let created: Value = self
-            .client
-            .post(format!("{}/v1/tenants", self.base))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"id": "bench", "name": "Bench"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = json_of(
+            self.client
+                .post(format!("{}/v1/tenants", self.base))
+                .bearer_auth(ADMIN_KEY)
+                .json(&json!({"id": "bench", "name": "Bench"})),
+        )
+        .await;
         let key = created["api_key"].as_str().expect("an api_key").to_owned();
         if plugins {
             for plugin in [
@@ -144,31 +140,23 @@ impl Host {
 
     /// Imports `file` as a job and waits for it: seconds from the 202 to `done`, and the job.
     async fn import(&self, key: &str, file: Vec<u8>) -> (f64, Value) {
-        let job: Value = self
-            .client
-            .post(format!("{}/v1/imports", self.base))
-            .bearer_auth(key)
-            .header("content-type", "text/csv")
-            .body(file)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = json_of(
+            self.client
+                .post(format!("{}/v1/imports", self.base))
+                .bearer_auth(key)
+                .header("content-type", "text/csv")
+                .body(file),
+        )
+        .await;
         let started = Instant::now();
         let id = job["id"].as_str().expect("a job id").to_owned();
         loop {
-            let job: Value = self
-                .client
-                .get(format!("{}/v1/imports/{id}", self.base))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let job = json_of(
+                self.client
+                    .get(format!("{}/v1/imports/{id}", self.base))
+                    .bearer_auth(key),
+            )
+            .await;
             match job["state"].as_str() {
                 Some("done") => return (started.elapsed().as_secs_f64(), job),
                 Some("queued" | "running") => {}
@@ -182,6 +170,11 @@ impl Host {
     fn rss_kib(&self) -> u64 {
         rss_kib(self.child.id())
     }
+}
+
+/// Sends `request` and reads its answer as JSON.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -331,17 +324,13 @@ async fn run(options: &Options) {
     host.import(&key, opt_ins(options.deliveries)).await;
     let count = Arc::new(AtomicU64::new(0));
     let address = receiver(count.clone()).await;
-    let endpoint: Value = host
-        .client
-        .post(format!("{}/v1/webhooks", host.base))
-        .bearer_auth(&key)
-        .json(&json!({"url": format!("http://{address}/hook"), "triggers": ["*"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let endpoint = json_of(
+        host.client
+            .post(format!("{}/v1/webhooks", host.base))
+            .bearer_auth(&key)
+            .json(&json!({"url": format!("http://{address}/hook"), "triggers": ["*"]})),
+    )
+    .await;
     let id = endpoint["id"].as_str().expect("an endpoint id");
     let started = Instant::now();
     let redelivered = host
