@@ -447,10 +447,10 @@ async fn run_chunks(service: &Arc<Service>, tenant: &str, job: ImportJob) -> Res
                 if job.cancel_requested {
                     return Ok(Next::Cancel);
                 }
-                let chunk = rows
+                let mut chunk = rows
                     .next_chunk(CHUNK_ROWS)
                     .map_err(ServiceError::internal)?;
-                let prepared = prepare(&service, &tenant, &chunk, &origin);
+                let prepared = prepare(&service, &tenant, &mut chunk, &origin);
                 Ok::<_, ServiceError>(Next::Chunk(Box::new((rows, chunk, prepared))))
             }
         })
@@ -501,13 +501,14 @@ enum Next {
 fn prepare(
     service: &Service,
     tenant: &TenantRecord,
-    chunk: &Chunk,
+    chunk: &mut Chunk,
     origin: &Origin,
 ) -> Vec<Result<crate::domain::NewEvent, ServiceError>> {
+    // The events are taken out of the rows (only their numbers, lines and ids are kept on).
     let inputs: Vec<Value> = chunk
         .rows
-        .iter()
-        .map(|row| row.event.clone().unwrap_or(Value::Null))
+        .iter_mut()
+        .map(|row| row.event.as_mut().map(std::mem::take).unwrap_or_default())
         .collect();
     match service.ingest.prepare_events(tenant, inputs, origin) {
         Ok(prepared) => prepared
@@ -610,6 +611,7 @@ struct Row {
     line: u64,
     /// The event id, the row's own or the one made for it.
     id: Option<String>,
+    /// The event (taken out when the chunk is checked), or what is wrong with the row.
     event: Result<Value, ServiceError>,
 }
 
