@@ -119,14 +119,14 @@ impl Imports {
 
     /// The tenant's jobs, newest first.
     pub fn list(&self, tenant: &str) -> Result<Vec<ImportJob>, ServiceError> {
-        let mut jobs: Vec<ImportJob> = self
+        // The store answers by id, and ids sort by age.
+        Ok(self
             .store
             .imports(Some(tenant))?
             .into_iter()
+            .rev()
             .map(|(_, job)| job)
-            .collect();
-        jobs.sort_by(|a, b| b.id.cmp(&a.id));
-        Ok(jobs)
+            .collect())
     }
 
     /// Stops a job: a queued one at once, a running one after the chunk in hand (its
